@@ -1,0 +1,473 @@
+# cython: language_level=3
+"""C-level API of coherence's compiled core.
+
+Structs, O(1) ``noexcept nogil`` kernels and the extension types that own them, for Cython
+code that updates the accumulators without Python objects (``from coherence._core cimport
+...``; add ``coherence.get_include()`` to the include path). One writer per accumulator;
+any number of readers, each of which takes a consistent snapshot through a seqlock.
+"""
+from libc.stdint cimport int64_t, uint64_t
+from libc.math cimport NAN, expm1, fabs, sqrt
+
+# --------------------------------------------------------------------------------------
+# seqlock: the writer makes `seq` odd while it writes and even again after; a reader that
+# saw the same even value before and after its reads got a consistent copy. Release/acquire
+# fences as in Boehm, "Can seqlocks get along with programming language memory models?"
+# (2012). GCC/Clang builtins: on x86 they compile to plain moves plus compiler barriers.
+# --------------------------------------------------------------------------------------
+cdef extern from *:
+    """
+    #include <stdint.h>
+    static inline void coh_write_begin(uint64_t *seq) {
+        uint64_t s = __atomic_load_n(seq, __ATOMIC_RELAXED);
+        __atomic_store_n(seq, s + 1, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+    }
+    static inline void coh_write_end(uint64_t *seq) {
+        uint64_t s = __atomic_load_n(seq, __ATOMIC_RELAXED);
+        __atomic_store_n(seq, s + 1, __ATOMIC_RELEASE);
+    }
+    static inline uint64_t coh_read_begin(const uint64_t *seq) {
+        uint64_t s;
+        while ((s = __atomic_load_n(seq, __ATOMIC_ACQUIRE)) & 1u) {
+    #if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+    #endif
+        }
+        return s;
+    }
+    static inline int coh_read_retry(const uint64_t *seq, uint64_t start) {
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        return __atomic_load_n(seq, __ATOMIC_RELAXED) != start;
+    }
+    """
+    void coh_write_begin(uint64_t *seq) noexcept nogil
+    void coh_write_end(uint64_t *seq) noexcept nogil
+    uint64_t coh_read_begin(const uint64_t *seq) noexcept nogil
+    bint coh_read_retry(const uint64_t *seq, uint64_t start) noexcept nogil
+
+
+cdef inline bint is_finite(double x) noexcept nogil:
+    # NaN - NaN and inf - inf are both NaN, and NaN != 0: one subtraction, one compare.
+    return x - x == 0.0
+
+
+# --------------------------------------------------------------------------------------
+# Ring buffer of float64
+# --------------------------------------------------------------------------------------
+ctypedef struct ring_t:
+    double *data
+    Py_ssize_t capacity
+    Py_ssize_t head          # slot of the next write
+    int64_t total            # values pushed since construction
+    uint64_t seq
+
+
+cdef inline void ring_push(ring_t *r, double x) noexcept nogil:
+    coh_write_begin(&r.seq)
+    r.data[r.head] = x
+    r.head += 1
+    if r.head == r.capacity:
+        r.head = 0
+    r.total += 1
+    coh_write_end(&r.seq)
+
+
+cdef inline Py_ssize_t ring_len(const ring_t *r) noexcept nogil:
+    return <Py_ssize_t>r.total if r.total < r.capacity else r.capacity
+
+
+# --------------------------------------------------------------------------------------
+# Windowed mean and variance.
+#
+# Nothing is ever subtracted from an accumulator. The window is cut into blocks of
+# B = window // 2 values; every block is summarised by add-only Welford aggregates: forward
+# (the block being filled) and backward (suffixes of the last complete block, one step per
+# push while the next block fills, so every push is O(1) in the worst case, not only
+# amortised). The window statistic is the Chan et al. merge of: a suffix of the oldest block,
+# the complete blocks in between, and the current prefix. Without subtraction there is no
+# catastrophic cancellation (values of 1e10 leaving a window of 0s and 1s leave no residue)
+# and no drift (every aggregate is rebuilt from the ring every B pushes): this is the
+# "re-anchor from the ring", done continuously instead of periodically.
+#
+# Each aggregate accumulates x - shift, where shift is a member of the range it covers (the
+# first value of a prefix, the last value of a suffix): on data with a large common offset
+# (1e9 + noise) the deviations are exact and the variance keeps its digits.
+# --------------------------------------------------------------------------------------
+ctypedef struct welford_t:
+    int64_t n
+    double shift             # a value of the range: aggregated values are x - shift
+    double mean              # mean of x - shift
+    double m2                # sum of squared deviations from the mean
+
+
+ctypedef struct moments_t:
+    double mean
+    double m2
+
+
+cdef enum:
+    ROLLING_NBLOCKS = 4      # complete blocks a window can span: window / (window // 2) <= 3, + 1
+
+ctypedef struct rolling_t:
+    double *values           # ring of the last `window` values
+    double *inv              # inv[k] = 1/k for k <= block: a multiply instead of a divide
+    moments_t *suffix        # 2 buffers of `block` entries: suffix i..block-1 of a block
+    double suffix_shift[2]
+    welford_t blocks[4]      # aggregates of the last complete blocks, by block number % 4
+    welford_t prefix         # the block being filled
+    welford_t backward       # running aggregate of the backward (suffix) pass
+    Py_ssize_t window
+    Py_ssize_t block
+    Py_ssize_t head          # ring slot of the next write
+    Py_ssize_t pos           # values in the current block
+    Py_ssize_t pass_left     # backward steps left on the last complete block
+    Py_ssize_t pass_slot     # ring slot of the next value of the backward pass
+    int64_t nblocks          # complete blocks since reset
+    int64_t total            # values accepted since reset
+    int64_t rejected         # NaN and +-inf refused since reset
+    uint64_t seq
+
+
+ctypedef struct rolling_snapshot_t:
+    int64_t count            # values in the window
+    int64_t total            # values accepted since reset: identifies the update
+    double mean
+    double m2                # variance = m2 / (count - ddof)
+
+
+cdef inline void welford_add(welford_t *a, double y, const double *inv) noexcept nogil:
+    cdef double d
+    a.n += 1
+    d = y - a.mean
+    a.mean += d * inv[a.n]
+    a.m2 += d * (y - a.mean)
+
+
+cdef inline void welford_merge(welford_t *acc, const welford_t *b) noexcept nogil:
+    # Chan, Golub & LeVeque's pairwise update; acc keeps its shift.
+    cdef double delta, n
+    if b.n == 0:
+        return
+    if acc.n == 0:
+        acc[0] = b[0]
+        return
+    n = <double>(acc.n + b.n)
+    delta = (b.shift - acc.shift) + (b.mean - acc.mean)
+    acc.mean += delta * (<double>b.n / n)
+    acc.m2 += b.m2 + delta * delta * (<double>acc.n * <double>b.n / n)
+    acc.n += b.n
+
+
+cdef inline void rolling_backward_step(rolling_t *r) noexcept nogil:
+    cdef moments_t *e
+    cdef Py_ssize_t buf = <Py_ssize_t>((r.nblocks - 1) & 1)
+    welford_add(&r.backward, r.values[r.pass_slot] - r.backward.shift, r.inv)
+    r.pass_left -= 1
+    # The shift is stored with the entries, not when the pass starts: the buffer may still
+    # serve the block two back until this pass writes its first entry.
+    r.suffix_shift[buf] = r.backward.shift
+    e = &r.suffix[buf * r.block + r.pass_left]
+    e.mean = r.backward.mean
+    e.m2 = r.backward.m2
+    r.pass_slot = (r.pass_slot if r.pass_slot > 0 else r.window) - 1
+
+
+cdef inline void rolling_step(rolling_t *r, double x) noexcept nogil:
+    """Take one finite value; the caller holds the write side of the seqlock."""
+    r.values[r.head] = x
+    r.head += 1
+    if r.head == r.window:
+        r.head = 0
+    if r.pos == 0:
+        r.prefix.n = 0
+        r.prefix.shift = x
+        r.prefix.mean = 0.0
+        r.prefix.m2 = 0.0
+    welford_add(&r.prefix, x - r.prefix.shift, r.inv)
+    r.pos += 1
+    if r.pass_left > 0:
+        rolling_backward_step(r)
+    if r.pos == r.block:
+        r.blocks[r.nblocks & 3] = r.prefix
+        r.nblocks += 1
+        r.pos = 0
+        # start the backward pass over the block just completed, from its last value
+        r.backward.n = 0
+        r.backward.shift = x
+        r.backward.mean = 0.0
+        r.backward.m2 = 0.0
+        r.pass_left = r.block
+        r.pass_slot = (r.head if r.head > 0 else r.window) - 1
+    r.total += 1
+
+
+cdef inline bint rolling_push(rolling_t *r, double x) noexcept nogil:
+    """Push one value; NaN and +-inf are counted in `rejected` and change nothing else."""
+    coh_write_begin(&r.seq)
+    if is_finite(x):
+        rolling_step(r, x)
+        coh_write_end(&r.seq)
+        return True
+    r.rejected += 1
+    coh_write_end(&r.seq)
+    return False
+
+
+cdef inline bint rolling_compute(const rolling_t *r, rolling_snapshot_t *out) noexcept nogil:
+    """Assemble the window statistic. False if the fields read were torn (retry)."""
+    cdef int64_t total = r.total, nblocks = r.nblocks, start, j, j0
+    cdef Py_ssize_t off, count, pos = r.pos, buf
+    cdef welford_t acc, part
+    count = <Py_ssize_t>total if total < r.window else r.window
+    out.count = count
+    out.total = total
+    if count == 0:
+        out.mean = NAN
+        out.m2 = NAN
+        return True
+    start = total - count
+    j0 = start // r.block
+    off = <Py_ssize_t>(start - j0 * r.block)
+    if nblocks - j0 > ROLLING_NBLOCKS or nblocks < j0 or pos >= r.block:
+        return False
+    acc.n = 0
+    j = j0
+    while j < nblocks:
+        if j == j0 and off > 0:
+            buf = <Py_ssize_t>(j & 1)
+            part.n = r.block - off
+            part.shift = r.suffix_shift[buf]
+            part.mean = r.suffix[buf * r.block + off].mean
+            part.m2 = r.suffix[buf * r.block + off].m2
+            welford_merge(&acc, &part)
+        else:
+            welford_merge(&acc, &r.blocks[j & 3])
+        j += 1
+    if pos > 0:
+        welford_merge(&acc, &r.prefix)
+    if acc.n != count:
+        return False
+    out.mean = acc.shift + acc.mean
+    out.m2 = acc.m2 if acc.m2 > 0.0 else 0.0   # a sum of squares: never negative
+    return True
+
+
+cdef inline void rolling_read(const rolling_t *r, rolling_snapshot_t *out) noexcept nogil:
+    """Consistent snapshot of count, total, mean and m2, without a lock."""
+    cdef uint64_t s
+    while True:
+        s = coh_read_begin(&r.seq)
+        if rolling_compute(r, out) and not coh_read_retry(&r.seq, s):
+            return
+
+
+cdef inline double snapshot_var(const rolling_snapshot_t *snap, Py_ssize_t ddof) noexcept nogil:
+    if snap.count - ddof <= 0:
+        return NAN
+    return snap.m2 / <double>(snap.count - ddof)
+
+
+# --------------------------------------------------------------------------------------
+# Exponentially smoothed rate of a counter, time-aware: alpha = 1 - 2^(-dt / half_life).
+# The smoothed variance of the rate follows Finch, "Incremental calculation of weighted mean
+# and variance" (2009), eq. 143.
+# --------------------------------------------------------------------------------------
+cdef enum:
+    EWMA_OK = 0              # a rate was computed
+    EWMA_FIRST = 1           # first sample: no rate yet
+    EWMA_REJECTED = 2        # value NaN or +-inf: counted, state unchanged
+    EWMA_BAD_TIME = -1       # time not finite or not after the previous sample
+
+ctypedef struct ewma_t:
+    double half_life         # seconds
+    double t_last            # time of the last accepted sample
+    double v_last            # counter value at t_last
+    double rate              # smoothed rate, per second; NaN until the second sample
+    double var               # smoothed variance of the instantaneous rate
+    double last_rate         # instantaneous rate of the last interval
+    int64_t samples
+    int64_t resets           # times the counter went down (restart, wrap)
+    int64_t rejected
+    uint64_t seq
+
+
+ctypedef struct ewma_snapshot_t:
+    double t
+    double rate
+    double var
+    int64_t samples
+
+
+cdef inline int ewma_update(ewma_t *e, double t, double v) noexcept nogil:
+    cdef double dt, delta, inst, alpha, diff
+    if not is_finite(t) or (e.samples > 0 and not t > e.t_last):
+        return EWMA_BAD_TIME
+    coh_write_begin(&e.seq)
+    if not is_finite(v):
+        e.rejected += 1
+        coh_write_end(&e.seq)
+        return EWMA_REJECTED
+    if e.samples == 0:
+        e.t_last = t
+        e.v_last = v
+        e.samples = 1
+        coh_write_end(&e.seq)
+        return EWMA_FIRST
+    dt = t - e.t_last
+    delta = v - e.v_last
+    if delta < 0.0:
+        # The counter was reset: it counted from zero up to v since (Prometheus rate()).
+        e.resets += 1
+        delta = v
+    inst = delta / dt
+    e.last_rate = inst
+    if e.samples == 1:
+        e.rate = inst
+        e.var = 0.0
+    else:
+        # 1 - 2^(-dt/h) = -expm1(-dt ln2 / h), without cancellation when dt << h
+        alpha = -expm1(-dt * (0.6931471805599453 / e.half_life))
+        diff = inst - e.rate
+        e.rate += alpha * diff
+        e.var = (1.0 - alpha) * (e.var + alpha * diff * diff)
+    e.t_last = t
+    e.v_last = v
+    e.samples += 1
+    coh_write_end(&e.seq)
+    return EWMA_OK
+
+
+cdef inline void ewma_read(const ewma_t *e, ewma_snapshot_t *out) noexcept nogil:
+    cdef uint64_t s
+    while True:
+        s = coh_read_begin(&e.seq)
+        out.t = e.t_last
+        out.rate = e.rate if e.samples > 1 else NAN
+        out.var = e.var if e.samples > 1 else NAN
+        out.samples = e.samples
+        if not coh_read_retry(&e.seq, s):
+            return
+
+
+# --------------------------------------------------------------------------------------
+# Sliding ratio of two counters' deltas (egress / ingress) over the last `window` updates.
+# Sums are Neumaier-compensated: a burst of 1e12 leaving a window of small counts leaves a
+# residue of order eps^2 * 1e12, not eps * 1e12; and a window whose deltas are all zero is
+# reset to exactly zero.
+# --------------------------------------------------------------------------------------
+cdef enum:
+    RATIO_OK = 0
+    RATIO_REJECTED = 2       # a delta NaN or +-inf: counted, state unchanged
+    RATIO_NEGATIVE = -1      # a delta below zero: counters' increments cannot be
+
+ctypedef struct ksum_t:
+    double s
+    double c
+
+
+ctypedef struct ratio_t:
+    double *num_ring
+    double *den_ring
+    Py_ssize_t window
+    Py_ssize_t head
+    Py_ssize_t count         # pairs in the window
+    Py_ssize_t nonzero       # pairs in the window with a delta other than zero
+    ksum_t num
+    ksum_t den
+    double min_denominator
+    int64_t total
+    int64_t rejected
+    uint64_t seq
+
+
+ctypedef struct ratio_snapshot_t:
+    double numerator
+    double denominator
+    double ratio             # NaN while denominator < min_denominator
+    Py_ssize_t count
+    int64_t total
+
+
+cdef inline void ksum_add(ksum_t *k, double x) noexcept nogil:
+    cdef double t = k.s + x
+    if fabs(k.s) >= fabs(x):
+        k.c += (k.s - t) + x
+    else:
+        k.c += (x - t) + k.s
+    k.s = t
+
+
+cdef inline int ratio_update(ratio_t *r, double num_delta, double den_delta) noexcept nogil:
+    cdef double old_num, old_den
+    if not (is_finite(num_delta) and is_finite(den_delta)):
+        coh_write_begin(&r.seq)
+        r.rejected += 1
+        coh_write_end(&r.seq)
+        return RATIO_REJECTED
+    if num_delta < 0.0 or den_delta < 0.0:
+        return RATIO_NEGATIVE
+    coh_write_begin(&r.seq)
+    if r.count == r.window:
+        old_num = r.num_ring[r.head]
+        old_den = r.den_ring[r.head]
+        if old_num != 0.0 or old_den != 0.0:
+            r.nonzero -= 1
+            ksum_add(&r.num, -old_num)
+            ksum_add(&r.den, -old_den)
+    else:
+        r.count += 1
+    r.num_ring[r.head] = num_delta
+    r.den_ring[r.head] = den_delta
+    r.head += 1
+    if r.head == r.window:
+        r.head = 0
+    if num_delta != 0.0 or den_delta != 0.0:
+        r.nonzero += 1
+        ksum_add(&r.num, num_delta)
+        ksum_add(&r.den, den_delta)
+    if r.nonzero == 0:
+        r.num.s = 0.0
+        r.num.c = 0.0
+        r.den.s = 0.0
+        r.den.c = 0.0
+    r.total += 1
+    coh_write_end(&r.seq)
+    return RATIO_OK
+
+
+cdef inline void ratio_read(const ratio_t *r, ratio_snapshot_t *out) noexcept nogil:
+    cdef uint64_t s
+    cdef double num, den
+    while True:
+        s = coh_read_begin(&r.seq)
+        num = r.num.s + r.num.c
+        den = r.den.s + r.den.c
+        out.count = r.count
+        out.total = r.total
+        if not coh_read_retry(&r.seq, s):
+            break
+    out.numerator = num
+    out.denominator = den
+    out.ratio = num / den if den >= r.min_denominator and den > 0.0 else NAN
+
+
+# --------------------------------------------------------------------------------------
+# Extension types: each owns its struct and the struct's memory. Cython code reaches the
+# struct as `obj.state` and calls the kernels above on `&obj.state`.
+# --------------------------------------------------------------------------------------
+cdef class RingBuffer:
+    cdef ring_t state
+
+
+cdef class RollingStats:
+    cdef rolling_t state
+    cdef bint _writing       # a push_many is running without the GIL
+
+
+cdef class EwmaRate:
+    cdef ewma_t state
+
+
+cdef class RatioWindow:
+    cdef ratio_t state

@@ -1,0 +1,500 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""coherence's compiled core: ring buffer, windowed variance, smoothed rates and ratios.
+
+Every update is O(1) and allocates nothing; the kernels live in _core.pxd so that other
+Cython code (the sampler) runs them without the GIL. Readers never lock: see the seqlock there.
+"""
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memset, memcpy
+from libc.stdint cimport int64_t, uint64_t
+from libc.math cimport NAN, sqrt
+
+from typing import NamedTuple
+import operator
+
+import numpy as np
+
+# push_many publishes its progress to readers every PUBLISH_CHUNK values: short enough that
+# a reader never waits more than a few microseconds, long enough that the seqlock's two
+# stores are noise next to the arithmetic.
+cdef Py_ssize_t PUBLISH_CHUNK = 1024
+
+
+class RollingSnapshot(NamedTuple):
+    """One consistent reading of a RollingStats: all four fields are of the same update."""
+    count: int
+    total: int
+    mean: float
+    var: float
+
+
+class RateSnapshot(NamedTuple):
+    """One consistent reading of an EwmaRate."""
+    time: float
+    rate: float
+    rate_var: float
+    samples: int
+
+
+class RatioSnapshot(NamedTuple):
+    """One consistent reading of a RatioWindow."""
+    numerator: float
+    denominator: float
+    ratio: float
+    count: int
+    total: int
+
+
+cdef Py_ssize_t _positive_size(object value, str name) except -1:
+    """A window or capacity argument: an integer of at least 1, else TypeError/ValueError."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got bool")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if n < 1:
+        raise ValueError(f"{name} must be at least 1, got {n}")
+    if n > (1 << 40):
+        raise ValueError(f"{name} must be at most 2**40, got {n}")
+    return n
+
+
+cdef double _positive_seconds(object value, str name) except -1.0:
+    cdef double v
+    try:
+        v = value
+    except TypeError:
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}") from None
+    if not (v > 0.0 and v - v == 0.0):
+        raise ValueError(f"{name} must be a positive finite number of seconds, got {value!r}")
+    return v
+
+
+cdef int _concurrent_writer() except -1:
+    raise RuntimeError("RollingStats: another thread is in push_many; one writer at a time")
+
+
+cdef Py_ssize_t _ddof(object ddof) except -1:
+    if isinstance(ddof, bool):
+        raise TypeError("ddof must be an integer, got bool")
+    d = operator.index(ddof)
+    if d < 0:
+        raise ValueError(f"ddof must be at least 0, got {d}")
+    return d
+
+
+# --------------------------------------------------------------------------------------
+cdef class RingBuffer:
+    """Fixed-capacity ring of float64 values; the oldest value is overwritten when full.
+
+    >>> r = RingBuffer(3)
+    >>> for x in (1, 2, 3, 4): r.push(x)
+    >>> r.to_array()
+    array([2., 3., 4.])
+    """
+
+    def __cinit__(self, capacity):
+        cdef Py_ssize_t n = _positive_size(capacity, "capacity")
+        memset(&self.state, 0, sizeof(ring_t))
+        self.state.data = <double *>calloc(n, sizeof(double))
+        if self.state.data == NULL:
+            raise MemoryError(f"cannot allocate a RingBuffer of capacity {n}")
+        self.state.capacity = n
+
+    def __dealloc__(self):
+        free(self.state.data)
+        self.state.data = NULL
+
+    @property
+    def capacity(self) -> int:
+        return self.state.capacity
+
+    @property
+    def total(self) -> int:
+        """Values pushed since construction, including those overwritten since."""
+        return self.state.total
+
+    def push(self, double x):
+        """Append x (any float, NaN included: the ring stores, it does not judge)."""
+        ring_push(&self.state, x)
+
+    def __len__(self):
+        return ring_len(&self.state)
+
+    def last(self) -> float:
+        """The newest value; IndexError when empty."""
+        cdef uint64_t s
+        cdef double v
+        cdef int64_t total
+        while True:
+            s = coh_read_begin(&self.state.seq)
+            total = self.state.total
+            v = self.state.data[(self.state.head if self.state.head > 0 else self.state.capacity) - 1]
+            if not coh_read_retry(&self.state.seq, s):
+                break
+        if total == 0:
+            raise IndexError("last() of an empty RingBuffer")
+        return v
+
+    def to_array(self):
+        """A numpy copy of the values, oldest to newest."""
+        cdef Py_ssize_t n, head, cap = self.state.capacity, first
+        cdef uint64_t s
+        out = np.empty(cap, dtype=np.float64)
+        cdef double[::1] dst = out
+        while True:
+            s = coh_read_begin(&self.state.seq)
+            n = ring_len(&self.state)
+            head = self.state.head
+            first = head - n if head >= n else head - n + cap
+            if first + n <= cap:
+                memcpy(&dst[0], &self.state.data[first], n * sizeof(double))
+            else:
+                memcpy(&dst[0], &self.state.data[first], (cap - first) * sizeof(double))
+                memcpy(&dst[cap - first], &self.state.data[0], (n - (cap - first)) * sizeof(double))
+            if not coh_read_retry(&self.state.seq, s):
+                break
+        return out[:n].copy() if n < cap else out
+
+    def __repr__(self):
+        return f"RingBuffer(capacity={self.state.capacity}, len={len(self)})"
+
+
+# --------------------------------------------------------------------------------------
+cdef int rolling_init(rolling_t *r, Py_ssize_t window) except -1:
+    cdef Py_ssize_t block = window // 2 if window >= 2 else 1, k
+    memset(r, 0, sizeof(rolling_t))
+    r.window = window
+    r.block = block
+    r.values = <double *>calloc(window, sizeof(double))
+    r.inv = <double *>malloc((block + 1) * sizeof(double))
+    r.suffix = <moments_t *>calloc(2 * block, sizeof(moments_t))
+    if r.values == NULL or r.inv == NULL or r.suffix == NULL:
+        rolling_free(r)
+        raise MemoryError(f"cannot allocate a RollingStats of window {window}")
+    r.inv[0] = 0.0
+    for k in range(1, block + 1):
+        r.inv[k] = 1.0 / <double>k
+    return 0
+
+
+cdef void rolling_free(rolling_t *r) noexcept:
+    free(r.values)
+    free(r.inv)
+    free(r.suffix)
+    r.values = NULL
+    r.inv = NULL
+    r.suffix = NULL
+
+
+cdef class RollingStats:
+    """Mean, variance and standard deviation of the last `window` values.
+
+    Every push is O(1) in the worst case and allocates nothing; NaN and +-inf are refused
+    and counted in `rejected`. One writer at a time; readers from any thread.
+
+    >>> s = RollingStats(window=4)
+    >>> s.push_many([1.0, 2.0, 3.0, 4.0, 5.0])
+    5
+    >>> s.mean, s.var(), s.count
+    (3.5, 1.25, 4)
+    """
+
+    def __cinit__(self, window):
+        rolling_init(&self.state, _positive_size(window, "window"))
+        self._writing = False
+
+    def __dealloc__(self):
+        rolling_free(&self.state)
+
+    @property
+    def window(self) -> int:
+        return self.state.window
+
+    @property
+    def count(self) -> int:
+        """Values in the window: min(total, window)."""
+        cdef rolling_snapshot_t snap
+        rolling_read(&self.state, &snap)
+        return snap.count
+
+    @property
+    def total(self) -> int:
+        """Values accepted since construction or reset()."""
+        return self.state.total
+
+    @property
+    def rejected(self) -> int:
+        """NaN and +-inf values refused since construction or reset()."""
+        return self.state.rejected
+
+    def push(self, double x) -> bool:
+        """Add x to the window, evicting the oldest value when full. False if x was refused."""
+        if self._writing:
+            _concurrent_writer()
+        return rolling_push(&self.state, x)
+
+    def push_many(self, values) -> int:
+        """Push every value of a 1-d array-like, in order, without the GIL. Returns how many
+        were accepted (the rest were NaN or +-inf, counted in `rejected`)."""
+        cdef const double[::1] buf
+        cdef Py_ssize_t i = 0, end, n, accepted = 0
+        cdef rolling_t *r = &self.state
+        cdef double x
+        if self._writing:
+            _concurrent_writer()
+        arr = np.ascontiguousarray(values, dtype=np.float64)
+        if arr.ndim != 1:
+            raise ValueError(f"push_many needs a 1-d array, got {arr.ndim} dimensions")
+        buf = arr
+        n = buf.shape[0]
+        self._writing = True
+        try:
+            with nogil:
+                while i < n:
+                    end = i + PUBLISH_CHUNK if n - i > PUBLISH_CHUNK else n
+                    coh_write_begin(&r.seq)
+                    while i < end:
+                        x = buf[i]
+                        if is_finite(x):
+                            rolling_step(r, x)
+                            accepted += 1
+                        else:
+                            r.rejected += 1
+                        i += 1
+                    coh_write_end(&r.seq)
+        finally:
+            self._writing = False
+        return accepted
+
+    @property
+    def mean(self) -> float:
+        """Mean of the window; NaN when empty."""
+        cdef rolling_snapshot_t snap
+        rolling_read(&self.state, &snap)
+        return snap.mean
+
+    def var(self, ddof=0) -> float:
+        """Variance of the window with divisor count - ddof (0: population); NaN if that is <= 0."""
+        cdef Py_ssize_t d = _ddof(ddof)
+        cdef rolling_snapshot_t snap
+        rolling_read(&self.state, &snap)
+        return snapshot_var(&snap, d)
+
+    def std(self, ddof=0) -> float:
+        """Standard deviation of the window: sqrt(var(ddof))."""
+        cdef Py_ssize_t d = _ddof(ddof)
+        cdef rolling_snapshot_t snap
+        rolling_read(&self.state, &snap)
+        return sqrt(snapshot_var(&snap, d))
+
+    def snapshot(self, ddof=0) -> RollingSnapshot:
+        """count, total, mean and var(ddof), all from the same update, without a lock."""
+        cdef Py_ssize_t d = _ddof(ddof)
+        cdef rolling_snapshot_t snap
+        rolling_read(&self.state, &snap)
+        return RollingSnapshot(snap.count, snap.total, snap.mean, snapshot_var(&snap, d))
+
+    def reset(self) -> None:
+        """Empty the window and zero the counters (total, rejected)."""
+        cdef rolling_t *r = &self.state
+        if self._writing:
+            _concurrent_writer()
+        coh_write_begin(&r.seq)
+        r.head = 0
+        r.pos = 0
+        r.pass_left = 0
+        r.nblocks = 0
+        r.total = 0
+        r.rejected = 0
+        r.prefix.n = 0
+        coh_write_end(&r.seq)
+
+    def __repr__(self):
+        s = self.snapshot()
+        return f"RollingStats(window={self.state.window}, count={s.count}, mean={s.mean!r}, var={s.var!r})"
+
+
+# --------------------------------------------------------------------------------------
+cdef class EwmaRate:
+    """Smoothed per-second rate of a counter sampled at irregular times.
+
+    The weight of a new interval of dt seconds is alpha = 1 - 2**(-dt / half_life): after
+    `half_life` seconds an old rate counts for half. A value lower than the previous one is a
+    counter reset (process restart, wrap): the increase is counted from zero, as Prometheus'
+    rate() does.
+
+    >>> r = EwmaRate(half_life=1.0)
+    >>> r.update(0.0, 100)
+    nan
+    >>> r.update(0.5, 150)
+    100.0
+    """
+
+    def __cinit__(self, half_life):
+        memset(&self.state, 0, sizeof(ewma_t))
+        self.state.half_life = _positive_seconds(half_life, "half_life")
+        self.state.rate = NAN
+        self.state.var = NAN
+        self.state.last_rate = NAN
+
+    @property
+    def half_life(self) -> float:
+        return self.state.half_life
+
+    def update(self, double t, double value) -> float:
+        """Take the counter's value at time t (seconds, increasing); return the smoothed rate
+        (NaN after the first sample). NaN or +-inf values are counted in `rejected` and ignored;
+        a time that is not after the previous one raises ValueError."""
+        cdef int rc = ewma_update(&self.state, t, value)
+        if rc == EWMA_BAD_TIME:
+            raise ValueError(
+                f"EwmaRate.update: time must be finite and increase, got t={t!r} "
+                f"after t={self.state.t_last!r}")
+        return self.state.rate if self.state.samples > 1 else NAN
+
+    @property
+    def rate(self) -> float:
+        """Smoothed rate per second; NaN before two samples."""
+        cdef ewma_snapshot_t snap
+        ewma_read(&self.state, &snap)
+        return snap.rate
+
+    @property
+    def rate_var(self) -> float:
+        """Exponentially weighted variance of the per-interval rate."""
+        cdef ewma_snapshot_t snap
+        ewma_read(&self.state, &snap)
+        return snap.var
+
+    @property
+    def rate_std(self) -> float:
+        cdef ewma_snapshot_t snap
+        ewma_read(&self.state, &snap)
+        return sqrt(snap.var)
+
+    @property
+    def last_rate(self) -> float:
+        """Unsmoothed rate of the last interval."""
+        return self.state.last_rate
+
+    @property
+    def samples(self) -> int:
+        return self.state.samples
+
+    @property
+    def resets(self) -> int:
+        """Times the counter went down and was counted from zero."""
+        return self.state.resets
+
+    @property
+    def rejected(self) -> int:
+        return self.state.rejected
+
+    def snapshot(self) -> RateSnapshot:
+        """time, rate, rate_var and samples, all from the same update, without a lock."""
+        cdef ewma_snapshot_t snap
+        ewma_read(&self.state, &snap)
+        return RateSnapshot(snap.t, snap.rate, snap.var, snap.samples)
+
+    def __repr__(self):
+        return f"EwmaRate(half_life={self.state.half_life!r}, rate={self.rate!r})"
+
+
+# --------------------------------------------------------------------------------------
+cdef class RatioWindow:
+    """Sliding sums of two streams of deltas over the last `window` updates, and their ratio.
+
+    For egress/ingress amplification: `update(egress_delta, ingress_delta)` once per interval;
+    `ratio()` is NaN while the ingress sum is under `min_denominator` (too little traffic to
+    judge).
+
+    >>> w = RatioWindow(window=3, min_denominator=1)
+    >>> for e, i in ((2, 1), (3, 1), (4, 2)): w.update(e, i)
+    >>> w.ratio()
+    2.25
+    """
+
+    def __cinit__(self, window, min_denominator=1.0):
+        cdef Py_ssize_t n = _positive_size(window, "window")
+        cdef double m
+        try:
+            m = min_denominator
+        except TypeError:
+            raise TypeError(f"min_denominator must be a number, got {type(min_denominator).__name__}") from None
+        if not (m >= 0.0 and m - m == 0.0):
+            raise ValueError(f"min_denominator must be a finite number >= 0, got {min_denominator!r}")
+        memset(&self.state, 0, sizeof(ratio_t))
+        self.state.num_ring = <double *>calloc(n, sizeof(double))
+        self.state.den_ring = <double *>calloc(n, sizeof(double))
+        if self.state.num_ring == NULL or self.state.den_ring == NULL:
+            free(self.state.num_ring)
+            free(self.state.den_ring)
+            self.state.num_ring = NULL
+            self.state.den_ring = NULL
+            raise MemoryError(f"cannot allocate a RatioWindow of window {n}")
+        self.state.window = n
+        self.state.min_denominator = m
+
+    def __dealloc__(self):
+        free(self.state.num_ring)
+        free(self.state.den_ring)
+
+    @property
+    def window(self) -> int:
+        return self.state.window
+
+    @property
+    def min_denominator(self) -> float:
+        return self.state.min_denominator
+
+    def update(self, double egress_delta, double ingress_delta) -> None:
+        """Add one interval's increments. NaN/inf are counted in `rejected` and ignored; a
+        negative increment raises ValueError (pass increments, not counter values)."""
+        cdef int rc = ratio_update(&self.state, egress_delta, ingress_delta)
+        if rc == RATIO_NEGATIVE:
+            raise ValueError(
+                f"RatioWindow.update: deltas must be >= 0 (increments of counters), "
+                f"got egress_delta={egress_delta!r}, ingress_delta={ingress_delta!r}")
+
+    def ratio(self) -> float:
+        """numerator / denominator over the window; NaN while denominator < min_denominator."""
+        cdef ratio_snapshot_t snap
+        ratio_read(&self.state, &snap)
+        return snap.ratio
+
+    @property
+    def numerator(self) -> float:
+        """Sum of the egress deltas in the window."""
+        cdef ratio_snapshot_t snap
+        ratio_read(&self.state, &snap)
+        return snap.numerator
+
+    @property
+    def denominator(self) -> float:
+        """Sum of the ingress deltas in the window."""
+        cdef ratio_snapshot_t snap
+        ratio_read(&self.state, &snap)
+        return snap.denominator
+
+    @property
+    def count(self) -> int:
+        return self.state.count
+
+    @property
+    def total(self) -> int:
+        return self.state.total
+
+    @property
+    def rejected(self) -> int:
+        return self.state.rejected
+
+    def snapshot(self) -> RatioSnapshot:
+        """numerator, denominator, ratio, count and total from the same update, without a lock."""
+        cdef ratio_snapshot_t snap
+        ratio_read(&self.state, &snap)
+        return RatioSnapshot(snap.numerator, snap.denominator, snap.ratio, snap.count, snap.total)
+
+    def __repr__(self):
+        return f"RatioWindow(window={self.state.window}, ratio={self.ratio()!r})"

@@ -1,0 +1,52 @@
+"""Build of coherence's compiled core (csrc/ -> coherence._core).
+
+-O3 by default, never -march=native (the wheel must run on any x86-64/arm64 of its family).
+COHERENCE_DEBUG=1 builds with -O0 -g and Cython's bounds checks, for gdb and sanitizers.
+"""
+import os
+import shutil
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+DEBUG = os.environ.get("COHERENCE_DEBUG", "") not in ("", "0")
+CSRC = os.path.join("csrc", "coherence")
+
+if DEBUG:
+    compile_args = ["-O0", "-g3", "-UNDEBUG"]
+    directives = {"boundscheck": True, "wraparound": True, "initializedcheck": True}
+else:
+    compile_args = ["-O3"]
+    directives = {}
+
+extensions = [
+    Extension(
+        "coherence._core",
+        sources=[os.path.join(CSRC, "_core.pyx")],
+        extra_compile_args=compile_args,
+    ),
+]
+
+
+class build_py_with_pxd(build_py):
+    """Ship the .pxd files beside the extension so other Cython code can cimport them."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "coherence")
+        os.makedirs(target, exist_ok=True)
+        for name in sorted(os.listdir(CSRC)):
+            if name.endswith(".pxd"):
+                shutil.copy2(os.path.join(CSRC, name), os.path.join(target, name))
+
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        include_path=["csrc"],
+        compiler_directives={"language_level": 3, **directives},
+        gdb_debug=DEBUG,
+    ),
+    cmdclass={"build_py": build_py_with_pxd},
+)

@@ -5,15 +5,24 @@ here; Cython code can cimport its C-level API from ``coherence._core`` (see get_
 """
 import os as _os
 
-from coherence._core import (
-    EwmaRate,
-    RateSnapshot,
-    RatioSnapshot,
-    RatioWindow,
-    RingBuffer,
-    RollingSnapshot,
-    RollingStats,
-)
+try:
+    from coherence._core import (
+        EwmaRate,
+        RateSnapshot,
+        RatioSnapshot,
+        RatioWindow,
+        RingBuffer,
+        RollingSnapshot,
+        RollingStats,
+    )
+except ModuleNotFoundError as err:  # pragma: no cover - depends on how it was installed
+    if err.name != "coherence._core":
+        raise
+    raise ImportError(
+        f"coherence's compiled core is not built in {_os.path.dirname(__file__)}: install the "
+        "package with `pip install .` and import it from there (from a source checkout, run "
+        "`pytest`, not `python -m pytest`, which puts the source tree first on sys.path)"
+    ) from err
 
 __version__ = "0.1.0"
 

@@ -4,16 +4,21 @@
 Structs, O(1) ``noexcept nogil`` kernels and the extension types that own them, for Cython
 code that updates the accumulators without Python objects (``from coherence._core cimport
 ...``; add ``coherence.get_include()`` to the include path). One writer per accumulator;
-any number of readers, each of which takes a consistent snapshot through a seqlock.
+any number of readers, each of which takes a consistent snapshot without a lock.
 """
 from libc.stdint cimport int64_t, uint64_t
 from libc.math cimport NAN, expm1, fabs, sqrt
 
 # --------------------------------------------------------------------------------------
-# seqlock: the writer makes `seq` odd while it writes and even again after; a reader that
-# saw the same even value before and after its reads got a consistent copy. Release/acquire
-# fences as in Boehm, "Can seqlocks get along with programming language memory models?"
-# (2012). GCC/Clang builtins: on x86 they compile to plain moves plus compiler barriers.
+# Lock-free reading, two ways; fences as in Boehm, "Can seqlocks get along with programming
+# language memory models?" (2012). GCC/Clang builtins: on x86 plain moves + compiler barriers.
+#
+# seqlock (the ring buffer): the writer makes `seq` odd while it writes and even after; a
+#   reader that saw the same even value before and after its reads got a consistent copy.
+# latch (the statistics, Linux's seqcount_latch): the writer keeps its state private and
+#   publishes a small snapshot into two copies, flipping `seq` before each: readers read the
+#   copy the writer is not touching, so they never wait for it, even when it writes
+#   continuously, and retry only if it published twice during their few loads.
 # --------------------------------------------------------------------------------------
 cdef extern from *:
     """
@@ -40,11 +45,23 @@ cdef extern from *:
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         return __atomic_load_n(seq, __ATOMIC_RELAXED) != start;
     }
+    /* latch: flip to the other copy; stores before stay before, stores after stay after */
+    static inline void coh_latch_flip(uint64_t *seq) {
+        uint64_t s = __atomic_load_n(seq, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        __atomic_store_n(seq, s + 1, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+    }
+    static inline uint64_t coh_latch_begin(const uint64_t *seq) {
+        return __atomic_load_n(seq, __ATOMIC_ACQUIRE);
+    }
     """
     void coh_write_begin(uint64_t *seq) noexcept nogil
     void coh_write_end(uint64_t *seq) noexcept nogil
     uint64_t coh_read_begin(const uint64_t *seq) noexcept nogil
     bint coh_read_retry(const uint64_t *seq, uint64_t start) noexcept nogil
+    void coh_latch_flip(uint64_t *seq) noexcept nogil
+    uint64_t coh_latch_begin(const uint64_t *seq) noexcept nogil
 
 
 cdef inline bint is_finite(double x) noexcept nogil:
@@ -106,10 +123,16 @@ ctypedef struct moments_t:
     double m2
 
 
-cdef enum:
-    ROLLING_NBLOCKS = 4      # complete blocks a window can span: window / (window // 2) <= 3, + 1
+ctypedef struct rolling_snapshot_t:
+    int64_t count            # values in the window
+    int64_t total            # values accepted since reset: identifies the update
+    double mean
+    double m2                # variance = m2 / (count - ddof)
+    int64_t rejected
+
 
 ctypedef struct rolling_t:
+    # --- the writer's private state
     double *values           # ring of the last `window` values
     double *inv              # inv[k] = 1/k for k <= block: a multiply instead of a divide
     moments_t *suffix        # 2 buffers of `block` entries: suffix i..block-1 of a block
@@ -126,14 +149,9 @@ ctypedef struct rolling_t:
     int64_t nblocks          # complete blocks since reset
     int64_t total            # values accepted since reset
     int64_t rejected         # NaN and +-inf refused since reset
+    # --- what readers see: a latch of two published snapshots
+    rolling_snapshot_t pub[2]
     uint64_t seq
-
-
-ctypedef struct rolling_snapshot_t:
-    int64_t count            # values in the window
-    int64_t total            # values accepted since reset: identifies the update
-    double mean
-    double m2                # variance = m2 / (count - ddof)
 
 
 cdef inline void welford_add(welford_t *a, double y, const double *inv) noexcept nogil:
@@ -146,16 +164,16 @@ cdef inline void welford_add(welford_t *a, double y, const double *inv) noexcept
 
 cdef inline void welford_merge(welford_t *acc, const welford_t *b) noexcept nogil:
     # Chan, Golub & LeVeque's pairwise update; acc keeps its shift.
-    cdef double delta, n
+    cdef double delta, f
     if b.n == 0:
         return
     if acc.n == 0:
         acc[0] = b[0]
         return
-    n = <double>(acc.n + b.n)
+    f = <double>b.n / <double>(acc.n + b.n)
     delta = (b.shift - acc.shift) + (b.mean - acc.mean)
-    acc.mean += delta * (<double>b.n / n)
-    acc.m2 += b.m2 + delta * delta * (<double>acc.n * <double>b.n / n)
+    acc.mean += delta * f
+    acc.m2 += b.m2 + delta * delta * (<double>acc.n * f)
     acc.n += b.n
 
 
@@ -174,7 +192,7 @@ cdef inline void rolling_backward_step(rolling_t *r) noexcept nogil:
 
 
 cdef inline void rolling_step(rolling_t *r, double x) noexcept nogil:
-    """Take one finite value; the caller holds the write side of the seqlock."""
+    """Take one finite value into the private state; publish with rolling_publish."""
     r.values[r.head] = x
     r.head += 1
     if r.head == r.window:
@@ -202,38 +220,25 @@ cdef inline void rolling_step(rolling_t *r, double x) noexcept nogil:
     r.total += 1
 
 
-cdef inline bint rolling_push(rolling_t *r, double x) noexcept nogil:
-    """Push one value; NaN and +-inf are counted in `rejected` and change nothing else."""
-    coh_write_begin(&r.seq)
-    if is_finite(x):
-        rolling_step(r, x)
-        coh_write_end(&r.seq)
-        return True
-    r.rejected += 1
-    coh_write_end(&r.seq)
-    return False
-
-
-cdef inline bint rolling_compute(const rolling_t *r, rolling_snapshot_t *out) noexcept nogil:
-    """Assemble the window statistic. False if the fields read were torn (retry)."""
-    cdef int64_t total = r.total, nblocks = r.nblocks, start, j, j0
-    cdef Py_ssize_t off, count, pos = r.pos, buf
+cdef inline void rolling_compute(const rolling_t *r, rolling_snapshot_t *out) noexcept nogil:
+    """Assemble the window statistic from the aggregates (writer side)."""
+    cdef int64_t start, j, j0
+    cdef Py_ssize_t off, count, buf
     cdef welford_t acc, part
-    count = <Py_ssize_t>total if total < r.window else r.window
+    count = <Py_ssize_t>r.total if r.total < r.window else r.window
     out.count = count
-    out.total = total
+    out.total = r.total
+    out.rejected = r.rejected
     if count == 0:
         out.mean = NAN
         out.m2 = NAN
-        return True
-    start = total - count
+        return
+    start = r.total - count
     j0 = start // r.block
     off = <Py_ssize_t>(start - j0 * r.block)
-    if nblocks - j0 > ROLLING_NBLOCKS or nblocks < j0 or pos >= r.block:
-        return False
     acc.n = 0
     j = j0
-    while j < nblocks:
+    while j < r.nblocks:
         if j == j0 and off > 0:
             buf = <Py_ssize_t>(j & 1)
             part.n = r.block - off
@@ -244,21 +249,39 @@ cdef inline bint rolling_compute(const rolling_t *r, rolling_snapshot_t *out) no
         else:
             welford_merge(&acc, &r.blocks[j & 3])
         j += 1
-    if pos > 0:
+    if r.pos > 0:
         welford_merge(&acc, &r.prefix)
-    if acc.n != count:
-        return False
     out.mean = acc.shift + acc.mean
     out.m2 = acc.m2 if acc.m2 > 0.0 else 0.0   # a sum of squares: never negative
-    return True
+
+
+cdef inline void rolling_publish(rolling_t *r) noexcept nogil:
+    cdef rolling_snapshot_t snap
+    rolling_compute(r, &snap)
+    coh_latch_flip(&r.seq)       # readers move to copy 1
+    r.pub[0] = snap
+    coh_latch_flip(&r.seq)       # readers move to copy 0
+    r.pub[1] = snap
+
+
+cdef inline bint rolling_push(rolling_t *r, double x) noexcept nogil:
+    """Push one value and publish; NaN and +-inf are counted in `rejected`, nothing else changes."""
+    cdef bint ok = is_finite(x)
+    if ok:
+        rolling_step(r, x)
+    else:
+        r.rejected += 1
+    rolling_publish(r)
+    return ok
 
 
 cdef inline void rolling_read(const rolling_t *r, rolling_snapshot_t *out) noexcept nogil:
-    """Consistent snapshot of count, total, mean and m2, without a lock."""
+    """The last published snapshot, consistent, without a lock (any thread)."""
     cdef uint64_t s
     while True:
-        s = coh_read_begin(&r.seq)
-        if rolling_compute(r, out) and not coh_read_retry(&r.seq, s):
+        s = coh_latch_begin(&r.seq)
+        out[0] = r.pub[s & 1]
+        if not coh_read_retry(&r.seq, s):
             return
 
 
@@ -279,40 +302,52 @@ cdef enum:
     EWMA_REJECTED = 2        # value NaN or +-inf: counted, state unchanged
     EWMA_BAD_TIME = -1       # time not finite or not after the previous sample
 
+
+ctypedef struct ewma_snapshot_t:
+    double t                 # time of the last accepted sample
+    double rate              # smoothed rate per second; NaN before two samples
+    double var               # smoothed variance of the per-interval rate
+    int64_t samples
+
+
 ctypedef struct ewma_t:
     double half_life         # seconds
-    double t_last            # time of the last accepted sample
+    double t_last
     double v_last            # counter value at t_last
-    double rate              # smoothed rate, per second; NaN until the second sample
-    double var               # smoothed variance of the instantaneous rate
-    double last_rate         # instantaneous rate of the last interval
+    double rate
+    double var
+    double last_rate         # unsmoothed rate of the last interval
     int64_t samples
     int64_t resets           # times the counter went down (restart, wrap)
     int64_t rejected
+    ewma_snapshot_t pub[2]
     uint64_t seq
 
 
-ctypedef struct ewma_snapshot_t:
-    double t
-    double rate
-    double var
-    int64_t samples
+cdef inline void ewma_publish(ewma_t *e) noexcept nogil:
+    cdef ewma_snapshot_t snap
+    snap.t = e.t_last
+    snap.rate = e.rate if e.samples > 1 else NAN
+    snap.var = e.var if e.samples > 1 else NAN
+    snap.samples = e.samples
+    coh_latch_flip(&e.seq)
+    e.pub[0] = snap
+    coh_latch_flip(&e.seq)
+    e.pub[1] = snap
 
 
 cdef inline int ewma_update(ewma_t *e, double t, double v) noexcept nogil:
     cdef double dt, delta, inst, alpha, diff
     if not is_finite(t) or (e.samples > 0 and not t > e.t_last):
         return EWMA_BAD_TIME
-    coh_write_begin(&e.seq)
     if not is_finite(v):
         e.rejected += 1
-        coh_write_end(&e.seq)
         return EWMA_REJECTED
     if e.samples == 0:
         e.t_last = t
         e.v_last = v
         e.samples = 1
-        coh_write_end(&e.seq)
+        ewma_publish(e)
         return EWMA_FIRST
     dt = t - e.t_last
     delta = v - e.v_last
@@ -334,18 +369,15 @@ cdef inline int ewma_update(ewma_t *e, double t, double v) noexcept nogil:
     e.t_last = t
     e.v_last = v
     e.samples += 1
-    coh_write_end(&e.seq)
+    ewma_publish(e)
     return EWMA_OK
 
 
 cdef inline void ewma_read(const ewma_t *e, ewma_snapshot_t *out) noexcept nogil:
     cdef uint64_t s
     while True:
-        s = coh_read_begin(&e.seq)
-        out.t = e.t_last
-        out.rate = e.rate if e.samples > 1 else NAN
-        out.var = e.var if e.samples > 1 else NAN
-        out.samples = e.samples
+        s = coh_latch_begin(&e.seq)
+        out[0] = e.pub[s & 1]
         if not coh_read_retry(&e.seq, s):
             return
 
@@ -366,27 +398,27 @@ ctypedef struct ksum_t:
     double c
 
 
+ctypedef struct ratio_snapshot_t:
+    double numerator
+    double denominator
+    Py_ssize_t count         # pairs in the window
+    int64_t total            # pairs accepted: identifies the update
+
+
 ctypedef struct ratio_t:
     double *num_ring
     double *den_ring
     Py_ssize_t window
     Py_ssize_t head
-    Py_ssize_t count         # pairs in the window
+    Py_ssize_t count
     Py_ssize_t nonzero       # pairs in the window with a delta other than zero
     ksum_t num
     ksum_t den
     double min_denominator
     int64_t total
     int64_t rejected
+    ratio_snapshot_t pub[2]
     uint64_t seq
-
-
-ctypedef struct ratio_snapshot_t:
-    double numerator
-    double denominator
-    double ratio             # NaN while denominator < min_denominator
-    Py_ssize_t count
-    int64_t total
 
 
 cdef inline void ksum_add(ksum_t *k, double x) noexcept nogil:
@@ -400,14 +432,12 @@ cdef inline void ksum_add(ksum_t *k, double x) noexcept nogil:
 
 cdef inline int ratio_update(ratio_t *r, double num_delta, double den_delta) noexcept nogil:
     cdef double old_num, old_den
+    cdef ratio_snapshot_t snap
     if not (is_finite(num_delta) and is_finite(den_delta)):
-        coh_write_begin(&r.seq)
         r.rejected += 1
-        coh_write_end(&r.seq)
         return RATIO_REJECTED
     if num_delta < 0.0 or den_delta < 0.0:
         return RATIO_NEGATIVE
-    coh_write_begin(&r.seq)
     if r.count == r.window:
         old_num = r.num_ring[r.head]
         old_den = r.den_ring[r.head]
@@ -432,24 +462,31 @@ cdef inline int ratio_update(ratio_t *r, double num_delta, double den_delta) noe
         r.den.s = 0.0
         r.den.c = 0.0
     r.total += 1
-    coh_write_end(&r.seq)
+    snap.numerator = r.num.s + r.num.c
+    snap.denominator = r.den.s + r.den.c
+    snap.count = r.count
+    snap.total = r.total
+    coh_latch_flip(&r.seq)
+    r.pub[0] = snap
+    coh_latch_flip(&r.seq)
+    r.pub[1] = snap
     return RATIO_OK
 
 
 cdef inline void ratio_read(const ratio_t *r, ratio_snapshot_t *out) noexcept nogil:
     cdef uint64_t s
-    cdef double num, den
     while True:
-        s = coh_read_begin(&r.seq)
-        num = r.num.s + r.num.c
-        den = r.den.s + r.den.c
-        out.count = r.count
-        out.total = r.total
+        s = coh_latch_begin(&r.seq)
+        out[0] = r.pub[s & 1]
         if not coh_read_retry(&r.seq, s):
-            break
-    out.numerator = num
-    out.denominator = den
-    out.ratio = num / den if den >= r.min_denominator and den > 0.0 else NAN
+            return
+
+
+cdef inline double ratio_of(const ratio_t *r, const ratio_snapshot_t *snap) noexcept nogil:
+    """numerator / denominator, NaN while the denominator is under the minimum (or zero)."""
+    if snap.denominator >= r.min_denominator and snap.denominator > 0.0:
+        return snap.numerator / snap.denominator
+    return NAN
 
 
 # --------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 """coherence's compiled core: ring buffer, windowed variance, smoothed rates and ratios.
 
 Every update is O(1) and allocates nothing; the kernels live in _core.pxd so that other
-Cython code (the sampler) runs them without the GIL. Readers never lock: see the seqlock there.
+Cython code (the sampler) runs them without the GIL. Readers never lock: see the latch there.
 """
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy
@@ -14,9 +14,8 @@ import operator
 
 import numpy as np
 
-# push_many publishes its progress to readers every PUBLISH_CHUNK values: short enough that
-# a reader never waits more than a few microseconds, long enough that the seqlock's two
-# stores are noise next to the arithmetic.
+# push_many publishes a snapshot to readers every PUBLISH_CHUNK values (~7 us of work): fresh
+# enough for any reader, rare enough that computing the snapshot is noise next to the pushes.
 cdef Py_ssize_t PUBLISH_CHUNK = 1024
 
 
@@ -176,6 +175,7 @@ cdef int rolling_init(rolling_t *r, Py_ssize_t window) except -1:
     r.inv[0] = 0.0
     for k in range(1, block + 1):
         r.inv[k] = 1.0 / <double>k
+    rolling_publish(r)
     return 0
 
 
@@ -192,7 +192,8 @@ cdef class RollingStats:
     """Mean, variance and standard deviation of the last `window` values.
 
     Every push is O(1) in the worst case and allocates nothing; NaN and +-inf are refused
-    and counted in `rejected`. One writer at a time; readers from any thread.
+    and counted in `rejected`. One writer at a time; readers from any thread, without a lock
+    (they read the snapshot the writer published last).
 
     >>> s = RollingStats(window=4)
     >>> s.push_many([1.0, 2.0, 3.0, 4.0, 5.0])
@@ -222,12 +223,16 @@ cdef class RollingStats:
     @property
     def total(self) -> int:
         """Values accepted since construction or reset()."""
-        return self.state.total
+        cdef rolling_snapshot_t snap
+        rolling_read(&self.state, &snap)
+        return snap.total
 
     @property
     def rejected(self) -> int:
         """NaN and +-inf values refused since construction or reset()."""
-        return self.state.rejected
+        cdef rolling_snapshot_t snap
+        rolling_read(&self.state, &snap)
+        return snap.rejected
 
     def push(self, double x) -> bool:
         """Add x to the window, evicting the oldest value when full. False if x was refused."""
@@ -254,7 +259,6 @@ cdef class RollingStats:
             with nogil:
                 while i < n:
                     end = i + PUBLISH_CHUNK if n - i > PUBLISH_CHUNK else n
-                    coh_write_begin(&r.seq)
                     while i < end:
                         x = buf[i]
                         if is_finite(x):
@@ -263,7 +267,7 @@ cdef class RollingStats:
                         else:
                             r.rejected += 1
                         i += 1
-                    coh_write_end(&r.seq)
+                    rolling_publish(r)
         finally:
             self._writing = False
         return accepted
@@ -301,7 +305,6 @@ cdef class RollingStats:
         cdef rolling_t *r = &self.state
         if self._writing:
             _concurrent_writer()
-        coh_write_begin(&r.seq)
         r.head = 0
         r.pos = 0
         r.pass_left = 0
@@ -309,7 +312,7 @@ cdef class RollingStats:
         r.total = 0
         r.rejected = 0
         r.prefix.n = 0
-        coh_write_end(&r.seq)
+        rolling_publish(r)
 
     def __repr__(self):
         s = self.snapshot()
@@ -338,6 +341,7 @@ cdef class EwmaRate:
         self.state.rate = NAN
         self.state.var = NAN
         self.state.last_rate = NAN
+        ewma_publish(&self.state)
 
     @property
     def half_life(self) -> float:
@@ -462,7 +466,7 @@ cdef class RatioWindow:
         """numerator / denominator over the window; NaN while denominator < min_denominator."""
         cdef ratio_snapshot_t snap
         ratio_read(&self.state, &snap)
-        return snap.ratio
+        return ratio_of(&self.state, &snap)
 
     @property
     def numerator(self) -> float:
@@ -480,11 +484,17 @@ cdef class RatioWindow:
 
     @property
     def count(self) -> int:
-        return self.state.count
+        """Updates in the window."""
+        cdef ratio_snapshot_t snap
+        ratio_read(&self.state, &snap)
+        return snap.count
 
     @property
     def total(self) -> int:
-        return self.state.total
+        """Updates accepted since construction."""
+        cdef ratio_snapshot_t snap
+        ratio_read(&self.state, &snap)
+        return snap.total
 
     @property
     def rejected(self) -> int:
@@ -494,7 +504,8 @@ cdef class RatioWindow:
         """numerator, denominator, ratio, count and total from the same update, without a lock."""
         cdef ratio_snapshot_t snap
         ratio_read(&self.state, &snap)
-        return RatioSnapshot(snap.numerator, snap.denominator, snap.ratio, snap.count, snap.total)
+        return RatioSnapshot(snap.numerator, snap.denominator, ratio_of(&self.state, &snap),
+                             snap.count, snap.total)
 
     def __repr__(self):
         return f"RatioWindow(window={self.state.window}, ratio={self.ratio()!r})"

@@ -1,0 +1,361 @@
+"""What every source is made of: Field rules, one-pread file readers, the Source base, cgroup lookup.
+
+A source opens its files once, read-only, and reads each with one ``pread`` per tick; the bytes
+are parsed by ``parse_fields``, whose rules the compiled sampler implements again in C.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+log = logging.getLogger("coherence.sources")
+
+# Every file we read is far smaller (/proc/vmstat, the largest, is ~8 KiB on 6.x kernels).
+READ_SIZE = 65536
+# Counters are exposed by the kernel as unsigned 64-bit integers; anything longer is junk.
+MAX_COUNTER = 2**64 - 1
+
+
+def _sysconf(name: str, default: int) -> int:
+    try:
+        return os.sysconf(name)
+    except (AttributeError, ValueError, OSError):  # not POSIX, or the name is unknown
+        return default
+
+
+PAGE_SIZE = _sysconf("SC_PAGE_SIZE", 4096)
+# USER_HZ: the unit of /proc/stat and /proc/<pid>/stat times; 100 on every Linux ABI in practice.
+USER_HZ = _sysconf("SC_CLK_TCK", 100)
+NS_PER_TICK = 1e9 / USER_HZ
+
+
+@dataclass(frozen=True)
+class Field:
+    """One number in a file, located by line prefix and token index (see parse_fields).
+
+    >>> Field("pgfault_total", b"pgfault ", 0)
+    Field(signal='pgfault_total', prefix=b'pgfault ', index=0, occurrence=0, after_last=b'', scale=1.0, counter=True)
+    """
+
+    signal: str
+    prefix: bytes
+    index: int
+    occurrence: int = 0
+    after_last: bytes = b""
+    scale: float = 1.0
+    counter: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.signal:
+            raise ValueError("Field.signal must be a non-empty name with its unit")
+        if not isinstance(self.prefix, bytes) or not isinstance(self.after_last, bytes):
+            raise ValueError(f"Field {self.signal!r}: prefix and after_last must be bytes")
+        if self.index < 0 or self.occurrence < 0:
+            raise ValueError(f"Field {self.signal!r}: index and occurrence must be >= 0")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"Field {self.signal!r}: scale must be finite and > 0, got {self.scale}")
+
+
+def _token(data: bytes, lines: List[bytes], field: Field) -> Optional[bytes]:
+    if field.after_last:
+        at = data.rfind(field.after_last)
+        if at < 0:
+            return None
+        tokens = data[at + len(field.after_last):].split()
+    else:
+        seen = 0
+        for line in lines:
+            if line.startswith(field.prefix):
+                if seen == field.occurrence:
+                    break
+                seen += 1
+        else:
+            return None
+        tokens = line[len(field.prefix):].split()
+    return tokens[field.index] if field.index < len(tokens) else None
+
+
+def _number(token: Optional[bytes]) -> Optional[int]:
+    if token is None:
+        return None
+    key, eq, value = token.partition(b"=")
+    if eq:
+        token = value
+    # bytes.isdigit() is ASCII-only: signs, dots, "max" and junk are all rejected
+    if not token.isdigit() or len(token) > 20:
+        return None
+    number = int(token)
+    return number if number <= MAX_COUNTER else None
+
+
+def parse_fields(data: bytes, fields: Iterable[Field]) -> Dict[str, float]:
+    """Parse ``data`` (a whole file) into {signal: value}; a field not found is absent, never an error.
+
+    Rules (the C parser follows them exactly):
+    - lines are split on b"\\n"; a field's line is the ``occurrence``-th (0-based) line that starts
+      with ``prefix`` at byte 0 (b"" matches every line, so occurrence 0 is the first line);
+    - tokens are what follows the prefix, split on ASCII whitespace (space, \\t, \\n, \\r, \\v, \\f);
+      with ``after_last`` set, tokens are everything after the last occurrence of those bytes in the
+      file, newlines included, and prefix/occurrence are ignored;
+    - ``index`` picks a token (0-based); a token ``key=value`` stands for its value (text after the
+      first "=");
+    - a value is a run of ASCII digits, at most 2**64-1; anything else (sign, dot, "max", empty)
+      makes the field absent; the value is multiplied by ``scale``;
+    - several fields with the same signal are summed, and the signal is present only when every one
+      of them was found (a partial sum would be a wrong counter, not a smaller one).
+
+    >>> parse_fields(b"some avg10=0.00 total=42\\n", [Field("psi_us_total", b"some ", 1)])
+    {'psi_us_total': 42.0}
+    """
+    lines = data.split(b"\n")
+    out: Dict[str, float] = {}
+    missing = set()
+    for field in fields:
+        number = _number(_token(data, lines, field))
+        if number is None:
+            missing.add(field.signal)
+            continue
+        out[field.signal] = out.get(field.signal, 0.0) + number * field.scale
+    for signal in missing:
+        out.pop(signal, None)
+    return out
+
+
+class SourceUnavailable(Exception):
+    """A source cannot read what it needs; ``str(err)`` is the one-line reason shown to the user."""
+
+
+def os_error_reason(err: OSError, path: str) -> str:
+    """The one place an OS error on a source file becomes a reason a user can act on."""
+    if err.errno in (errno.ENOENT, errno.ENOTDIR):
+        return f"no {path}"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied: {path}"
+    if err.errno == errno.ESRCH:  # an open /proc/<pid>/... file whose process has exited
+        return f"process exited: {path}"
+    if err.errno == errno.EOPNOTSUPP:  # e.g. /proc/pressure/* on a kernel booted with psi=0
+        return f"not supported by this kernel: {path}"
+    return f"{path}: {err.strerror or err}"
+
+
+def open_readonly(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise SourceUnavailable(os_error_reason(err, path)) from err
+
+
+def read_once(path: str) -> bytes:
+    """Open, pread, close: for probing (cgroup membership, quotas), never on the tick path."""
+    fd = open_readonly(path)
+    try:
+        return os.pread(fd, READ_SIZE, 0)
+    except OSError as err:
+        raise SourceUnavailable(os_error_reason(err, path)) from err
+    finally:
+        os.close(fd)
+
+
+class FileReader:
+    """One file opened once, read with one pread from offset 0 per call, and the Fields it holds."""
+
+    __slots__ = ("path", "fields", "fd")
+
+    def __init__(self, path: str, fields: Sequence[Field] = ()) -> None:
+        self.path = path
+        self.fields: Tuple[Field, ...] = tuple(fields)
+        self.fd = -1
+        self.fd = open_readonly(path)
+
+    def read(self) -> bytes:
+        try:
+            return os.pread(self.fd, READ_SIZE, 0)
+        except OSError as err:
+            raise SourceUnavailable(os_error_reason(err, self.path)) from err
+
+    def parse(self) -> Dict[str, float]:
+        return parse_fields(self.read(), self.fields)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def __repr__(self) -> str:
+        return f"FileReader({self.path!r}, fd={self.fd}, {len(self.fields)} fields)"
+
+
+class Source:
+    """Base of every source: probed at construction, never raising for a missing or garbled file.
+
+    Subclasses set ``name``, ``family``, ``max_hz`` and ``required`` and call ``_probe(build)``,
+    where ``build`` opens readers with ``_add`` and returns the one-line description of what is read.
+    """
+
+    name = ""
+    family = ""
+    max_hz = 0.0
+    required: Tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.readers: List[FileReader] = []
+        self.available = False
+        self.reason = "not probed"
+        self.closed = False
+        self._held: Dict[str, float] = {}
+
+    def _add(self, path: str, fields: Sequence[Field] = ()) -> FileReader:
+        reader = FileReader(path, fields)
+        self.readers.append(reader)
+        return reader
+
+    def _probe(self, build: Callable[[], str]) -> None:
+        try:
+            description = build()
+            values = self._collect()
+        except SourceUnavailable as err:
+            self._unavailable(str(err))
+            return
+        missing = [s for s in self.required if s not in self.derive(values)]
+        if missing:
+            where = ", ".join(r.path for r in self.readers) or self.name
+            self._unavailable(f"{where}: no parsable {', '.join(missing)}")
+            return
+        self._held.clear()  # the probe's derived values must not hold back the first real read
+        self.available, self.reason = True, description
+
+    def _unavailable(self, reason: str) -> None:
+        log.debug("source %s unavailable: %s", self.name, reason)
+        self.available, self.reason = False, reason
+        self._close_readers()
+
+    def _collect(self) -> Dict[str, float]:
+        values: Dict[str, float] = {}
+        for reader in self.readers:
+            values.update(reader.parse())
+        return values
+
+    def derive(self, values: Dict[str, float]) -> Dict[str, float]:
+        """Add signals computed from the parsed ones (e.g. minor faults); the default adds none."""
+        return values
+
+    def _monotonic(self, signal: str, value: float) -> float:
+        # A difference of two counters read at slightly different instants (pgfault is counted
+        # before pgmajfault within one fault) can step back by a few; holding it avoids a false
+        # "counter reset", which downstream would read as a huge rate.
+        held = self._held.get(signal, value)
+        if value < held:
+            return held
+        self._held[signal] = value
+        return value
+
+    def read(self) -> Dict[str, float]:
+        """Every reader's pread parsed and merged, plus derived signals; {} once unavailable.
+
+        A file that fails at read time (the process exited) makes the source unavailable with
+        the reason, once; it never raises on a tick.
+        """
+        if self.closed:
+            raise ValueError(f"source {self.name}: read() after close()")
+        if not self.available:
+            return {}
+        try:
+            values = self._collect()
+        except SourceUnavailable as err:
+            self._unavailable(str(err))
+            return {}
+        return self.derive(values)
+
+    def _close_readers(self) -> None:
+        for reader in self.readers:
+            reader.close()
+
+    def close(self) -> None:
+        self._close_readers()
+        self.closed = True
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "available" if self.available else "unavailable"
+        return f"<{self.name} {state}: {self.reason}>"
+
+
+def check_pid(pid: Optional[int]) -> Optional[int]:
+    if pid is None:
+        return None
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        raise ValueError(f"pid must be a positive integer, got {pid!r}")
+    return pid
+
+
+def pid_dir(proc_root: str, pid: int) -> str:
+    """/proc/<pid>, or SourceUnavailable('no process <pid>')."""
+    path = os.path.join(proc_root, str(pid))
+    if not os.path.isdir(path):
+        raise SourceUnavailable(f"no process {pid}")
+    return path
+
+
+# --- cgroups ---------------------------------------------------------------------------------
+# We watch the root of the cgroup hierarchy this process can see: inside a container (cgroup
+# namespace, or Docker's bind-mounted v1 directories) that is the container; on a host it is the
+# whole host. The process's own leaf cgroup would be wrong on a host: under systemd it is the
+# sentinel's own service or login session, which would read ~0 % while the host burns.
+
+
+def cgroup2_mount(sys_root: str) -> Optional[str]:
+    """The cgroup v2 mount: /sys/fs/cgroup (pure v2) or /sys/fs/cgroup/unified (hybrid)."""
+    base = os.path.join(sys_root, "fs", "cgroup")
+    for mount in (base, os.path.join(base, "unified")):
+        if os.path.isfile(os.path.join(mount, "cgroup.controllers")):
+            return mount
+    return None
+
+
+def cgroup1_mount(sys_root: str, controller: str) -> Optional[str]:
+    """The v1 mount holding ``controller``: named after its controllers ("cpuacct", "cpu,cpuacct")."""
+    base = os.path.join(sys_root, "fs", "cgroup")
+    if os.path.isfile(os.path.join(base, "cgroup.controllers")):
+        return None  # pure v2: nothing under it is a v1 mount
+    try:
+        names = sorted(os.listdir(base))
+    except OSError:
+        return None
+    for name in names:
+        path = os.path.join(base, name)
+        if controller in name.split(",") and os.path.isdir(path):
+            return path
+    return None
+
+
+def cgroup_membership(proc_root: str, pid: Optional[int] = None) -> Dict[str, str]:
+    """{controller: path} from /proc/<pid|self>/cgroup; key "" is the v2 hierarchy. {} if unreadable."""
+    path = os.path.join(proc_root, str(pid) if pid else "self", "cgroup")
+    try:
+        data = read_once(path)
+    except SourceUnavailable:
+        return {}
+    out: Dict[str, str] = {}
+    for line in data.split(b"\n"):
+        parts = line.split(b":", 2)
+        if len(parts) != 3 or not parts[2].startswith(b"/"):
+            continue
+        where = os.fsdecode(parts[2])
+        if parts[0] == b"0" and parts[1] == b"":
+            out[""] = where
+        for controller in parts[1].split(b","):
+            if controller:
+                out[os.fsdecode(controller)] = where
+    return out

@@ -1,0 +1,241 @@
+"""CPU usage counters in nanoseconds (signal ``cpu_usage_ns_total``) and the CPUs they are shared by.
+
+Best first: cgroup ns/µs counters, ``/proc/<pid>/schedstat``; then the 10 ms tick counters of
+``/proc/<pid>/stat`` and ``/proc/stat``; psutil last, for any OS.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, List, Optional, Tuple
+
+from coherence.sources._base import (
+    NS_PER_TICK,
+    USER_HZ,
+    Field,
+    Source,
+    SourceUnavailable,
+    cgroup1_mount,
+    cgroup2_mount,
+    cgroup_membership,
+    check_pid,
+    parse_fields,
+    pid_dir,
+    read_once,
+)
+
+SIGNAL = "cpu_usage_ns_total"
+# A ~1 µs pread of an ns/µs counter: the sampler's --hz ceiling.
+FINE_HZ = 2000.0
+# USER_HZ ticks (10 ms): more reads per second only repeat the same value.
+TICK_HZ = float(USER_HZ)
+TICK_NOTE = (f"{1000 / USER_HZ:g} ms ticks (USER_HZ={USER_HZ}): "
+             "usable only for buckets of 100 ms or more")
+# /proc/stat "cpu " columns counted as busy: user nice system [idle iowait] irq softirq steal.
+# guest and guest_nice are already inside user and nice.
+PROCSTAT_BUSY = (0, 1, 2, 5, 6, 7)
+
+
+class Cgroup2Cpu(Source):
+    """cgroup v2 ``cpu.stat`` usage_usec of the visible hierarchy's root (the container, or the host)."""
+
+    name, family, max_hz, required = "cpu.cgroup2", "cpu", FINE_HZ, (SIGNAL,)
+
+    def __init__(self, proc_root: str = "/proc", sys_root: str = "/sys") -> None:
+        super().__init__()
+        self._probe(lambda: self._build(sys_root))
+
+    def _build(self, sys_root: str) -> str:
+        mount = cgroup2_mount(sys_root)
+        if mount is None:
+            raise SourceUnavailable(f"no cgroup v2 hierarchy under {sys_root}/fs/cgroup")
+        path = os.path.join(mount, "cpu.stat")
+        self._add(path, [Field(SIGNAL, b"usage_usec ", 0, scale=1000.0)])
+        return f"{path} usage_usec (µs counter of the cgroup root: container or host)"
+
+
+class Cgroup1Cpu(Source):
+    """cgroup v1 ``cpuacct.usage`` (ns) of the visible hierarchy's root."""
+
+    name, family, max_hz, required = "cpu.cgroup1", "cpu", FINE_HZ, (SIGNAL,)
+
+    def __init__(self, proc_root: str = "/proc", sys_root: str = "/sys") -> None:
+        super().__init__()
+        self._probe(lambda: self._build(sys_root))
+
+    def _build(self, sys_root: str) -> str:
+        mount = cgroup1_mount(sys_root, "cpuacct")
+        if mount is None:
+            raise SourceUnavailable(f"no cgroup v1 cpuacct hierarchy under {sys_root}/fs/cgroup")
+        path = os.path.join(mount, "cpuacct.usage")
+        self._add(path, [Field(SIGNAL, b"", 0)])
+        return f"{path} (ns counter of the cgroup root: container or host)"
+
+
+def _threads(base: str) -> int:
+    values = parse_fields(read_once(os.path.join(base, "status")), [Field("threads", b"Threads:", 0)])
+    return int(values.get("threads", 1))
+
+
+class PidCpu(Source):
+    """``/proc/<pid>/schedstat`` run time in ns: exact, but of the process's main thread only."""
+
+    name, family, max_hz, required = "cpu.pid", "cpu", FINE_HZ, (SIGNAL,)
+
+    def __init__(self, pid: int, proc_root: str = "/proc") -> None:
+        super().__init__()
+        self.pid = check_pid(pid)
+        self._probe(lambda: self._build(proc_root))
+
+    def _build(self, proc_root: str) -> str:
+        base = pid_dir(proc_root, self.pid)
+        threads = _threads(base)
+        if threads > 1:
+            # schedstat is per thread: for a JVM or a Go binary the main thread is nearly idle.
+            raise SourceUnavailable(
+                f"{base}/schedstat counts the main thread only and process {self.pid} "
+                f"has {threads} threads")
+        path = os.path.join(base, "schedstat")
+        self._add(path, [Field(SIGNAL, b"", 0)])
+        return f"{path} (ns, process {self.pid}, single-threaded at probe time)"
+
+
+class PidStatCpu(Source):
+    """``/proc/<pid>/stat`` utime + stime: the whole process, every thread, in 10 ms ticks."""
+
+    name, family, max_hz, required = "cpu.pidstat", "cpu", TICK_HZ, (SIGNAL,)
+
+    def __init__(self, pid: int, proc_root: str = "/proc") -> None:
+        super().__init__()
+        self.pid = check_pid(pid)
+        self._probe(lambda: self._build(proc_root))
+
+    def _build(self, proc_root: str) -> str:
+        path = os.path.join(pid_dir(proc_root, self.pid), "stat")
+        # utime, stime are fields 14, 15 of proc(5): tokens 11, 12 after the comm's last ")"
+        self._add(path, [Field(SIGNAL, b"", i, after_last=b")", scale=NS_PER_TICK) for i in (11, 12)])
+        return f"{path} utime+stime (process {self.pid}, all threads); {TICK_NOTE}"
+
+
+class ProcStatCpu(Source):
+    """``/proc/stat`` busy time of the whole host: user+nice+system+irq+softirq+steal."""
+
+    name, family, max_hz, required = "cpu.procstat", "cpu", TICK_HZ, (SIGNAL,)
+
+    def __init__(self, proc_root: str = "/proc", sys_root: str = "/sys") -> None:
+        super().__init__()
+        self._probe(lambda: self._build(proc_root))
+
+    def _build(self, proc_root: str) -> str:
+        path = os.path.join(proc_root, "stat")
+        self._add(path, [Field(SIGNAL, b"cpu ", i, scale=NS_PER_TICK) for i in PROCSTAT_BUSY])
+        return f"{path} cpu line, host-wide; {TICK_NOTE}"
+
+
+class PsutilCpu(Source):
+    """psutil's CPU times (any OS): busy fields of the host, or user+system of ``pid``; no readers."""
+
+    name, family, max_hz, required = "cpu.psutil", "cpu", TICK_HZ, (SIGNAL,)
+    HOST_BUSY = ("user", "nice", "system", "irq", "softirq", "steal")
+
+    def __init__(self, pid: Optional[int] = None) -> None:
+        super().__init__()
+        self.pid = check_pid(pid)
+        self._times: Callable[[], object] = lambda: None
+        self._errors: Tuple[type, ...] = ()
+        self._probe(self._build)
+
+    def _build(self) -> str:
+        try:
+            import psutil
+        except ImportError as err:
+            raise SourceUnavailable("psutil is not installed") from err
+        self._errors = (psutil.Error, OSError)
+        if self.pid is None:
+            self._times, busy, scope = psutil.cpu_times, self.HOST_BUSY, "host"
+        else:
+            try:
+                self._times = psutil.Process(self.pid).cpu_times
+            except psutil.NoSuchProcess as err:
+                raise SourceUnavailable(f"no process {self.pid}") from err
+            busy, scope = ("user", "system"), f"process {self.pid}"
+        self._busy = busy
+        return f"psutil {psutil.__version__} cpu_times() {'+'.join(busy)} ({scope}); {TICK_NOTE}"
+
+    def _collect(self) -> Dict[str, float]:
+        try:
+            times = self._times()
+        except self._errors as err:
+            raise SourceUnavailable(f"psutil: {err}") from err
+        parts = [getattr(times, f) for f in self._busy if hasattr(times, f)]
+        return {SIGNAL: sum(parts) * 1e9} if parts else {}
+
+
+def _v2_quota(directory: str) -> Optional[float]:
+    try:
+        data = read_once(os.path.join(directory, "cpu.max"))
+    except SourceUnavailable:
+        return None
+    # "max 100000" parses no quota: no limit at this level
+    v = parse_fields(data, [Field("quota", b"", 0), Field("period", b"", 1)])
+    return v["quota"] / v["period"] if v.get("period") and "quota" in v else None
+
+
+def _v1_quota(directory: str) -> Optional[float]:
+    try:
+        data = read_once(os.path.join(directory, "cpu.cfs_quota_us"))
+        data += b"\n" + read_once(os.path.join(directory, "cpu.cfs_period_us"))
+    except SourceUnavailable:
+        return None
+    # a quota of -1 (no limit) is not a number to parse_fields: absent
+    v = parse_fields(data, [Field("quota", b"", 0), Field("period", b"", 0, occurrence=1)])
+    return v["quota"] / v["period"] if v.get("period") and "quota" in v else None
+
+
+def _cgroup_levels(mount: str, member: Optional[str]) -> List[str]:
+    """``mount``/``member`` and its ancestors up to ``mount``; the mount alone without a member."""
+    leaf = os.path.normpath(os.path.join(mount, (member or "/").lstrip("/")))
+    if not os.path.isdir(leaf):
+        leaf = mount  # the member path is not visible from here (another cgroup namespace)
+    levels = [leaf]
+    while levels[-1] != mount and levels[-1].startswith(mount + os.sep):
+        levels.append(os.path.dirname(levels[-1]))
+    return levels
+
+
+def cpu_capacity(proc_root: str = "/proc", sys_root: str = "/sys",
+                 pid: Optional[int] = None) -> Tuple[float, str]:
+    """How many CPUs the watched scope may use: affinity, capped by every cgroup quota above it.
+
+    >>> cpus, why = cpu_capacity()  # e.g. (1.5, "2 CPUs in affinity; quota 150000/100000 ...")
+    """
+    check_pid(pid)
+    try:
+        cpus, why = float(len(os.sched_getaffinity(pid or 0))), "affinity"
+    except ProcessLookupError:
+        cpus, why = float(os.cpu_count() or 1), f"no process {pid}: all online CPUs"
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS)
+        cpus, why = float(os.cpu_count() or 1), "online CPUs"
+    reasons = [f"{cpus:g} CPUs ({why})"]
+    member = cgroup_membership(proc_root, pid) if pid else {}
+    mounts = [(cgroup2_mount(sys_root), "", _v2_quota), (cgroup1_mount(sys_root, "cpu"), "cpu", _v1_quota)]
+    for mount, key, quota_of in mounts:
+        if mount is None:
+            continue
+        for level in _cgroup_levels(mount, member.get(key)):
+            quota = quota_of(level)
+            if quota is not None and quota < cpus:
+                cpus = quota
+                reasons.append(f"quota {quota:g} CPUs ({level})")
+    return cpus, "; ".join(reasons)
+
+
+def discover(pid: Optional[int] = None, proc_root: str = "/proc", sys_root: str = "/sys") -> List[Source]:
+    """CPU sources in preference order: the process's own first with ``pid``, then cgroup, /proc/stat, psutil."""
+    check_pid(pid)
+    sources: List[Source] = []
+    if pid is not None:
+        sources += [PidCpu(pid, proc_root), PidStatCpu(pid, proc_root), PsutilCpu(pid)]
+    sources += [Cgroup2Cpu(proc_root, sys_root), Cgroup1Cpu(proc_root, sys_root), ProcStatCpu(proc_root, sys_root)]
+    if pid is None:
+        sources.append(PsutilCpu())
+    return sources

@@ -1,0 +1,168 @@
+"""Memory: resident bytes and allocation churn as minor page faults, with pgalloc/pgfree beside.
+
+Minor faults count anonymous memory being touched; streaming a file through the page cache
+allocates pages (pgalloc) but raises almost none, so churn stays flat while a file is read.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional
+
+from coherence.sources._base import (
+    PAGE_SIZE,
+    Field,
+    Source,
+    SourceUnavailable,
+    cgroup1_mount,
+    cgroup2_mount,
+    check_pid,
+    pid_dir,
+)
+
+# meminfo/vmstat/memory.stat cost 5-20 µs a read; churn in MB/s needs only tens of Hz.
+MEMORY_HZ = 50.0
+KIB = 1024.0
+REQUIRED = ("mem_resident_bytes", "mem_total_bytes", "minor_faults_total")
+
+
+def _gauge(signal: str, prefix: bytes, scale: float = 1.0) -> Field:
+    return Field(signal, prefix, 0, scale=scale, counter=False)
+
+
+# Beside a cgroup limit: "no limit" is the host's memory.
+HOST_MEM_TOTAL = _gauge("host_mem_total_bytes", b"MemTotal:", KIB)
+
+
+class _Memory(Source):
+    family, max_hz, required = "memory", MEMORY_HZ, REQUIRED
+
+    def _minor(self, values: Dict[str, float], faults: str, major: str) -> None:
+        if faults in values and major in values:
+            minor = max(0.0, values[faults] - values[major])
+            values["minor_faults_total"] = self._monotonic("minor_faults_total", minor)
+
+    def _cgroup_derive(self, values: Dict[str, float]) -> Dict[str, float]:
+        # Working set, as the kubelet computes it: usage less inactive page cache, so a file
+        # streamed once does not read as resident growth.
+        if "mem_usage_bytes" in values:
+            inactive = values.get("mem_inactive_file_bytes", 0.0)
+            values["mem_resident_bytes"] = max(0.0, values["mem_usage_bytes"] - inactive)
+        limits = [values[k] for k in ("mem_limit_bytes", "host_mem_total_bytes") if k in values]
+        if limits:
+            values["mem_total_bytes"] = min(limits)
+        self._minor(values, "pgfault_total", "pgmajfault_total")
+        return values
+
+
+class HostMemory(_Memory):
+    """Host: ``/proc/meminfo`` MemTotal - MemAvailable, ``/proc/vmstat`` faults, pgalloc_*, pgfree."""
+
+    name = "memory.host"
+
+    def __init__(self, proc_root: str = "/proc", sys_root: str = "/sys") -> None:
+        super().__init__()
+        self._probe(lambda: self._build(proc_root))
+
+    def _build(self, proc_root: str) -> str:
+        meminfo = os.path.join(proc_root, "meminfo")
+        self._add(meminfo, [_gauge("mem_total_bytes", b"MemTotal:", KIB),
+                            _gauge("mem_available_bytes", b"MemAvailable:", KIB)])
+        vmstat = self._add(os.path.join(proc_root, "vmstat"))
+        # Zones differ by kernel and arch (dma, dma32, normal, movable, device): take those present.
+        zones = [line.split()[0] + b" " for line in vmstat.read().split(b"\n")
+                 if line.startswith(b"pgalloc_") and line.split()]
+        vmstat.fields = tuple([Field("pgalloc_total", zone, 0) for zone in zones] + [
+            Field("pgfree_total", b"pgfree ", 0),
+            Field("pgfault_total", b"pgfault ", 0),
+            Field("pgmajfault_total", b"pgmajfault ", 0)])
+        return (f"{meminfo} MemTotal-MemAvailable; {vmstat.path} pgfault-pgmajfault "
+                f"(pgalloc_total, pgfree_total in pages of {PAGE_SIZE} bytes)")
+
+    def derive(self, values: Dict[str, float]) -> Dict[str, float]:
+        if "mem_total_bytes" in values and "mem_available_bytes" in values:
+            values["mem_resident_bytes"] = max(0.0, values["mem_total_bytes"] - values["mem_available_bytes"])
+        self._minor(values, "pgfault_total", "pgmajfault_total")
+        return values
+
+
+class PidMemory(_Memory):
+    """One process: ``/proc/<pid>/stat`` minflt/majflt (all threads) and ``/proc/<pid>/status`` VmRSS."""
+
+    name = "memory.pid"
+
+    def __init__(self, pid: int, proc_root: str = "/proc") -> None:
+        super().__init__()
+        self.pid = check_pid(pid)
+        self._probe(lambda: self._build(proc_root))
+
+    def _build(self, proc_root: str) -> str:
+        base = pid_dir(proc_root, self.pid)
+        # minflt, majflt are fields 10, 12 of proc(5): tokens 7, 9 after the comm's last ")"
+        self._add(os.path.join(base, "stat"), [Field("minor_faults_total", b"", 7, after_last=b")"),
+                                               Field("pgmajfault_total", b"", 9, after_last=b")")])
+        self._add(os.path.join(base, "status"), [_gauge("mem_resident_bytes", b"VmRSS:", KIB)])
+        self._add(os.path.join(proc_root, "meminfo"), [_gauge("mem_total_bytes", b"MemTotal:", KIB)])
+        return f"{base}/stat minflt, {base}/status VmRSS (process {self.pid}; kernel threads have none)"
+
+
+class Cgroup2Memory(_Memory):
+    """cgroup v2 root: ``memory.current`` less inactive_file, ``memory.stat`` faults, ``memory.max``."""
+
+    name = "memory.cgroup2"
+
+    def __init__(self, proc_root: str = "/proc", sys_root: str = "/sys") -> None:
+        super().__init__()
+        self._probe(lambda: self._build(proc_root, sys_root))
+
+    def _build(self, proc_root: str, sys_root: str) -> str:
+        mount = cgroup2_mount(sys_root)
+        if mount is None:
+            raise SourceUnavailable(f"no cgroup v2 hierarchy under {sys_root}/fs/cgroup")
+        # The host's root cgroup has no memory.current: memory.host covers that case.
+        self._add(os.path.join(mount, "memory.current"), [_gauge("mem_usage_bytes", b"")])
+        self._add(os.path.join(mount, "memory.stat"), [
+            _gauge("mem_inactive_file_bytes", b"inactive_file "),
+            Field("pgfault_total", b"pgfault ", 0),
+            Field("pgmajfault_total", b"pgmajfault ", 0)])
+        self._add(os.path.join(mount, "memory.max"), [_gauge("mem_limit_bytes", b"")])  # "max": absent
+        self._add(os.path.join(proc_root, "meminfo"), [HOST_MEM_TOTAL])
+        return f"{mount}/memory.current - inactive_file, memory.stat pgfault-pgmajfault (cgroup root)"
+
+    def derive(self, values: Dict[str, float]) -> Dict[str, float]:
+        return self._cgroup_derive(values)
+
+
+class Cgroup1Memory(_Memory):
+    """cgroup v1 root: ``memory.usage_in_bytes`` less total_inactive_file, hierarchical faults and limit."""
+
+    name = "memory.cgroup1"
+
+    def __init__(self, proc_root: str = "/proc", sys_root: str = "/sys") -> None:
+        super().__init__()
+        self._probe(lambda: self._build(proc_root, sys_root))
+
+    def _build(self, proc_root: str, sys_root: str) -> str:
+        mount = cgroup1_mount(sys_root, "memory")
+        if mount is None:
+            raise SourceUnavailable(f"no cgroup v1 memory hierarchy under {sys_root}/fs/cgroup")
+        self._add(os.path.join(mount, "memory.usage_in_bytes"), [_gauge("mem_usage_bytes", b"")])
+        # total_* are hierarchical (this cgroup and its children), like v2's memory.stat
+        self._add(os.path.join(mount, "memory.stat"), [
+            _gauge("mem_inactive_file_bytes", b"total_inactive_file "),
+            _gauge("mem_limit_bytes", b"hierarchical_memory_limit "),
+            Field("pgfault_total", b"total_pgfault ", 0),
+            Field("pgmajfault_total", b"total_pgmajfault ", 0)])
+        self._add(os.path.join(proc_root, "meminfo"), [HOST_MEM_TOTAL])
+        return (f"{mount}/memory.usage_in_bytes - total_inactive_file, "
+                f"memory.stat total_pgfault-total_pgmajfault (cgroup root)")
+
+    def derive(self, values: Dict[str, float]) -> Dict[str, float]:
+        return self._cgroup_derive(values)
+
+
+def discover(pid: Optional[int] = None, proc_root: str = "/proc", sys_root: str = "/sys") -> List[Source]:
+    """Memory sources in preference order: the process with ``pid``, then cgroup v2, v1, the host."""
+    check_pid(pid)
+    sources: List[Source] = [PidMemory(pid, proc_root)] if pid is not None else []
+    return sources + [Cgroup2Memory(proc_root, sys_root), Cgroup1Memory(proc_root, sys_root),
+                      HostMemory(proc_root, sys_root)]

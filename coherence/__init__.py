@@ -7,6 +7,7 @@ import os as _os
 
 try:
     from coherence._core import (
+        AtomicCounter,
         EwmaRate,
         RateSnapshot,
         RatioSnapshot,
@@ -27,6 +28,7 @@ except ModuleNotFoundError as err:  # pragma: no cover - depends on how it was i
 __version__ = "0.1.0"
 
 __all__ = [
+    "AtomicCounter",
     "EwmaRate",
     "RateSnapshot",
     "RatioSnapshot",

@@ -1,13 +1,15 @@
 """Type stubs of coherence._core (the compiled core)."""
-from typing import NamedTuple, Union
+from typing import NamedTuple, SupportsFloat, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
 
-_Real = Union[float, int]
+# Anything with __float__ (int, float, numpy scalars) converts to a C double.
+_Real = SupportsFloat
 
+# `count` shadows tuple.count on purpose: it is the name the accumulators use.
 class RollingSnapshot(NamedTuple):
-    count: int
+    count: int  # type: ignore[assignment]
     total: int
     mean: float
     var: float
@@ -22,11 +24,11 @@ class RatioSnapshot(NamedTuple):
     numerator: float
     denominator: float
     ratio: float
-    count: int
+    count: int  # type: ignore[assignment]
     total: int
 
 class RingBuffer:
-    def __init__(self, capacity: int) -> None: ...
+    def __init__(self, capacity: SupportsIndex) -> None: ...
     @property
     def capacity(self) -> int: ...
     @property
@@ -37,7 +39,7 @@ class RingBuffer:
     def to_array(self) -> npt.NDArray[np.float64]: ...
 
 class RollingStats:
-    def __init__(self, window: int) -> None: ...
+    def __init__(self, window: SupportsIndex) -> None: ...
     @property
     def window(self) -> int: ...
     @property
@@ -77,7 +79,7 @@ class EwmaRate:
     def snapshot(self) -> RateSnapshot: ...
 
 class RatioWindow:
-    def __init__(self, window: int, min_denominator: _Real = 1.0) -> None: ...
+    def __init__(self, window: SupportsIndex, min_denominator: _Real = 1.0) -> None: ...
     @property
     def window(self) -> int: ...
     @property
@@ -95,3 +97,9 @@ class RatioWindow:
     @property
     def rejected(self) -> int: ...
     def snapshot(self) -> RatioSnapshot: ...
+
+class AtomicCounter:
+    def __init__(self) -> None: ...
+    def add(self, n: _Real = 1.0) -> None: ...
+    @property
+    def value(self) -> float: ...

@@ -64,7 +64,7 @@ def test_ring_capacity_must_be_an_integer(bad):
 
 def test_ring_push_non_number_is_type_error():
     with pytest.raises(TypeError):
-        RingBuffer(2).push("x")
+        RingBuffer(2).push("x")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ RollingStats
@@ -257,9 +257,9 @@ def test_ewma_half_life_must_be_positive_finite(bad):
 
 def test_ewma_non_number_is_type_error():
     with pytest.raises(TypeError):
-        EwmaRate("1s")
+        EwmaRate("1s")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        EwmaRate(1.0).update("now", 1.0)
+        EwmaRate(1.0).update("now", 1.0)  # type: ignore[arg-type]
 
 
 def test_ewma_snapshot_is_consistent():
@@ -326,7 +326,7 @@ def test_ratio_bad_construction():
     with pytest.raises(ValueError, match="min_denominator"):
         RatioWindow(3, min_denominator=-1)
     with pytest.raises(TypeError, match="min_denominator"):
-        RatioWindow(3, min_denominator="x")
+        RatioWindow(3, min_denominator="x")  # type: ignore[arg-type]
 
 
 def test_ratio_snapshot():
@@ -340,3 +340,28 @@ def test_reprs_say_what_they_are():
     assert "RingBuffer(capacity=3" in repr(RingBuffer(3))
     assert "EwmaRate(half_life=1.0" in repr(EwmaRate(1.0))
     assert "RatioWindow(window=3" in repr(RatioWindow(3))
+
+
+# ------------------------------------------------------------------ AtomicCounter
+def test_counter_adds_and_refuses_what_a_counter_cannot_do():
+    c = coherence.AtomicCounter()
+    assert c.value == 0.0
+    c.add()
+    c.add(2.5)
+    assert c.value == 3.5
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="finite and >= 0"):
+            c.add(bad)
+    assert c.value == 3.5 and "3.5" in repr(c)
+
+
+def test_counter_loses_nothing_under_concurrent_nogil_adders(capi):
+    import threading
+    c = coherence.AtomicCounter()
+    threads = [threading.Thread(target=capi.counter_add_loop, args=(c, 1_000_000, 1.0))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert c.value == 3_000_000.0

@@ -292,12 +292,15 @@ class Source:
         return f"<{self.name} {state}: {self.reason}>"
 
 
-def check_pid(pid: Optional[int]) -> Optional[int]:
-    if pid is None:
-        return None
+def positive_pid(pid: object) -> int:
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         raise ValueError(f"pid must be a positive integer, got {pid!r}")
     return pid
+
+
+def check_pid(pid: Optional[int]) -> Optional[int]:
+    """None (watch the host or container) or a valid pid; ValueError otherwise."""
+    return None if pid is None else positive_pid(pid)
 
 
 def pid_dir(proc_root: str, pid: int) -> str:

@@ -6,7 +6,7 @@ Best first: cgroup ns/µs counters, ``/proc/<pid>/schedstat``; then the 10 ms ti
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Type
 
 from coherence.sources._base import (
     NS_PER_TICK,
@@ -18,6 +18,7 @@ from coherence.sources._base import (
     cgroup2_mount,
     cgroup_membership,
     check_pid,
+    positive_pid,
     parse_fields,
     pid_dir,
     read_once,
@@ -83,7 +84,7 @@ class PidCpu(Source):
 
     def __init__(self, pid: int, proc_root: str = "/proc") -> None:
         super().__init__()
-        self.pid = check_pid(pid)
+        self.pid = positive_pid(pid)
         self._probe(lambda: self._build(proc_root))
 
     def _build(self, proc_root: str) -> str:
@@ -106,7 +107,7 @@ class PidStatCpu(Source):
 
     def __init__(self, pid: int, proc_root: str = "/proc") -> None:
         super().__init__()
-        self.pid = check_pid(pid)
+        self.pid = positive_pid(pid)
         self._probe(lambda: self._build(proc_root))
 
     def _build(self, proc_root: str) -> str:
@@ -141,15 +142,17 @@ class PsutilCpu(Source):
         super().__init__()
         self.pid = check_pid(pid)
         self._times: Callable[[], object] = lambda: None
-        self._errors: Tuple[type, ...] = ()
+        self._errors: Tuple[Type[BaseException], ...] = ()
+        self._busy: Tuple[str, ...] = ()
         self._probe(self._build)
 
     def _build(self) -> str:
         try:
-            import psutil
+            import psutil  # type: ignore[import-untyped, unused-ignore]
         except ImportError as err:
             raise SourceUnavailable("psutil is not installed") from err
         self._errors = (psutil.Error, OSError)
+        busy: Tuple[str, ...]
         if self.pid is None:
             self._times, busy, scope = psutil.cpu_times, self.HOST_BUSY, "host"
         else:
@@ -170,25 +173,30 @@ class PsutilCpu(Source):
         return {SIGNAL: sum(parts) * 1e9} if parts else {}
 
 
-def _v2_quota(directory: str) -> Optional[float]:
+def _first_number(path: str) -> Optional[float]:
     try:
-        data = read_once(os.path.join(directory, "cpu.max"))
+        data = read_once(path)
     except SourceUnavailable:
         return None
+    return parse_fields(data, [Field("n", b"", 0)]).get("n")
+
+
+def _v2_quota(directory: str) -> Tuple[Optional[float], str]:
+    path = os.path.join(directory, "cpu.max")
+    try:
+        data = read_once(path)
+    except SourceUnavailable:
+        return None, path
     # "max 100000" parses no quota: no limit at this level
     v = parse_fields(data, [Field("quota", b"", 0), Field("period", b"", 1)])
-    return v["quota"] / v["period"] if v.get("period") and "quota" in v else None
+    return (v["quota"] / v["period"] if v.get("period") and "quota" in v else None), path
 
 
-def _v1_quota(directory: str) -> Optional[float]:
-    try:
-        data = read_once(os.path.join(directory, "cpu.cfs_quota_us"))
-        data += b"\n" + read_once(os.path.join(directory, "cpu.cfs_period_us"))
-    except SourceUnavailable:
-        return None
-    # a quota of -1 (no limit) is not a number to parse_fields: absent
-    v = parse_fields(data, [Field("quota", b"", 0), Field("period", b"", 0, occurrence=1)])
-    return v["quota"] / v["period"] if v.get("period") and "quota" in v else None
+def _v1_quota(directory: str) -> Tuple[Optional[float], str]:
+    path = os.path.join(directory, "cpu.cfs_quota_us")
+    # a quota of -1 (no limit) is not a number to parse_fields: None
+    quota, period = _first_number(path), _first_number(os.path.join(directory, "cpu.cfs_period_us"))
+    return (quota / period if quota is not None and period else None), path
 
 
 def _cgroup_levels(mount: str, member: Optional[str]) -> List[str]:
@@ -222,10 +230,10 @@ def cpu_capacity(proc_root: str = "/proc", sys_root: str = "/sys",
         if mount is None:
             continue
         for level in _cgroup_levels(mount, member.get(key)):
-            quota = quota_of(level)
+            quota, path = quota_of(level)
             if quota is not None and quota < cpus:
                 cpus = quota
-                reasons.append(f"quota {quota:g} CPUs ({level})")
+                reasons.append(f"quota {quota:g} CPUs ({path})")
     return cpus, "; ".join(reasons)
 
 

@@ -16,6 +16,7 @@ from coherence.sources._base import (
     cgroup1_mount,
     cgroup2_mount,
     check_pid,
+    positive_pid,
     pid_dir,
 )
 
@@ -92,7 +93,7 @@ class PidMemory(_Memory):
 
     def __init__(self, pid: int, proc_root: str = "/proc") -> None:
         super().__init__()
-        self.pid = check_pid(pid)
+        self.pid = positive_pid(pid)
         self._probe(lambda: self._build(proc_root))
 
     def _build(self, proc_root: str) -> str:

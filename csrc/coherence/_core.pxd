@@ -490,6 +490,50 @@ cdef inline double ratio_of(const ratio_t *r, const ratio_snapshot_t *snap) noex
 
 
 # --------------------------------------------------------------------------------------
+# A counter many threads add to (a service's request hooks, the StatsD listener) and one
+# sampler reads: a double updated by compare-and-swap on its bits, so no lock and no torn
+# value; fractional increments are allowed because StatsD sample rates (|@0.1) scale counts.
+# --------------------------------------------------------------------------------------
+cdef extern from *:
+    """
+    #include <string.h>
+    static inline void coh_atomic_add_double(uint64_t *bits, double v) {
+        uint64_t old = __atomic_load_n(bits, __ATOMIC_RELAXED), upd;
+        double d;
+        do {
+            memcpy(&d, &old, sizeof d);
+            d += v;
+            memcpy(&upd, &d, sizeof d);
+        } while (!__atomic_compare_exchange_n(bits, &old, upd, 1, __ATOMIC_RELEASE, __ATOMIC_RELAXED));
+    }
+    static inline double coh_atomic_load_double(const uint64_t *bits) {
+        uint64_t b = __atomic_load_n(bits, __ATOMIC_ACQUIRE);
+        double d;
+        memcpy(&d, &b, sizeof d);
+        return d;
+    }
+    """
+    void coh_atomic_add_double(uint64_t *bits, double v) noexcept nogil
+    double coh_atomic_load_double(const uint64_t *bits) noexcept nogil
+
+
+ctypedef struct counter_t:
+    uint64_t bits            # the IEEE-754 bits of a double: the running total
+
+
+cdef inline bint counter_add(counter_t *c, double n) noexcept nogil:
+    """Add n (finite, >= 0) from any thread; False (nothing added) otherwise."""
+    if not (is_finite(n) and n >= 0.0):
+        return False
+    coh_atomic_add_double(&c.bits, n)
+    return True
+
+
+cdef inline double counter_value(const counter_t *c) noexcept nogil:
+    return coh_atomic_load_double(&c.bits)
+
+
+# --------------------------------------------------------------------------------------
 # Extension types: each owns its struct and the struct's memory. Cython code reaches the
 # struct as `obj.state` and calls the kernels above on `&obj.state`.
 # --------------------------------------------------------------------------------------
@@ -508,3 +552,7 @@ cdef class EwmaRate:
 
 cdef class RatioWindow:
     cdef ratio_t state
+
+
+cdef class AtomicCounter:
+    cdef counter_t state

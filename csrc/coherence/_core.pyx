@@ -509,3 +509,32 @@ cdef class RatioWindow:
 
     def __repr__(self):
         return f"RatioWindow(window={self.state.window}, ratio={self.ratio()!r})"
+
+
+# --------------------------------------------------------------------------------------
+cdef class AtomicCounter:
+    """A monotonic total that any number of threads add to without a lock.
+
+    What a service embedding coherence increments per request (see coherence.hooks), and what
+    the StatsD listener feeds; the sampler reads it and takes deltas.
+
+    >>> c = AtomicCounter()
+    >>> c.add(); c.add(2.5)
+    >>> c.value
+    3.5
+    """
+
+    def __cinit__(self):
+        self.state.bits = 0     # the bits of +0.0
+
+    def add(self, double n=1.0) -> None:
+        """Add n (finite, >= 0); ValueError otherwise: a request counter never goes down."""
+        if not counter_add(&self.state, n):
+            raise ValueError(f"AtomicCounter.add: n must be finite and >= 0, got {n!r}")
+
+    @property
+    def value(self) -> float:
+        return counter_value(&self.state)
+
+    def __repr__(self):
+        return f"AtomicCounter(value={counter_value(&self.state)!r})"

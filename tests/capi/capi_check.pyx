@@ -2,6 +2,7 @@
 """Built by the tests against the *installed* package: proves the shipped .pxd files let other
 Cython code update the core without Python objects, and drives nogil writers for stress tests."""
 from coherence._core cimport (
+    AtomicCounter, counter_add,
     EwmaRate, RatioWindow, RingBuffer, RollingStats,
     ewma_update, ratio_update, ring_push, rolling_push,
     rolling_read, rolling_snapshot_t, snapshot_var,
@@ -64,3 +65,11 @@ def ratio_constant_loop(RatioWindow r, long n, double egress, double ingress):
             if rc < 0:
                 break
     return rc
+
+
+def counter_add_loop(AtomicCounter c, long n, double step):
+    """Add step n times without the GIL (several threads at once: the CAS must lose nothing)."""
+    cdef long i
+    with nogil:
+        for i in range(n):
+            counter_add(&c.state, step)

@@ -21,11 +21,9 @@ else:
     directives = {}
 
 extensions = [
-    Extension(
-        "coherence._core",
-        sources=[os.path.join(CSRC, "_core.pyx")],
-        extra_compile_args=compile_args,
-    ),
+    Extension(f"coherence.{name}", sources=[os.path.join(CSRC, f"{name}.pyx")],
+              extra_compile_args=compile_args)
+    for name in ("_core", "_sampler")
 ]
 
 

@@ -82,7 +82,7 @@ def _token(data: bytes, lines: List[bytes], field: Field) -> Optional[bytes]:
 def _number(token: Optional[bytes]) -> Optional[int]:
     if token is None:
         return None
-    key, eq, value = token.partition(b"=")
+    _key, eq, value = token.partition(b"=")
     if eq:
         token = value
     # bytes.isdigit() is ASCII-only: signs, dots, "max" and junk are all rejected
@@ -103,8 +103,8 @@ def parse_fields(data: bytes, fields: Iterable[Field]) -> Dict[str, float]:
       file, newlines included, and prefix/occurrence are ignored;
     - ``index`` picks a token (0-based); a token ``key=value`` stands for its value (text after the
       first "=");
-    - a value is a run of ASCII digits, at most 2**64-1; anything else (sign, dot, "max", empty)
-      makes the field absent; the value is multiplied by ``scale``;
+    - a value is 1 to 20 ASCII digits worth at most 2**64-1; anything else (sign, dot, "max",
+      empty, junk) makes the field absent; the value is multiplied by ``scale``;
     - several fields with the same signal are summed, and the signal is present only when every one
       of them was found (a partial sum would be a wrong counter, not a smaller one).
 

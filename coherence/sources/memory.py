@@ -16,8 +16,8 @@ from coherence.sources._base import (
     cgroup1_mount,
     cgroup2_mount,
     check_pid,
-    positive_pid,
     pid_dir,
+    positive_pid,
 )
 
 # meminfo/vmstat/memory.stat cost 5-20 µs a read; churn in MB/s needs only tens of Hz.

@@ -1,0 +1,630 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The sampler's tick loop, compiled: wake on absolute deadlines, pread the sources' files,
+parse their numbers in C and feed the core's accumulators, all without the GIL.
+
+Python (coherence.sampler) chooses the sources and the accumulators; this module only runs
+them. Sources without a file (psutil) are called back with the GIL at their own rate.
+"""
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcmp, memcpy, memset
+from libc.math cimport NAN, isnan
+from posix.unistd cimport pread
+
+from coherence._core cimport (
+    AtomicCounter, EwmaRate, RatioWindow, RingBuffer, RollingStats,
+    counter_t, ewma_t, ratio_t, ring_t, rolling_t,
+    counter_value, ewma_update, ratio_update, ring_push, rolling_push,
+    coh_latch_flip, coh_latch_begin, coh_read_retry,
+)
+
+cdef extern from *:
+    """
+    static inline int coh_load_flag(const int *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+    static inline void coh_store_flag(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+    """
+    int coh_load_flag(const int *p) noexcept nogil
+    void coh_store_flag(int *p, int v) noexcept nogil
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    ctypedef int clockid_t
+    int clock_gettime(clockid_t clk, timespec *ts)
+    int clock_nanosleep(clockid_t clk, int flags, const timespec *req, timespec *rem)
+    enum: CLOCK_MONOTONIC
+    enum: CLOCK_THREAD_CPUTIME_ID
+    enum: TIMER_ABSTIME
+
+cdef extern from "<sys/prctl.h>" nogil:
+    int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)
+    enum: PR_SET_TIMERSLACK
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+
+# --- signals the engine knows; coherence.sampler maps source fields onto them ---------------
+cpdef enum Slot:
+    CPU_NS = 0              # CPU time used, ns (counter)
+    MINOR_FAULTS = 1        # minor page faults: the allocation-churn evidence (counter)
+    PGALLOC = 2             # pages allocated, shown beside (counter)
+    PGFREE = 3              # pages freed (counter)
+    RESIDENT_BYTES = 4      # resident memory (gauge)
+    MEM_TOTAL_BYTES = 5     # memory the host/cgroup may use (gauge)
+    PSI_CPU_US = 6          # PSI "some" stall time, us (counters)
+    PSI_MEMORY_US = 7
+    PSI_IO_US = 8
+    INGRESS = 9             # requests pushed by the application (StatsD, hooks)
+    EGRESS = 10
+    TCP_PASSIVE = 11        # the labelled proxy: TCP PassiveOpens (ingress) ...
+    TCP_ACTIVE = 12         # ... and ActiveOpens (egress)
+    MEM_LIMIT_BYTES = 13    # a cgroup's memory limit (gauge; absent when unlimited)
+    NSLOTS = 14
+
+cdef enum:
+    MAX_FILES = 32
+    MAX_FIELDS = 96
+    MAX_COUNTERS = 4
+    MAX_CLOCKS = 2
+    READ_BUF = 65536        # as coherence.sources.READ_SIZE; /proc/vmstat, the largest, is ~8 KB
+    PREFIX_MAX = 40
+    AFTER_MAX = 8
+    LAT_LINEAR = 2048       # lateness histogram: 1 us bins up to 2 ms ...
+    LAT_LOG = 24            # ... then powers of two beyond
+    STATS_EVERY = 64        # publish the sampler's own figures every 64 ticks
+
+cdef int64_t NS = 1000000000
+cdef int64_t MAX_SLEEP_NS = 100000000   # wake at least every 100 ms to notice stop()
+
+
+ctypedef struct field_t:
+    char prefix[PREFIX_MAX]
+    int prefix_len
+    char after[AFTER_MAX]
+    int after_len
+    int index
+    int occurrence
+    int slot
+    double coef              # scale (unit conversion) times sign (derived signals)
+
+
+ctypedef struct file_t:
+    int fd
+    int first_field
+    int nfields
+    int every                # read every `every` ticks ...
+    int phase                # ... on ticks where tick % every == phase
+    int lost                 # pread failed (process gone, cgroup removed): stop reading
+    int64_t reads
+    int64_t errors
+    int64_t parse_misses
+
+
+ctypedef struct counter_src_t:
+    counter_t *counter       # borrowed: Engine keeps the AtomicCounter alive in _keep
+    int slot
+    int every
+    int phase
+
+
+ctypedef struct clock_src_t:
+    clockid_t clock          # a CPU-time clock (another process's: all its threads, in ns)
+    int slot
+    int every
+    int phase
+    int lost
+
+
+ctypedef struct stats_t:
+    int64_t ticks            # ticks taken
+    int64_t overruns         # deadlines skipped because a tick ran past them
+    int64_t start_ns
+    int64_t last_ns
+    int64_t thread_cpu_ns    # the sampler thread's CPU time
+    int64_t buckets          # CPU utilization buckets closed
+
+
+cdef inline int64_t now_ns(int clk) noexcept nogil:
+    cdef timespec ts
+    clock_gettime(clk, &ts)
+    return <int64_t>ts.tv_sec * NS + ts.tv_nsec
+
+
+cdef inline bint is_space(char c) noexcept nogil:
+    # bytes.split()'s whitespace: space, \t, \n, \v, \f, \r
+    return c == 32 or (9 <= c <= 13)
+
+
+cdef inline bint parse_number(const char *buf, Py_ssize_t pos, Py_ssize_t end, int index,
+                              double *out) noexcept nogil:
+    """The index-th whitespace-separated token of buf[pos:end] as a number, by the rules of
+    coherence.sources.parse_fields: a token key=value stands for its value; a value is 1 to
+    20 ASCII digits worth at most 2**64-1. False if absent or not such a number."""
+    cdef int tok = -1, digits
+    cdef uint64_t v, d
+    cdef Py_ssize_t j, eq
+    cdef char c
+    while pos < end:
+        while pos < end and is_space(buf[pos]):
+            pos += 1
+        if pos >= end:
+            return False
+        tok += 1
+        j = pos
+        while j < end and not is_space(buf[j]):
+            j += 1
+        if tok == index:
+            eq = pos
+            while eq < j and buf[eq] != 61:      # 61: '=': a key=value token stands for its value
+                eq += 1
+            if eq < j:
+                pos = eq + 1
+            digits = <int>(j - pos)
+            if digits < 1 or digits > 20:
+                return False
+            v = 0
+            while pos < j:
+                c = buf[pos]
+                if c < 48 or c > 57:             # not '0'..'9'
+                    return False
+                d = <uint64_t>(c - 48)
+                if v > (0xFFFFFFFFFFFFFFFFULL - d) // 10:   # past 2**64-1: the kernel's u64
+                    return False
+                v = v * 10 + d
+                pos += 1
+            out[0] = <double>v
+            return True
+        pos = j
+    return False
+
+
+cdef inline bint find_field(const char *buf, Py_ssize_t n, const field_t *f, double *out) noexcept nogil:
+    """Locate one field as coherence.sources.parse_fields does (tested against it)."""
+    cdef Py_ssize_t i, end
+    cdef int seen = 0
+    if f.after_len > 0:
+        # tokens run from after the last occurrence to the end of the file, across lines
+        i = n - f.after_len
+        while i >= 0 and memcmp(buf + i, f.after, f.after_len) != 0:
+            i -= 1
+        if i < 0:
+            return False
+        return parse_number(buf, i + f.after_len, n, f.index, out)
+    i = 0
+    while i <= n:
+        end = i
+        while end < n and buf[end] != 10:        # 10: '\n'
+            end += 1
+        if end - i >= f.prefix_len and memcmp(buf + i, f.prefix, f.prefix_len) == 0:
+            if seen == f.occurrence:
+                return parse_number(buf, i + f.prefix_len, end, f.index, out)
+            seen += 1
+        i = end + 1
+    return False
+
+
+def parse_fields_c(bytes data, list fields):
+    """Test hook: parse `data` with the C parser. fields: (prefix, index, occurrence, after_last)
+    tuples; returns one float per field, None where the field is absent."""
+    cdef field_t f
+    cdef double v
+    out = []
+    for prefix, index, occurrence, after in fields:
+        _fill_field(&f, prefix, index, occurrence, after, 0, 1.0)
+        out.append(v if find_field(data, len(data), &f, &v) else None)
+    return out
+
+
+cdef int _fill_field(field_t *f, bytes prefix, int index, int occurrence, bytes after, int slot,
+                     double coef) except -1:
+    if len(prefix) > PREFIX_MAX or len(after) > AFTER_MAX:
+        raise ValueError(f"field prefix {prefix!r} or after_last {after!r} too long")
+    if index < 0 or occurrence < 0:
+        raise ValueError("field index and occurrence must be >= 0")
+    memset(f, 0, sizeof(field_t))
+    memcpy(f.prefix, <const char *>prefix, len(prefix))
+    f.prefix_len = len(prefix)
+    memcpy(f.after, <const char *>after, len(after))
+    f.after_len = len(after)
+    f.index = index
+    f.occurrence = occurrence
+    f.slot = slot
+    f.coef = coef
+    return 0
+
+
+cdef int _check_slot(int slot) except -1:
+    if not (0 <= slot < NSLOTS):
+        raise ValueError(f"bad slot {slot}")
+    return 0
+
+
+cdef class Engine:
+    """The tick loop. Configure with add_file/add_counter/add_callback and the feed_* methods,
+    then call run() from a dedicated thread; stop() from any thread. One run per Engine."""
+
+    cdef file_t files[MAX_FILES]
+    cdef field_t fields[MAX_FIELDS]
+    cdef counter_src_t counters[MAX_COUNTERS]
+    cdef clock_src_t clocks[MAX_CLOCKS]
+    cdef int nfiles, nfields, ncounters, nclocks
+    cdef list _keep                      # Python objects the C side points into
+    cdef list _callbacks                 # (every, phase, fn, {signal: [(slot, coef)]})
+    cdef int64_t period_ns, resolution_ns
+    cdef double ncpu
+    cdef int stop_flag
+    cdef bint ran
+    # slot values: the sum of coef * field over the fields read this tick
+    cdef double value[NSLOTS]
+    cdef double value_t[NSLOTS]          # monotonic seconds of the read
+    cdef int fresh[NSLOTS]
+    cdef int valid[NSLOTS]
+    cdef double held[NSLOTS]             # MINOR_FAULTS: the highest value seen
+    # feeds: borrowed pointers into accumulators kept alive in _keep (NULL: not fed)
+    cdef rolling_t *cpu_buckets
+    cdef ring_t *cpu_history
+    cdef ewma_t *rates[NSLOTS]
+    cdef rolling_t *gauge_stats[NSLOTS]
+    cdef ring_t *gauge_history[NSLOTS]
+    cdef ratio_t *pushed_ratio
+    cdef ratio_t *proxy_ratio
+    # CPU buckets
+    cdef int64_t bucket_t0
+    cdef double bucket_u0
+    cdef bint bucket_open
+    # request deltas
+    cdef double prev_req[NSLOTS]
+    cdef int prev_req_ok[NSLOTS]
+    # self-measurement
+    cdef int64_t lat_hist[LAT_LINEAR + LAT_LOG]
+    cdef stats_t stats_priv
+    cdef stats_t stats_pub[2]
+    cdef uint64_t stats_seq
+
+    def __cinit__(self, double hz, double resolution, double ncpu):
+        if not (1.0 <= hz <= 2000.0):
+            raise ValueError(f"hz must be between 1 and 2000, got {hz!r}")
+        if not (resolution > 0.0):
+            raise ValueError(f"resolution must be > 0 seconds, got {resolution!r}")
+        if not (ncpu > 0.0):
+            raise ValueError(f"ncpu must be > 0, got {ncpu!r}")
+        self.period_ns = <int64_t>(NS / hz + 0.5)
+        self.resolution_ns = <int64_t>(resolution * NS + 0.5)
+        self.ncpu = ncpu
+        self._keep = []
+        self._callbacks = []
+        cdef int k
+        for k in range(<int>NSLOTS):
+            self.value[k] = NAN
+
+    # ------------------------------------------------------------------ configuration
+    def add_file(self, int fd, int every, int phase, list fields):
+        """fields: (prefix, index, occurrence, after_last, slot, coef) tuples."""
+        cdef file_t *f
+        if self.nfiles >= MAX_FILES or self.nfields + len(fields) > MAX_FIELDS:
+            raise ValueError("too many files or fields for the sampler")
+        if every < 1 or not (0 <= phase < every):
+            raise ValueError(f"bad schedule every={every} phase={phase}")
+        f = &self.files[self.nfiles]
+        memset(f, 0, sizeof(file_t))
+        f.fd = fd
+        f.every = every
+        f.phase = phase
+        f.first_field = self.nfields
+        for prefix, index, occurrence, after, slot, coef in fields:
+            if not (0 <= slot < NSLOTS):
+                raise ValueError(f"bad slot {slot}")
+            _fill_field(&self.fields[self.nfields], prefix, index, occurrence, after, slot, coef)
+            self.nfields += 1
+            f.nfields += 1
+        self.nfiles += 1
+        return self.nfiles - 1
+
+    def add_counter(self, AtomicCounter counter, int slot, int every, int phase):
+        if self.ncounters >= MAX_COUNTERS:
+            raise ValueError("too many counters for the sampler")
+        if not (0 <= slot < NSLOTS) or every < 1 or not (0 <= phase < every):
+            raise ValueError("bad counter slot or schedule")
+        self._keep.append(counter)
+        self.counters[self.ncounters].counter = &counter.state
+        self.counters[self.ncounters].slot = slot
+        self.counters[self.ncounters].every = every
+        self.counters[self.ncounters].phase = phase
+        self.ncounters += 1
+
+    def add_clock(self, int clock, int slot, int every, int phase):
+        """A clock_gettime clock read as a counter in ns (the CPU time of a process)."""
+        _check_slot(slot)
+        if self.nclocks >= MAX_CLOCKS or every < 1 or not (0 <= phase < every):
+            raise ValueError("too many clocks or a bad schedule")
+        self.clocks[self.nclocks].clock = clock
+        self.clocks[self.nclocks].slot = slot
+        self.clocks[self.nclocks].every = every
+        self.clocks[self.nclocks].phase = phase
+        self.clocks[self.nclocks].lost = 0
+        self.nclocks += 1
+
+    def add_callback(self, int every, int phase, fn, dict mapping):
+        """fn() -> {signal: value}, called with the GIL; mapping: {signal: [(slot, coef), ...]}."""
+        self._callbacks.append((every, phase, fn, mapping))
+
+    def feed_cpu(self, RollingStats buckets, RingBuffer history):
+        """CPU utilization (% of the CPUs available) per bucket of `resolution` seconds."""
+        self._keep += [buckets, history]
+        self.cpu_buckets = &buckets.state
+        self.cpu_history = &history.state
+
+    def feed_rate(self, int slot, EwmaRate rate):
+        _check_slot(slot)
+        self._keep.append(rate)
+        self.rates[slot] = &rate.state
+
+    def feed_gauge(self, int slot, RollingStats stats, RingBuffer history):
+        _check_slot(slot)
+        self._keep += [stats, history]
+        self.gauge_stats[slot] = &stats.state
+        self.gauge_history[slot] = &history.state
+
+    def feed_ratios(self, RatioWindow pushed, RatioWindow proxy):
+        """Egress/ingress deltas: from pushed counters, and from the TCP proxy."""
+        self._keep += [pushed, proxy]
+        self.pushed_ratio = &pushed.state
+        self.proxy_ratio = &proxy.state
+
+    # ------------------------------------------------------------------ the loop
+    def run(self):
+        """Tick until stop(). Releases the GIL for the whole loop but for callback sources."""
+        if self.ran:
+            raise RuntimeError("an Engine runs once")
+        self.ran = True
+        cdef bint has_callbacks = len(self._callbacks) > 0
+        cdef int64_t deadline, now, late, skipped
+        cdef int64_t tick = 0
+        cdef timespec ts
+        with nogil:
+            # Timer slack (50 us by default) is added to every wake-up: 1 us keeps the lateness
+            # honest at 1000 Hz; the wake-ups themselves are what cost, not their precision.
+            prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
+            deadline = now_ns(CLOCK_MONOTONIC)
+            self.stats_priv.start_ns = deadline
+            self.stats_priv.last_ns = deadline
+            self._publish_stats()
+            while not coh_load_flag(&self.stop_flag):
+                self._tick(tick)
+                if has_callbacks:
+                    with gil:
+                        self._run_callbacks(tick)
+                self._after_reads()
+                tick += 1
+                self.stats_priv.ticks = tick
+                if tick % STATS_EVERY == 0:
+                    self.stats_priv.thread_cpu_ns = now_ns(CLOCK_THREAD_CPUTIME_ID)
+                    self._publish_stats()
+                # next deadline; a tick that ran past it skips ahead (counted), never bursts
+                deadline += self.period_ns
+                now = now_ns(CLOCK_MONOTONIC)
+                if now >= deadline:
+                    skipped = (now - deadline) // self.period_ns + 1
+                    self.stats_priv.overruns += skipped
+                    deadline += skipped * self.period_ns
+                while True:
+                    now = now_ns(CLOCK_MONOTONIC)
+                    if deadline - now > MAX_SLEEP_NS:
+                        now += MAX_SLEEP_NS
+                        ts.tv_sec = now // NS
+                        ts.tv_nsec = now % NS
+                        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL)
+                        if coh_load_flag(&self.stop_flag):
+                            break
+                        continue
+                    ts.tv_sec = deadline // NS
+                    ts.tv_nsec = deadline % NS
+                    clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL)
+                    break
+                now = now_ns(CLOCK_MONOTONIC)
+                late = (now - deadline) // 1000
+                self._record_lateness(late if late > 0 else 0)
+                self.stats_priv.last_ns = now
+            self.stats_priv.thread_cpu_ns = now_ns(CLOCK_THREAD_CPUTIME_ID)
+            self.stats_priv.last_ns = now_ns(CLOCK_MONOTONIC)
+            self._publish_stats()
+
+    def stop(self):
+        coh_store_flag(&self.stop_flag, 1)
+
+    cdef void _tick(self, int64_t tick) noexcept nogil:
+        cdef char buf[READ_BUF]
+        cdef Py_ssize_t n
+        cdef int i, k, slot
+        cdef file_t *f
+        cdef field_t *fld
+        cdef double v, t
+        cdef timespec ts
+        for k in range(<int>NSLOTS):
+            self.fresh[k] = 0
+        for i in range(self.nfiles):
+            f = &self.files[i]
+            if f.lost or tick % f.every != f.phase:
+                continue
+            n = pread(f.fd, buf, READ_BUF - 1, 0)
+            t = <double>now_ns(CLOCK_MONOTONIC) / NS
+            if n <= 0:
+                # The file went away (process exited, cgroup removed): stop reading it, once.
+                f.errors += 1
+                f.lost = 1
+                continue
+            f.reads += 1
+            for k in range(f.first_field, f.first_field + f.nfields):
+                fld = &self.fields[k]
+                slot = fld.slot
+                if not find_field(buf, n, fld, &v):
+                    f.parse_misses += 1
+                    self.valid[slot] = -1      # a missing part makes the derived value unknown
+                    continue
+                if self.fresh[slot] == 0:
+                    self.fresh[slot] = 1
+                    self.value[slot] = 0.0
+                    if self.valid[slot] == -1:
+                        self.valid[slot] = 0
+                    else:
+                        self.valid[slot] = 1
+                self.value[slot] += fld.coef * v
+                self.value_t[slot] = t
+        for i in range(self.nclocks):
+            if self.clocks[i].lost or tick % self.clocks[i].every != self.clocks[i].phase:
+                continue
+            slot = self.clocks[i].slot
+            if clock_gettime(self.clocks[i].clock, &ts) != 0:
+                self.clocks[i].lost = 1          # the process exited
+                continue
+            self.value[slot] = <double>ts.tv_sec * 1e9 + <double>ts.tv_nsec
+            self.value_t[slot] = <double>now_ns(CLOCK_MONOTONIC) / NS
+            self.fresh[slot] = 1
+            self.valid[slot] = 1
+        for i in range(self.ncounters):
+            if tick % self.counters[i].every == self.counters[i].phase:
+                slot = self.counters[i].slot
+                self.value[slot] = counter_value(self.counters[i].counter)
+                self.value_t[slot] = <double>now_ns(CLOCK_MONOTONIC) / NS
+                self.fresh[slot] = 1
+                self.valid[slot] = 1
+
+    cdef void _run_callbacks(self, int64_t tick):
+        cdef double t
+        for every, phase, fn, mapping in self._callbacks:
+            if tick % every != phase:
+                continue
+            try:
+                values = fn()
+            except Exception:
+                continue           # the source reports its own failure; the loop goes on
+            t = <double>now_ns(CLOCK_MONOTONIC) / NS
+            for signal, targets in mapping.items():
+                v = values.get(signal)
+                for slot, coef in targets:
+                    if self.fresh[slot] == 0:
+                        self.fresh[slot] = 1
+                        self.value[slot] = 0.0
+                        self.valid[slot] = 1
+                    if v is None:
+                        self.valid[slot] = 0
+                    else:
+                        self.value[slot] += coef * v
+                    self.value_t[slot] = t
+
+    cdef void _after_reads(self) noexcept nogil:
+        cdef int k
+        cdef int64_t t_ns
+        cdef double util, du
+        for k in range(<int>NSLOTS):
+            if not self.fresh[k] or self.valid[k] != 1:
+                continue
+            if k == MINOR_FAULTS:
+                # pgfault - pgmajfault, read at slightly different instants, can step back by
+                # a few: hold it (as coherence.sources does) rather than read a counter reset.
+                if self.value[k] < self.held[k]:
+                    self.value[k] = self.held[k]
+                self.held[k] = self.value[k]
+            elif k == RESIDENT_BYTES and self.value[k] < 0.0:
+                self.value[k] = 0.0              # usage - inactive_file, read apart: never < 0
+            if k == CPU_NS:
+                if self.cpu_buckets == NULL:
+                    continue
+                t_ns = <int64_t>(self.value_t[k] * NS)
+                if not self.bucket_open:
+                    self.bucket_open = True
+                    self.bucket_t0 = t_ns
+                    self.bucket_u0 = self.value[k]
+                elif t_ns - self.bucket_t0 >= self.resolution_ns:
+                    du = self.value[k] - self.bucket_u0
+                    if du >= 0.0:     # a counter that went down was reset: skip that bucket
+                        util = 100.0 * du / (<double>(t_ns - self.bucket_t0) * self.ncpu)
+                        rolling_push(self.cpu_buckets, util)
+                        ring_push(self.cpu_history, util)
+                        self.stats_priv.buckets += 1
+                    self.bucket_t0 = t_ns
+                    self.bucket_u0 = self.value[k]
+                continue
+            if self.rates[k] != NULL:
+                ewma_update(self.rates[k], self.value_t[k], self.value[k])
+            if self.gauge_stats[k] != NULL:
+                rolling_push(self.gauge_stats[k], self.value[k])
+                ring_push(self.gauge_history[k], self.value[k])
+        if self.pushed_ratio != NULL:
+            self._feed_ratio(EGRESS, INGRESS, self.pushed_ratio)
+            self._feed_ratio(TCP_ACTIVE, TCP_PASSIVE, self.proxy_ratio)
+
+    cdef void _feed_ratio(self, int eg, int ing, ratio_t *r) noexcept nogil:
+        cdef double de, di
+        if not (self.fresh[eg] and self.fresh[ing] and self.valid[eg] == 1 and self.valid[ing] == 1):
+            return
+        if self.prev_req_ok[eg] and self.prev_req_ok[ing]:
+            de = self.value[eg] - self.prev_req[eg]
+            di = self.value[ing] - self.prev_req[ing]
+            # a counter that went down was reset: count from its new value
+            ratio_update(r, de if de >= 0.0 else self.value[eg], di if di >= 0.0 else self.value[ing])
+        self.prev_req[eg] = self.value[eg]
+        self.prev_req[ing] = self.value[ing]
+        self.prev_req_ok[eg] = 1
+        self.prev_req_ok[ing] = 1
+
+    cdef void _record_lateness(self, int64_t us) noexcept nogil:
+        cdef int b = 0
+        if us < LAT_LINEAR:
+            self.lat_hist[us] += 1
+            return
+        us //= LAT_LINEAR
+        while us > 1 and b < LAT_LOG - 1:
+            us >>= 1
+            b += 1
+        self.lat_hist[LAT_LINEAR + b] += 1
+
+    cdef void _publish_stats(self) noexcept nogil:
+        coh_latch_flip(&self.stats_seq)
+        self.stats_pub[0] = self.stats_priv
+        coh_latch_flip(&self.stats_seq)
+        self.stats_pub[1] = self.stats_priv
+
+    # ------------------------------------------------------------------ readers
+    def stats(self):
+        """The sampler's own figures, readable while it runs (no lock)."""
+        cdef stats_t s
+        cdef uint64_t seq
+        while True:
+            seq = coh_latch_begin(&self.stats_seq)
+            s = self.stats_pub[seq & 1]
+            if not coh_read_retry(&self.stats_seq, seq):
+                break
+        return {
+            "ticks": s.ticks,
+            "overruns": s.overruns,
+            "elapsed_s": (s.last_ns - s.start_ns) / 1e9,
+            "thread_cpu_s": s.thread_cpu_ns / 1e9,
+            "cpu_buckets": s.buckets,
+        }
+
+    def lateness_histogram(self):
+        """Counts of tick lateness: (upper bound in us, count) per non-empty bin. Counts only
+        grow, so a copy taken while the loop runs is at worst a few ticks behind."""
+        cdef int i
+        out = []
+        for i in range(LAT_LINEAR):
+            if self.lat_hist[i]:
+                out.append((i + 1, self.lat_hist[i]))
+        for i in range(LAT_LOG):
+            if self.lat_hist[LAT_LINEAR + i]:
+                out.append((LAT_LINEAR << (i + 1), self.lat_hist[LAT_LINEAR + i]))
+        return out
+
+    def file_stats(self):
+        """Per file added: reads, errors, parse misses, and whether it was lost."""
+        return [dict(reads=self.files[i].reads, errors=self.files[i].errors,
+                     parse_misses=self.files[i].parse_misses, lost=bool(self.files[i].lost))
+                for i in range(self.nfiles)]
+
+    def slot_values(self):
+        """The last value read for each slot (NaN if never): for `coherence sources`."""
+        cdef int k
+        return [self.value[k] for k in range(<int>NSLOTS)]

@@ -1,0 +1,314 @@
+"""The sampler: the chosen sources read at their own rates by the compiled tick loop, in a
+background thread without the GIL, feeding the core's accumulators; readers take snapshots.
+
+>>> with Sampler(hz=1000) as s:          # doctest: +SKIP
+...     time.sleep(2)
+...     s.stats().achieved_hz, s.snapshot()["cpu"]["util_std_pct"]
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from coherence import hooks
+from coherence._core import AtomicCounter, EwmaRate, RatioWindow, RingBuffer, RollingStats
+from coherence._sampler import Engine, Slot
+from coherence.sources import Choice, Row, Source, close_all, cpu_capacity, describe, select
+from coherence.sources.cpu import PidClockCpu
+
+# --hz bounds: below 1 Hz there is no variance to see in 10 s; above 2000 Hz the wake-ups
+# alone cost more than a few % of a core on a 2-vCPU VM (DESIGN.md, "Sampler").
+MIN_HZ, MAX_HZ = 1.0, 2000.0
+# /proc/vmstat, /proc/meminfo, /proc/net/snmp cost 5-20 us a read (DESIGN.md): tens of Hz.
+SLOW_HZ = 20.0
+
+# Which field of which source feeds which slot, with what coefficient: linear combinations
+# only (derived signals such as resident = MemTotal - MemAvailable). Non-linear parts (the
+# smaller of a cgroup limit and MemTotal) are done by the readers, from separate slots.
+_CPU = {"cpu_usage_ns_total": [(Slot.CPU_NS, 1.0)]}
+_FAULTS = {"pgfault_total": [(Slot.MINOR_FAULTS, 1.0)], "pgmajfault_total": [(Slot.MINOR_FAULTS, -1.0)]}
+_CGROUP_MEMORY = {
+    "mem_usage_bytes": [(Slot.RESIDENT_BYTES, 1.0)],
+    "mem_inactive_file_bytes": [(Slot.RESIDENT_BYTES, -1.0)],
+    "mem_limit_bytes": [(Slot.MEM_LIMIT_BYTES, 1.0)],
+    "host_mem_total_bytes": [(Slot.MEM_TOTAL_BYTES, 1.0)],
+    **_FAULTS,
+}
+RECIPES: Dict[str, Dict[str, List[Tuple[int, float]]]] = {
+    "cpu.pidclock": _CPU, "cpu.pid": _CPU, "cpu.pidstat": _CPU, "cpu.cgroup2": _CPU,
+    "cpu.cgroup1": _CPU, "cpu.procstat": _CPU, "cpu.psutil": _CPU,
+    "memory.host": {
+        "mem_total_bytes": [(Slot.RESIDENT_BYTES, 1.0), (Slot.MEM_TOTAL_BYTES, 1.0)],
+        "mem_available_bytes": [(Slot.RESIDENT_BYTES, -1.0)],
+        "pgalloc_total": [(Slot.PGALLOC, 1.0)],
+        "pgfree_total": [(Slot.PGFREE, 1.0)],
+        **_FAULTS,
+    },
+    "memory.pid": {
+        "minor_faults_total": [(Slot.MINOR_FAULTS, 1.0)],
+        "mem_resident_bytes": [(Slot.RESIDENT_BYTES, 1.0)],
+        "mem_total_bytes": [(Slot.MEM_TOTAL_BYTES, 1.0)],
+    },
+    "memory.cgroup2": _CGROUP_MEMORY,
+    "memory.cgroup1": _CGROUP_MEMORY,
+    "pressure.psi": {
+        "psi_cpu_some_us_total": [(Slot.PSI_CPU_US, 1.0)],
+        "psi_memory_some_us_total": [(Slot.PSI_MEMORY_US, 1.0)],
+        "psi_io_some_us_total": [(Slot.PSI_IO_US, 1.0)],
+    },
+    "requests.tcp_snmp": {
+        "tcp_active_opens_total": [(Slot.TCP_ACTIVE, 1.0)],
+        "tcp_passive_opens_total": [(Slot.TCP_PASSIVE, 1.0)],
+    },
+}
+RATE_SLOTS = (Slot.MINOR_FAULTS, Slot.PGALLOC, Slot.PGFREE, Slot.PSI_CPU_US, Slot.PSI_MEMORY_US,
+              Slot.PSI_IO_US, Slot.INGRESS, Slot.EGRESS, Slot.TCP_PASSIVE, Slot.TCP_ACTIVE)
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class SamplerError(Exception):
+    """The sampler cannot run as asked; ``str(err)`` is one line for the user."""
+
+
+@dataclass(frozen=True)
+class SamplerStats:
+    """The sampler's own figures since it started."""
+
+    achieved_hz: float
+    ticks: int
+    ticks_expected: int
+    overruns: int              # deadlines skipped because a tick ran late (never caught up)
+    tick_lateness_p50_us: float
+    tick_lateness_p99_us: float
+    tick_lateness_max_us: float
+    cpu_percent: float         # the sampler thread's CPU time over wall time, % of one core
+    elapsed_s: float
+
+
+def _positive(name: str, value: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return v
+
+
+def _percentile(hist: Sequence[Tuple[int, int]], q: float) -> float:
+    total = sum(count for _, count in hist)
+    if total == 0:
+        return math.nan
+    rank, seen = q * total, 0
+    for upper, count in hist:
+        seen += count
+        if seen >= rank:
+            return float(upper)
+    return float(hist[-1][0])
+
+
+class Sampler:
+    """Reads the host (or a container, or ``pid``) at ``hz`` in a background thread.
+
+    CPU counters are read every tick; memory, pressure and request counters at ``slow_hz``.
+    CPU utilization is aggregated into buckets of ``resolution_s`` and its statistics kept over
+    ``window_s``; rates are smoothed with a half-life of ``rate_half_life_s``.
+    """
+
+    def __init__(self, hz: float = 1000.0, *, pid: Optional[int] = None,
+                 resolution_s: float = 0.1, window_s: float = 10.0, slow_hz: float = SLOW_HZ,
+                 rate_half_life_s: float = 1.0, history: int = 600,
+                 proc_root: str = "/proc", sys_root: str = "/sys",
+                 ingress: AtomicCounter = hooks.INGRESS, egress: AtomicCounter = hooks.EGRESS,
+                 chosen: Optional[Mapping[str, Choice]] = None) -> None:
+        self.hz = _positive("hz", hz)
+        if not (MIN_HZ <= self.hz <= MAX_HZ):
+            raise ValueError(f"hz must be between {MIN_HZ:g} and {MAX_HZ:g}, got {hz!r}")
+        self.resolution_s = _positive("resolution", resolution_s)
+        self.window_s = _positive("window", window_s)
+        if self.window_s < 2 * self.resolution_s:
+            raise ValueError(f"window ({window_s:g} s) must hold at least two buckets of "
+                             f"resolution ({resolution_s:g} s)")
+        if self.resolution_s < 1.0 / self.hz:
+            raise ValueError(f"resolution ({resolution_s:g} s) is shorter than one tick at "
+                             f"{self.hz:g} Hz")
+        self.slow_hz = min(_positive("slow_hz", slow_hz), self.hz)
+        half_life = _positive("rate_half_life", rate_half_life_s)
+        if pid is not None:
+            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+                raise ValueError(f"pid must be a positive integer, got {pid!r}")
+            if not os.path.isdir(os.path.join(proc_root, str(pid))):
+                raise SamplerError(f"no process {pid}")
+        self.pid = pid
+        self.notes: List[str] = []
+        self.chosen = dict(chosen) if chosen is not None else dict(
+            select(pid=pid, proc_root=proc_root, sys_root=sys_root))
+        try:
+            cpu = self.chosen["cpu"].source
+            if cpu is None:
+                reasons = "; ".join(f"{s.name}: {s.reason}" for s in self.chosen["cpu"].tried)
+                raise SamplerError(f"no CPU source available ({reasons})")
+            self.ncpu, self.ncpu_reason = cpu_capacity(proc_root, sys_root, pid)
+            self.engine = Engine(self.hz, self.resolution_s, self.ncpu)
+            self._wire(cpu, ingress, egress)
+        except Exception:
+            close_all(self.chosen)
+            raise
+        self._make_feeds(half_life, history)
+        self._thread: Optional[threading.Thread] = None
+        self._ingress, self._egress = ingress, egress
+
+    # ------------------------------------------------------------------ wiring
+    def _every(self, rate_hz: float) -> int:
+        return max(1, int(round(self.hz / min(self.hz, rate_hz))))
+
+    def _add_source(self, source: Source, every: int, phase: int) -> None:
+        recipe = RECIPES.get(source.name)
+        if recipe is None:
+            raise SamplerError(f"source {source.name} has no recipe in coherence.sampler")
+        if isinstance(source, PidClockCpu):
+            self.engine.add_clock(source.clock, Slot.CPU_NS, every, phase)
+        elif source.readers:
+            for reader in source.readers:
+                fields = [(f.prefix, f.index, f.occurrence, f.after_last, slot, coef * f.scale)
+                          for f in reader.fields for slot, coef in recipe.get(f.signal, ())]
+                if fields:
+                    self.engine.add_file(reader.fd, every, phase, fields)
+                    self._files.append((source.name, reader.path))
+        else:
+            # No file (psutil): called back with the GIL, at its own rate.
+            self.engine.add_callback(every, phase, source.read, recipe)
+
+    def _wire(self, cpu: Source, ingress: AtomicCounter, egress: AtomicCounter) -> None:
+        self._files: List[Tuple[str, str]] = []     # (source, path) per engine file, in order
+        cpu_every = self._every(cpu.max_hz)
+        if cpu_every * (1.0 / self.hz) > self.resolution_s / 2:
+            self.notes.append(f"{cpu.name} updates at most {cpu.max_hz:g} times a second: "
+                              f"too coarse for buckets of {self.resolution_s:g} s")
+        if cpu.max_hz <= 100.0:
+            self.notes.append(f"CPU from {cpu.name}: 10 ms ticks, usable only for buckets of "
+                              "100 ms or more")
+        self._add_source(cpu, cpu_every, 0)
+        slow = self._every(self.slow_hz)
+        # Slow sources on different ticks, so that no one tick reads them all.
+        phase = 1
+        for family in ("memory", "pressure", "requests"):
+            source = self.chosen[family].source if family in self.chosen else None
+            if source is not None:
+                self._add_source(source, slow, phase % slow)
+                phase += max(1, slow // 4)
+        self.engine.add_counter(ingress, Slot.INGRESS, slow, 0)
+        self.engine.add_counter(egress, Slot.EGRESS, slow, 0)
+
+    def _make_feeds(self, half_life: float, history: int) -> None:
+        buckets = max(2, int(round(self.window_s / self.resolution_s)))
+        slow_window = max(2, int(round(self.window_s * self.slow_hz)))
+        self.cpu_buckets = RollingStats(buckets)
+        self.cpu_history = RingBuffer(history)
+        self.engine.feed_cpu(self.cpu_buckets, self.cpu_history)
+        self.rates: Dict[int, EwmaRate] = {}
+        for slot in RATE_SLOTS:
+            self.rates[slot] = EwmaRate(half_life)
+            self.engine.feed_rate(slot, self.rates[slot])
+        self.resident = RollingStats(slow_window)
+        self.resident_history = RingBuffer(history)
+        self.engine.feed_gauge(Slot.RESIDENT_BYTES, self.resident, self.resident_history)
+        self.pushed_ratio = RatioWindow(slow_window, min_denominator=1.0)
+        self.proxy_ratio = RatioWindow(slow_window, min_denominator=1.0)
+        self.engine.feed_ratios(self.pushed_ratio, self.proxy_ratio)
+
+    # ------------------------------------------------------------------ running
+    def start(self) -> "Sampler":
+        if self._thread is not None:
+            raise RuntimeError("a Sampler starts once")
+        self._thread = threading.Thread(target=self.engine.run, name="coherence-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the loop (within one tick, 100 ms at most) and close the sources' files."""
+        self.engine.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        close_all(self.chosen)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def __enter__(self) -> "Sampler":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ readers
+    def stats(self) -> SamplerStats:
+        s = self.engine.stats()
+        hist = self.engine.lateness_histogram()
+        elapsed = s["elapsed_s"]
+        return SamplerStats(
+            achieved_hz=s["ticks"] / elapsed if elapsed > 0 else math.nan,
+            ticks=s["ticks"],
+            ticks_expected=int(elapsed * self.hz) + 1,
+            overruns=s["overruns"],
+            tick_lateness_p50_us=_percentile(hist, 0.50),
+            tick_lateness_p99_us=_percentile(hist, 0.99),
+            tick_lateness_max_us=float(hist[-1][0]) if hist else math.nan,
+            cpu_percent=100.0 * s["thread_cpu_s"] / elapsed if elapsed > 0 else math.nan,
+            elapsed_s=elapsed,
+        )
+
+    def snapshot(self) -> Dict[str, Any]:
+        """Every signal's current figures, each read without a lock."""
+        values = self.engine.slot_values()
+        cpu = self.cpu_buckets.snapshot()
+        rate = {slot: r.rate for slot, r in self.rates.items()}
+        res = self.resident.snapshot()
+        total = values[Slot.MEM_TOTAL_BYTES]
+        limit = values[Slot.MEM_LIMIT_BYTES]
+        if not math.isnan(limit) and (math.isnan(total) or limit < total):
+            total = limit
+        pushed = self.pushed_ratio.snapshot()
+        proxy = self.proxy_ratio.snapshot()
+        use_pushed = self._ingress.value > 0 or self._egress.value > 0
+        req = pushed if use_pushed else proxy
+        return {
+            "cpu": {"util_mean_pct": cpu.mean, "util_std_pct": math.sqrt(cpu.var),
+                    "buckets": cpu.count, "ncpu": self.ncpu},
+            "memory": {
+                "resident_bytes": values[Slot.RESIDENT_BYTES],
+                "resident_mean_bytes": res.mean, "resident_std_bytes": math.sqrt(res.var),
+                "total_bytes": total,
+                "minor_faults_per_s": rate[Slot.MINOR_FAULTS],
+                "churn_bytes_per_s": rate[Slot.MINOR_FAULTS] * PAGE_SIZE,
+                "pgalloc_bytes_per_s": rate[Slot.PGALLOC] * PAGE_SIZE,
+                "pgfree_bytes_per_s": rate[Slot.PGFREE] * PAGE_SIZE,
+            },
+            "pressure": {  # us stalled per second / 1e4 = % of the time
+                "cpu_some_pct": rate[Slot.PSI_CPU_US] / 1e4,
+                "memory_some_pct": rate[Slot.PSI_MEMORY_US] / 1e4,
+                "io_some_pct": rate[Slot.PSI_IO_US] / 1e4,
+            },
+            "requests": {
+                "source": "pushed" if use_pushed else "tcp_proxy",
+                "ingress_per_s": rate[Slot.INGRESS if use_pushed else Slot.TCP_PASSIVE],
+                "egress_per_s": rate[Slot.EGRESS if use_pushed else Slot.TCP_ACTIVE],
+                "ratio": req.ratio, "ingress_in_window": req.denominator,
+                "egress_in_window": req.numerator,
+            },
+        }
+
+    def sources(self) -> List[Row]:
+        """Every candidate source with availability, the one in use per family, and why; a
+        source whose file became unreadable while running (its process exited) shows as lost."""
+        lost: Dict[str, str] = {}
+        for (name, path), f in zip(self._files, self.engine.file_stats()):
+            if f["lost"]:
+                lost.setdefault(name, path)
+        return [row._replace(available=False, reason=f"lost while running: {lost[row.name]} "
+                                                     "became unreadable (process exited?)")
+                if row.name in lost else row for row in describe(self.chosen)]

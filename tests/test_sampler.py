@@ -1,0 +1,295 @@
+"""The sampler: its C parser against the Python one, the tick loop's behaviour (deadlines,
+overruns, lost files, the GIL), and the Sampler on fake trees and on this machine."""
+import math
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coherence import EwmaRate, RatioWindow, RingBuffer, RollingStats
+from coherence._sampler import Engine, Slot, parse_fields_c
+from coherence.sampler import RECIPES, Sampler, SamplerError
+from coherence.sources import Field, parse_fields, select
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+def tree(name):
+    base = os.path.join(FIXTURES, name)
+    return {"proc_root": os.path.join(base, "proc"), "sys_root": os.path.join(base, "sys")}
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+# ------------------------------------------------------------------ the C parser
+TOKENS = [b"1", b"0", b"42", b"18446744073709551615", b"18446744073709551616", b"-3", b"1.5",
+          b"a=7", b"x=", b"=9", b"total=100", b"max", b")", b") (", b"cpu", b"cpu ", b"",
+          b"\xff\xfe", b"0x10", b"123456789012345678901"]
+SPACES = [b" ", b"\t", b"\n", b"\r\n", b"  ", b"\x0b", b"\x0c"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(parts=st.lists(st.tuples(st.sampled_from(TOKENS), st.sampled_from(SPACES)), max_size=20),
+       prefix=st.sampled_from([b"", b"cpu", b"cpu ", b"a", b"total=", b"1"]),
+       index=st.integers(0, 4), occurrence=st.integers(0, 2),
+       after=st.sampled_from([b"", b")", b"="]))
+def test_c_parser_agrees_with_parse_fields(parts, prefix, index, occurrence, after):
+    data = b"".join(t + w for t, w in parts)
+    expected = parse_fields(data, [Field("s", prefix, index, occurrence, after)]).get("s")
+    assert parse_fields_c(data, [(prefix, index, occurrence, after)]) == [expected]
+
+
+def test_c_parser_on_every_real_file_the_sources_read():
+    chosen = select()
+    try:
+        for choice in chosen.values():
+            for reader in (choice.source.readers if choice.source else []):
+                data = reader.read()
+                for f in reader.fields:
+                    py = parse_fields(data, [Field("s", f.prefix, f.index, f.occurrence, f.after_last)])
+                    assert parse_fields_c(data, [(f.prefix, f.index, f.occurrence, f.after_last)]) \
+                        == [py.get("s")], (reader.path, f)
+    finally:
+        for choice in chosen.values():
+            for s in choice.tried:
+                s.close()
+
+
+def test_every_source_has_a_recipe_for_its_required_signals():
+    from coherence.sources import discover
+    for family, candidates in discover().items():
+        for source in candidates:
+            assert source.name in RECIPES, source.name
+            source.close()
+
+
+# ------------------------------------------------------------------ the tick loop
+class FakeCounter:
+    """A file whose `usage_usec` grows like `busy` CPUs would, rewritten in place by a thread."""
+
+    def __init__(self, path, busy):
+        self.path, self.busy = path, busy
+        self.t0 = time.monotonic()
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._write()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _write(self):
+        usec = int((time.monotonic() - self.t0) * 1e6 * self.busy)
+        os.pwrite(self.fd, b"usage_usec %020d\n" % usec, 0)
+
+    def _run(self):
+        while not self.stop.is_set():
+            self._write()
+            time.sleep(0.0005)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        os.close(self.fd)
+
+
+def run_engine(engine, seconds):
+    t = threading.Thread(target=engine.run)
+    t.start()
+    try:
+        time.sleep(seconds)
+    finally:
+        engine.stop()
+        t.join(2)
+    assert not t.is_alive()
+
+
+def test_cpu_buckets_are_utilization_of_the_cpus_available(tmp_path):
+    # 1.5 CPUs busy out of 2 available: 75 % in every bucket, whatever the jitter of the ticks.
+    engine = Engine(500.0, 0.1, 2.0)
+    buckets, history = RollingStats(50), RingBuffer(50)
+    engine.feed_cpu(buckets, history)
+    with FakeCounter(str(tmp_path / "cpu.stat"), busy=1.5) as fake:
+        ro = os.open(fake.path, os.O_RDONLY)
+        engine.add_file(ro, 1, 0, [(b"usage_usec ", 0, 0, b"", Slot.CPU_NS, 1000.0)])
+        run_engine(engine, 1.5)
+        os.close(ro)
+    assert buckets.count >= 10
+    assert buckets.mean == pytest.approx(75.0, abs=3.0)
+    assert history.to_array().min() > 60 and history.to_array().max() < 90
+
+
+def test_a_tick_that_overruns_skips_deadlines_instead_of_bursting():
+    # A callback source that takes 35 ms at 100 Hz: each tick overruns 3 deadlines. Ticks must
+    # not catch up (no burst): about one tick per 40 ms, and the skipped ones counted.
+    engine = Engine(100.0, 0.1, 1.0)
+    engine.add_callback(1, 0, lambda: time.sleep(0.035) or {}, {})
+    run_engine(engine, 1.0)
+    s = engine.stats()
+    assert 10 <= s["ticks"] <= 40, s
+    assert s["overruns"] >= 2 * s["ticks"] - 5, s
+    assert s["ticks"] + s["overruns"] == pytest.approx(s["elapsed_s"] * 100, abs=6)
+
+
+def test_stop_is_prompt_even_at_one_hertz():
+    engine = Engine(1.0, 0.5, 1.0)
+    t = threading.Thread(target=engine.run)
+    t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    engine.stop()
+    t.join(2)
+    assert not t.is_alive() and time.monotonic() - t0 < 0.5
+
+
+def test_engine_runs_once_and_validates():
+    with pytest.raises(ValueError, match="hz"):
+        Engine(0.0, 0.1, 1.0)
+    with pytest.raises(ValueError, match="resolution"):
+        Engine(10.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="ncpu"):
+        Engine(10.0, 0.1, 0.0)
+    engine = Engine(10.0, 0.1, 1.0)
+    with pytest.raises(ValueError, match="slot"):
+        engine.add_file(0, 1, 0, [(b"x", 0, 0, b"", 99, 1.0)])
+    with pytest.raises(ValueError, match="schedule"):
+        engine.add_file(0, 2, 2, [])
+    run_engine(engine, 0.05)
+    with pytest.raises(RuntimeError, match="once"):
+        engine.run()
+
+
+def test_ticks_continue_while_another_thread_holds_the_gil():
+    # list.sort() holds the GIL for its whole run: a loop that needed the GIL would stall.
+    with Sampler(hz=1000) as s:
+        assert wait_for(lambda: s.stats().ticks > 50)
+        data = [random.random() for _ in range(2_000_000)]
+        before, t0 = s.stats().ticks, time.monotonic()
+        data.sort()
+        held = time.monotonic() - t0
+        during = s.stats().ticks - before
+    assert held > 0.2, "the sort was too short to show anything"
+    assert during > 0.25 * held * 1000, (during, held)
+
+
+def test_a_process_that_exits_is_lost_once_not_an_error_per_tick():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        s = Sampler(hz=200, pid=child.pid).start()
+        assert wait_for(lambda: s.stats().ticks > 20)
+        child.kill()
+        child.wait()
+        ticks = s.stats().ticks
+        assert wait_for(lambda: s.stats().ticks > ticks + 100)   # still ticking
+        assert s.running
+        lost = [f for f in s.engine.file_stats() if f["lost"]]
+        assert len(lost) >= 2 and all(f["errors"] == 1 for f in lost)   # stat, status
+        rows = {r.name: r for r in s.sources()}
+        assert not rows["memory.pid"].available and "lost" in rows["memory.pid"].reason
+        s.stop()
+    finally:
+        child.kill()
+        child.wait()
+
+
+# ------------------------------------------------------------------ the Sampler
+@pytest.mark.parametrize("kwargs, match", [
+    ({"hz": 0}, "hz must be a positive"),
+    ({"hz": -5}, "hz must be a positive"),
+    ({"hz": "abc"}, "hz must be a number"),
+    ({"hz": 2001}, "between 1 and 2000"),
+    ({"hz": 100, "window_s": 0.1, "resolution_s": 0.1}, "at least two buckets"),
+    ({"hz": 5, "resolution_s": 0.1}, "shorter than one tick"),
+    ({"pid": 0}, "pid must be a positive integer"),
+    ({"pid": "42"}, "pid must be a positive integer"),
+])
+def test_bad_arguments_are_one_clear_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Sampler(**kwargs)
+
+
+def test_a_pid_that_does_not_exist_is_a_sampler_error():
+    with pytest.raises(SamplerError, match="no process 4194305"):
+        Sampler(pid=4_194_305)
+
+
+@pytest.mark.parametrize("name", ["cgroup2", "cgroup1", "nopsi", "garbage"])
+def test_sampler_runs_on_every_fake_tree_without_an_error(name):
+    try:
+        s = Sampler(hz=200, **tree(name))
+    except SamplerError as err:        # garbage: no CPU source at all is a clean error
+        assert name == "garbage" and "no CPU source" in str(err)
+        return
+    with s:
+        assert wait_for(lambda: s.stats().ticks > 50)
+        snap = s.snapshot()
+    in_use = {r.family: r.name for r in s.sources() if r.in_use}
+    assert "cpu" in in_use
+    assert set(snap) == {"cpu", "memory", "pressure", "requests"}
+    if name in ("cgroup2", "cgroup1") and "memory" in in_use:
+        assert snap["memory"]["resident_bytes"] > 0
+
+
+def test_sampler_on_this_machine_reads_every_family_and_reports_on_itself():
+    with Sampler(hz=1000) as s:
+        assert wait_for(lambda: s.cpu_buckets.count >= 5)
+        # allocate and touch 64 MB a few times: minor faults must show as churn
+        for _ in range(5):
+            bytearray(64 << 20)
+        assert wait_for(lambda: s.snapshot()["memory"]["minor_faults_per_s"] > 0)
+        snap, stats = s.snapshot(), s.stats()
+    assert 0.0 <= snap["cpu"]["util_mean_pct"] <= 105.0
+    assert snap["memory"]["resident_bytes"] > 0 and snap["memory"]["total_bytes"] > 0
+    assert stats.ticks > 0 and stats.achieved_hz > 0 and stats.cpu_percent > 0
+    assert stats.tick_lateness_p50_us <= stats.tick_lateness_p99_us <= stats.tick_lateness_max_us
+    assert all(f["errors"] == 0 and f["parse_misses"] == 0 for f in s.engine.file_stats())
+
+
+def test_pushed_request_counters_feed_the_ratio():
+    from coherence import AtomicCounter
+    ingress, egress = AtomicCounter(), AtomicCounter()
+    with Sampler(hz=200, slow_hz=50, ingress=ingress, egress=egress) as s:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            ingress.add(10)
+            egress.add(25)
+            time.sleep(0.005)
+        assert wait_for(lambda: s.snapshot()["requests"]["ingress_in_window"] > 100)
+        req = s.snapshot()["requests"]
+    assert req["source"] == "pushed"
+    assert req["ratio"] == pytest.approx(2.5, rel=0.05)
+    assert req["ingress_per_s"] > 0
+
+
+def test_files_are_opened_read_only_and_closed_by_stop():
+    def fds():
+        return set(os.listdir("/proc/self/fd"))
+
+    before = fds()
+    s = Sampler(hz=100).start()
+    checked = 0
+    for fd in fds() - before:
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                flags = int(next(line for line in f if line.startswith("flags:")).split()[1], 8)
+        except FileNotFoundError:      # the descriptor listdir used for itself
+            continue
+        assert flags & os.O_ACCMODE == os.O_RDONLY
+        checked += 1
+    assert checked >= 3
+    s.stop()
+    assert fds() == before

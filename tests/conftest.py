@@ -33,6 +33,7 @@ def build_cython_module(pyx_path: str, build_dir: str):
     for entry in os.listdir(build_dir):
         if entry.startswith(name + ".") and entry.endswith((".so", ".pyd")):
             spec = importlib.util.spec_from_file_location(name, os.path.join(build_dir, entry))
+            assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             return module

@@ -91,12 +91,12 @@ def test_error_does_not_grow_over_ten_million_pushes():
     window = 1000
     rng = np.random.default_rng(4)
     s = RollingStats(window)
-    errors = []
+    errors: list[float] = []
     for _ in range(10):
         chunk = 1e3 + rng.normal(scale=5.0, size=1_000_000)
         s.push_many(chunk)
         tail = chunk[-window:]
-        errors.append(abs(s.var() - np.var(tail)) / np.var(tail))
+        errors.append(float(abs(s.var() - np.var(tail)) / np.var(tail)))
         assert abs(s.mean - np.mean(tail)) <= 1e-12 * 1e3
     assert s.total == 10_000_000
     assert max(errors) <= 1e-12, errors
@@ -133,7 +133,7 @@ class RollingModel(RuleBasedStateMachine):
     def create(self, window):
         self.window = window
         self.stats = RollingStats(window)
-        self.model = deque(maxlen=window)
+        self.model: deque[float] = deque(maxlen=window)
         self.rejected = 0
         self.total = 0
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from coherence import hooks
-from coherence._core import AtomicCounter, EwmaRate, RatioWindow, RingBuffer, RollingStats
+from coherence._core import AtomicCounter
 from coherence._sampler import Engine, Slot
+from coherence.signals import Signals
 from coherence.sources import Choice, Row, Source, close_all, cpu_capacity, describe, select
 from coherence.sources.cpu import PidClockCpu
 
@@ -64,10 +65,6 @@ RECIPES: Dict[str, Dict[str, List[Tuple[int, float]]]] = {
         "tcp_passive_opens_total": [(Slot.TCP_PASSIVE, 1.0)],
     },
 }
-RATE_SLOTS = (Slot.MINOR_FAULTS, Slot.PGALLOC, Slot.PGFREE, Slot.PSI_CPU_US, Slot.PSI_MEMORY_US,
-              Slot.PSI_IO_US, Slot.INGRESS, Slot.EGRESS, Slot.TCP_PASSIVE, Slot.TCP_ACTIVE)
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
 
 class SamplerError(Exception):
     """The sampler cannot run as asked; ``str(err)`` is one line for the user."""
@@ -115,12 +112,14 @@ class Sampler:
 
     CPU counters are read every tick; memory, pressure and request counters at ``slow_hz``.
     CPU utilization is aggregated into buckets of ``resolution_s`` and its statistics kept over
-    ``window_s``; rates are smoothed with a half-life of ``rate_half_life_s``.
+    ``window_s``; rates are smoothed with a half-life of ``rate_half_life_s``; request ratios
+    slide over ``ratio_window_s`` and the resident-memory trend over ``trend_window_s``.
     """
 
     def __init__(self, hz: float = 1000.0, *, pid: Optional[int] = None,
                  resolution_s: float = 0.1, window_s: float = 10.0, slow_hz: float = SLOW_HZ,
                  rate_half_life_s: float = 1.0, history: int = 600,
+                 ratio_window_s: float = 5.0, trend_window_s: float = 10.0,
                  proc_root: str = "/proc", sys_root: str = "/sys",
                  ingress: AtomicCounter = hooks.INGRESS, egress: AtomicCounter = hooks.EGRESS,
                  chosen: Optional[Mapping[str, Choice]] = None) -> None:
@@ -157,7 +156,8 @@ class Sampler:
         except Exception:
             close_all(self.chosen)
             raise
-        self._make_feeds(half_life, history)
+        self._make_feeds(half_life, history, _positive("ratio_window", ratio_window_s),
+                         _positive("trend_window", trend_window_s))
         self._thread: Optional[threading.Thread] = None
         self._ingress, self._egress = ingress, egress
 
@@ -203,22 +203,18 @@ class Sampler:
         self.engine.add_counter(ingress, Slot.INGRESS, slow, 0)
         self.engine.add_counter(egress, Slot.EGRESS, slow, 0)
 
-    def _make_feeds(self, half_life: float, history: int) -> None:
-        buckets = max(2, int(round(self.window_s / self.resolution_s)))
-        slow_window = max(2, int(round(self.window_s * self.slow_hz)))
-        self.cpu_buckets = RollingStats(buckets)
-        self.cpu_history = RingBuffer(history)
-        self.engine.feed_cpu(self.cpu_buckets, self.cpu_history)
-        self.rates: Dict[int, EwmaRate] = {}
-        for slot in RATE_SLOTS:
-            self.rates[slot] = EwmaRate(half_life)
-            self.engine.feed_rate(slot, self.rates[slot])
-        self.resident = RollingStats(slow_window)
-        self.resident_history = RingBuffer(history)
-        self.engine.feed_gauge(Slot.RESIDENT_BYTES, self.resident, self.resident_history)
-        self.pushed_ratio = RatioWindow(slow_window, min_denominator=1.0)
-        self.proxy_ratio = RatioWindow(slow_window, min_denominator=1.0)
-        self.engine.feed_ratios(self.pushed_ratio, self.proxy_ratio)
+    def _make_feeds(self, half_life: float, history: int, ratio_window_s: float,
+                    trend_window_s: float) -> None:
+        self.signals = Signals(resolution_s=self.resolution_s, window_s=self.window_s,
+                               slow_hz=self.slow_hz, rate_half_life_s=half_life,
+                               ratio_window_s=ratio_window_s, trend_window_s=trend_window_s,
+                               history=history, ncpu=self.ncpu, gauges=self.engine.slot_values)
+        sig = self.signals
+        self.engine.feed_cpu(sig.cpu_buckets, sig.cpu_history)
+        for slot, rate in sig.rates.items():
+            self.engine.feed_rate(slot, rate)
+        self.engine.feed_gauge(Slot.RESIDENT_BYTES, sig.resident, sig.resident_history)
+        self.engine.feed_ratios(sig.pushed_ratio, sig.proxy_ratio)
 
     # ------------------------------------------------------------------ running
     def start(self) -> "Sampler":
@@ -263,44 +259,10 @@ class Sampler:
         )
 
     def snapshot(self) -> Dict[str, Any]:
-        """Every signal's current figures, each read without a lock."""
-        values = self.engine.slot_values()
-        cpu = self.cpu_buckets.snapshot()
-        rate = {slot: r.rate for slot, r in self.rates.items()}
-        res = self.resident.snapshot()
-        total = values[Slot.MEM_TOTAL_BYTES]
-        limit = values[Slot.MEM_LIMIT_BYTES]
-        if not math.isnan(limit) and (math.isnan(total) or limit < total):
-            total = limit
-        pushed = self.pushed_ratio.snapshot()
-        proxy = self.proxy_ratio.snapshot()
-        use_pushed = self._ingress.value > 0 or self._egress.value > 0
-        req = pushed if use_pushed else proxy
-        return {
-            "cpu": {"util_mean_pct": cpu.mean, "util_std_pct": math.sqrt(cpu.var),
-                    "buckets": cpu.count, "ncpu": self.ncpu},
-            "memory": {
-                "resident_bytes": values[Slot.RESIDENT_BYTES],
-                "resident_mean_bytes": res.mean, "resident_std_bytes": math.sqrt(res.var),
-                "total_bytes": total,
-                "minor_faults_per_s": rate[Slot.MINOR_FAULTS],
-                "churn_bytes_per_s": rate[Slot.MINOR_FAULTS] * PAGE_SIZE,
-                "pgalloc_bytes_per_s": rate[Slot.PGALLOC] * PAGE_SIZE,
-                "pgfree_bytes_per_s": rate[Slot.PGFREE] * PAGE_SIZE,
-            },
-            "pressure": {  # us stalled per second / 1e4 = % of the time
-                "cpu_some_pct": rate[Slot.PSI_CPU_US] / 1e4,
-                "memory_some_pct": rate[Slot.PSI_MEMORY_US] / 1e4,
-                "io_some_pct": rate[Slot.PSI_IO_US] / 1e4,
-            },
-            "requests": {
-                "source": "pushed" if use_pushed else "tcp_proxy",
-                "ingress_per_s": rate[Slot.INGRESS if use_pushed else Slot.TCP_PASSIVE],
-                "egress_per_s": rate[Slot.EGRESS if use_pushed else Slot.TCP_ACTIVE],
-                "ratio": req.ratio, "ingress_in_window": req.denominator,
-                "egress_in_window": req.numerator,
-            },
-        }
+        """Every signal's current figures, each read without a lock (see Signals.snapshot)."""
+        if not self.signals.requests_pushed:
+            self.signals.requests_pushed = self._ingress.value > 0 or self._egress.value > 0
+        return self.signals.snapshot()
 
     def sources(self) -> List[Row]:
         """Every candidate source with availability, the one in use per family, and why; a

@@ -1,0 +1,174 @@
+"""Every default of the sentinel in one object, overridable by a TOML file and by flags, and
+validated with errors that name the setting: `ConfigError` carries one line for the user.
+
+    [seizure]
+    std_limit_pct = 25
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Dict, Mapping, Optional
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.9/3.10 only
+    import tomli as tomllib
+
+
+class ConfigError(Exception):
+    """An invalid setting; ``str(err)`` is one line naming it."""
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    hz: float = 1000.0                 # CPU counters read per second (1-2000)
+    slow_hz: float = 20.0              # memory, PSI and request counters (5-20 us a read)
+    rate_half_life_s: float = 1.0      # smoothing of rates: fault rate, request rates, PSI
+
+
+@dataclass(frozen=True)
+class SeizureConfig:
+    resolution_s: float = 0.1          # bucket of CPU utilization: the timescale that matters
+    window_s: float = 10.0             # std over this many seconds of buckets
+    std_limit_pct: float = 20.0        # std of utilization, in points of %: 0/100 flips give 50
+    mean_ceiling_pct: float = 75.0     # above this mean the host is busy, not seizing
+
+
+@dataclass(frozen=True)
+class FeverConfig:
+    churn_limit_mb_s: float = 512.0    # anonymous-page faults x page size, MB/s (~131k faults/s)
+    flat_pct: float = 2.0              # resident growth over the window under this % of memory
+    window_s: float = 10.0             # for the resident trend
+    horizon_h: float = 4.0             # a forecast of exhaustion sooner than this is a WARNING
+
+
+@dataclass(frozen=True)
+class AmplificationConfig:
+    ratio_limit: float = 1.1           # egress / ingress above this ...
+    baseline_factor: float = 1.3       # ... and above the learned baseline times this
+    baseline_half_life_s: float = 120.0  # how fast the baseline learns (only while healthy)
+    min_ingress_per_s: float = 1.0     # under this there is too little traffic to judge
+    window_s: float = 5.0              # the ratio's sliding window
+
+
+@dataclass(frozen=True)
+class VerdictConfig:
+    for_s: float = 5.0                 # a condition held this long is CRITICAL
+    clear_s: float = 10.0              # and OK again only after clear this long
+    cascade_window_s: float = 60.0     # 2+ detectors CRITICAL within this: a cascade
+    flap_changes: int = 6              # this many state changes ...
+    flap_window_s: float = 120.0       # ... within this: flapping
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    report_interval_s: float = 1.0     # one JSON line / screen update of figures this often
+    refresh_hz: float = 10.0           # dashboard redraws at most this often
+
+
+@dataclass(frozen=True)
+class Config:
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    seizure: SeizureConfig = field(default_factory=SeizureConfig)
+    fever: FeverConfig = field(default_factory=FeverConfig)
+    amplification: AmplificationConfig = field(default_factory=AmplificationConfig)
+    verdict: VerdictConfig = field(default_factory=VerdictConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def validate(self) -> "Config":
+        """Check every value and the relations between them; ConfigError naming the first bad one."""
+        for section in fields(self):
+            values = getattr(self, section.name)
+            for f in fields(values):
+                v = getattr(values, f.name)
+                name = f"{section.name}.{f.name}"
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise ConfigError(f"{name} must be a finite number, got {v!r}")
+                if v <= 0:
+                    raise ConfigError(f"{name} must be > 0, got {v!r}")
+        s = self.sampler
+        if not 1 <= s.hz <= 2000:
+            raise ConfigError(f"sampler.hz must be between 1 and 2000, got {s.hz:g}")
+        if s.slow_hz > s.hz:
+            raise ConfigError(f"sampler.slow_hz ({s.slow_hz:g}) must not exceed sampler.hz ({s.hz:g})")
+        z = self.seizure
+        if z.resolution_s < 1.0 / s.hz:
+            raise ConfigError(f"seizure.resolution_s ({z.resolution_s:g} s) is shorter than one "
+                              f"tick at {s.hz:g} Hz")
+        if z.window_s < 2 * z.resolution_s:
+            raise ConfigError(f"seizure.window_s ({z.window_s:g} s) must hold at least two buckets "
+                              f"of seizure.resolution_s ({z.resolution_s:g} s)")
+        for name, pct in (("seizure.std_limit_pct", z.std_limit_pct),
+                          ("seizure.mean_ceiling_pct", z.mean_ceiling_pct),
+                          ("fever.flat_pct", self.fever.flat_pct)):
+            if pct > 100:
+                raise ConfigError(f"{name} is a percentage: at most 100, got {pct:g}")
+        a = self.amplification
+        if a.ratio_limit < 1 or a.baseline_factor < 1:
+            raise ConfigError("amplification.ratio_limit and baseline_factor must be >= 1")
+        if a.window_s * s.slow_hz < 2 or self.fever.window_s * s.slow_hz < 2:
+            raise ConfigError("amplification.window_s and fever.window_s must hold at least two "
+                              "reads at sampler.slow_hz")
+        if int(self.verdict.flap_changes) != self.verdict.flap_changes or self.verdict.flap_changes < 2:
+            raise ConfigError(f"verdict.flap_changes must be an integer >= 2, "
+                              f"got {self.verdict.flap_changes!r}")
+        return self
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":
+        """A copy with "section.key" values replaced (None values are skipped), validated."""
+        sections: Dict[str, Dict[str, Any]] = {}
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            section, _, key = dotted.partition(".")
+            sections.setdefault(section, {})[key] = value
+        return _apply(self, sections, "override").validate()
+
+
+def _apply(config: Config, data: Mapping[str, Any], origin: str) -> Config:
+    known_sections = {f.name: f for f in fields(config)}
+    changes: Dict[str, Any] = {}
+    for section, values in data.items():
+        if section not in known_sections:
+            raise ConfigError(f"{origin}: unknown section [{section}] "
+                              f"(known: {', '.join(sorted(known_sections))})")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{origin}: [{section}] must be a table of settings")
+        current = getattr(config, section)
+        known = {f.name for f in fields(current)}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{origin}: unknown setting {section}.{key} "
+                                  f"(known: {', '.join(sorted(known))})")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{origin}: {section}.{key} must be a number, got {value!r}")
+        changes[section] = replace(current, **values)
+    return replace(config, **changes)
+
+
+def load(path: Optional[str]) -> Config:
+    """Defaults, overridden by the TOML file at ``path`` if given; validated."""
+    config = Config()
+    if path is None:
+        return config.validate()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: no such file") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path}: permission denied") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path}: is a directory") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path}: {err.strerror or err}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path}: not valid TOML: {err}") from None
+    return _apply(config, data, f"config file {path}").validate()
+
+
+def as_dict(config: Config) -> Dict[str, Dict[str, float]]:
+    return dataclasses.asdict(config)

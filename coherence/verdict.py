@@ -1,0 +1,140 @@
+"""Verdicts: findings over time become states with hysteresis (WARNING while a condition holds,
+CRITICAL once it has held for `for`, OK only after it has been clear for `clear`), the overall
+status, a veto recommendation per detector, and incidents across detectors (cascade, flapping).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Deque, Dict, List, Mapping, Optional
+
+from coherence.config import VerdictConfig
+from coherence.detectors import CLEAR, FIRING, UNAVAILABLE, WARMUP, Finding
+
+OK, WARNING, CRITICAL = "OK", "WARNING", "CRITICAL"
+STATE_WARMUP, STATE_UNAVAILABLE = "WARMUP", "UNAVAILABLE"
+# Worst last: the overall status is the worst detector's.
+SEVERITY = {OK: 0, STATE_WARMUP: 1, STATE_UNAVAILABLE: 2, WARNING: 3, CRITICAL: 4}
+# Nagios plugin convention
+EXIT_CODES = {OK: 0, WARNING: 1, CRITICAL: 2, STATE_WARMUP: 3, STATE_UNAVAILABLE: 3}
+# The strongest recommendation per detector once CRITICAL (at WARNING the finding's own).
+CRITICAL_VETO = {"amplification": "CIRCUIT_BREAK"}
+
+
+@dataclass
+class Tracker:
+    """One detector's state machine."""
+
+    config: VerdictConfig
+    state: str = STATE_WARMUP
+    since: Optional[float] = None      # when the current state began (None: never updated)
+    firing_since: Optional[float] = None
+    clear_since: Optional[float] = None
+    changes: Deque[float] = field(default_factory=deque)
+
+    def update(self, finding: Finding, now: float) -> bool:
+        """Advance with one finding; True if the state changed."""
+        c = self.config
+        if finding.condition == FIRING:
+            self.clear_since = None
+            if self.firing_since is None:
+                self.firing_since = now
+            held = now - self.firing_since
+            target = CRITICAL if held >= c.for_s and finding.max_state == CRITICAL else WARNING
+            if self.state == CRITICAL:
+                target = CRITICAL      # a condition that held once keeps it until clear
+            return self._go(target, now)
+        if self.state in (WARNING, CRITICAL):
+            # hysteresis: stay until clear long enough, whatever the finding says meanwhile
+            if finding.condition == CLEAR:
+                if self.clear_since is None:
+                    self.clear_since = now
+                if now - self.clear_since >= c.clear_s:
+                    self.firing_since = self.clear_since = None
+                    return self._go(OK, now)
+            return False
+        self.firing_since = None
+        target = {WARMUP: STATE_WARMUP, UNAVAILABLE: STATE_UNAVAILABLE}.get(finding.condition, OK)
+        return self._go(target, now)
+
+    def _go(self, state: str, now: float) -> bool:
+        if self.since is None:
+            self.since = now
+        if state == self.state:
+            return False
+        if self.state not in (STATE_WARMUP,):       # leaving warm-up is not flapping
+            self.changes.append(now)
+        self.state, self.since = state, now
+        return True
+
+    def flapping(self, now: float) -> bool:
+        while self.changes and now - self.changes[0] > self.config.flap_window_s:
+            self.changes.popleft()
+        return len(self.changes) >= self.config.flap_changes
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judgement at one instant."""
+
+    status: str
+    states: Dict[str, str]
+    since: Dict[str, float]            # when each detector entered its state
+    now: float
+    veto: List[Dict[str, str]]
+    incidents: List[Dict[str, object]]
+    changed: bool
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+
+class VerdictEngine:
+    """Trackers for every detector, plus the incidents that span them."""
+
+    def __init__(self, detectors: List[str], config: VerdictConfig) -> None:
+        self.config = config
+        self.trackers = {name: Tracker(config) for name in detectors}
+        self.critical_at: Dict[str, float] = {}
+
+    def update(self, findings: Mapping[str, Finding], now: float) -> Verdict:
+        changed = False
+        for name, finding in findings.items():
+            tracker = self.trackers[name]
+            if tracker.update(finding, now):
+                changed = True
+                if tracker.state == CRITICAL:
+                    self.critical_at[name] = now
+        states = {name: t.state for name, t in self.trackers.items()}
+        alarms = [st for st in states.values() if st in (WARNING, CRITICAL)]
+        if alarms:
+            status = max(alarms, key=SEVERITY.__getitem__)
+        elif OK in states.values():
+            status = OK            # the detectors that can judge are fine: say so
+        elif all(st == STATE_UNAVAILABLE for st in states.values()):
+            status = STATE_UNAVAILABLE
+        else:
+            status = STATE_WARMUP
+        veto = [{"detector": name, "state": state,
+                 "action": CRITICAL_VETO.get(name, findings[name].veto) if state == CRITICAL
+                 else findings[name].veto}
+                for name, state in states.items() if state in (WARNING, CRITICAL)]
+        since = {n: (now if t.since is None else t.since) for n, t in self.trackers.items()}
+        return Verdict(status, states, since, now, veto, self._incidents(states, now), changed)
+
+    def _incidents(self, states: Mapping[str, str], now: float) -> List[Dict[str, object]]:
+        incidents: List[Dict[str, object]] = []
+        critical = {n: at for n, at in self.critical_at.items() if states[n] == CRITICAL}
+        window = self.config.cascade_window_s
+        members = sorted((at, n) for n, at in critical.items()
+                         if any(m != n and abs(at - other) <= window for m, other in critical.items()))
+        if members:
+            incidents.append({"kind": "cascade", "detectors": [n for _, n in members],
+                              "since": members[0][0]})
+        for name, tracker in self.trackers.items():
+            if tracker.flapping(now):
+                incidents.append({"kind": "flapping", "detector": name,
+                                  "changes": len(tracker.changes),
+                                  "window_s": self.config.flap_window_s})
+        return incidents

@@ -111,7 +111,8 @@ class Fever:
                     **{**base, "value": growth / MB, "limit": (total - resident) / MB / (c.horizon_h * 3600),
                        "unit": "MB/s growth"})
         if churn > c.churn_limit_mb_s:
-            why = f"allocating {churn:.0f} MB/s but resident memory is moving: growth, not churn"
+            why = (f"allocating {churn:.0f} MB/s while resident memory moves {growth / MB:+.0f} MB/s: "
+                   "not churn over flat memory")
         else:
             why = f"allocation churn {churn:.0f} MB/s (limit {c.churn_limit_mb_s:g})"
         return Finding(condition=CLEAR, reason=why, **base)

@@ -250,7 +250,7 @@ def test_sampler_runs_on_every_fake_tree_without_an_error(name):
 
 def test_sampler_on_this_machine_reads_every_family_and_reports_on_itself():
     with Sampler(hz=1000) as s:
-        assert wait_for(lambda: s.cpu_buckets.count >= 5)
+        assert wait_for(lambda: s.signals.cpu_buckets.count >= 5)
         # allocate and touch 64 MB a few times: minor faults must show as churn
         for _ in range(5):
             bytearray(64 << 20)

@@ -1,0 +1,157 @@
+"""Each detector on scripted signals: what fires, what must not, and the evidence it gives.
+Signals go through the real accumulators (coherence.signals), as the sampler feeds them."""
+import math
+
+import numpy as np
+import pytest
+
+from coherence._sampler import Slot
+from coherence.config import Config
+from coherence.detectors import CLEAR, FIRING, UNAVAILABLE, WARMUP, Amplification, Fever, Seizure
+from coherence.signals import Signals
+
+CFG = Config().validate()
+GB = 1 << 30
+
+
+def signals(gauges=None):
+    return Signals(resolution_s=0.1, window_s=10.0, slow_hz=20.0, ratio_window_s=5.0,
+                   trend_window_s=10.0, ncpu=2.0, gauges=lambda: gauges or [math.nan] * int(Slot.NSLOTS))
+
+
+def cpu_snapshot(buckets):
+    s = signals()
+    for u in buckets:
+        s.cpu_buckets.push(u)
+        s.cpu_history.push(u)
+    return s.snapshot()
+
+
+# ------------------------------------------------------------------ seizure
+def test_seizure_fires_on_idle_busy_flips_every_second():
+    flips = [90.0 if (i // 10) % 2 else 10.0 for i in range(100)]    # 1 s at 10 %, 1 s at 90 %
+    f = Seizure(CFG.seizure).evaluate(cpu_snapshot(flips), 0.0)
+    assert f.condition == FIRING and f.veto == "SHED_LOAD"
+    assert f.value == pytest.approx(40.0, abs=0.5) and f.evidence["mean_pct"] == pytest.approx(50.0)
+    assert "shed load" in f.reason and "±40" in f.reason
+
+
+@pytest.mark.parametrize("level", [0.0, 35.0, 100.0])
+def test_steady_load_of_any_level_is_not_a_seizure(level):
+    rng = np.random.default_rng(1)
+    f = Seizure(CFG.seizure).evaluate(cpu_snapshot(level + rng.normal(0, 2, 100).clip(-level, 100 - level)), 0.0)
+    assert f.condition == CLEAR
+
+
+def test_switching_every_10_ms_is_steady_at_100_ms_buckets():
+    # 10 ms on / 10 ms off averages to 50 % in every 100 ms bucket: noise, not a seizure
+    f = Seizure(CFG.seizure).evaluate(cpu_snapshot([50.0 + (i % 3 - 1) for i in range(100)]), 0.0)
+    assert f.condition == CLEAR and f.value < 2
+
+
+def test_busy_and_swinging_is_load_not_seizure():
+    f = Seizure(CFG.seizure).evaluate(cpu_snapshot([100.0 if i % 10 else 20.0 for i in range(100)]), 0.0)
+    assert f.condition == CLEAR and "load, not a seizure" in f.reason
+
+
+def test_seizure_warms_up_on_too_few_buckets():
+    assert Seizure(CFG.seizure).evaluate(cpu_snapshot([10.0, 90.0]), 0.0).condition == WARMUP
+
+
+# ------------------------------------------------------------------ fever
+def memory_snapshot(churn_mb_s, resident_fn, total=16 * GB, seconds=12.0):
+    gauges = [math.nan] * int(Slot.NSLOTS)
+    gauges[Slot.MEM_TOTAL_BYTES] = total
+    s = signals(gauges)
+    faults = 0.0
+    for i in range(int(seconds * 20)):
+        t = i / 20
+        faults += churn_mb_s * 1e6 / 4096 / 20
+        s.rates[Slot.MINOR_FAULTS].update(t, faults)
+        resident = resident_fn(t)
+        s.resident.push(resident)
+        s.resident_history.push(resident)
+        gauges[Slot.RESIDENT_BYTES] = resident
+    return s.snapshot()
+
+
+def test_fever_fires_on_high_churn_with_flat_resident_memory():
+    f = Fever(CFG.fever).evaluate(memory_snapshot(2000.0, lambda t: 4 * GB + (t % 1) * 64e6), 0.0)
+    assert f.condition == FIRING and f.veto == "THROTTLE" and f.max_state == "CRITICAL"
+    assert f.value == pytest.approx(2000.0, rel=0.05) and "throttle" in f.reason
+
+
+def test_holding_a_lot_of_memory_is_not_a_fever():
+    f = Fever(CFG.fever).evaluate(memory_snapshot(5.0, lambda t: 15 * GB), 0.0)
+    assert f.condition == CLEAR
+
+
+def test_steady_growth_is_a_forecast_that_only_warns():
+    # +100 MB/s with 8 GB free: exhausted in ~80 s, far inside the 4 h horizon
+    f = Fever(CFG.fever).evaluate(memory_snapshot(50.0, lambda t: 8 * GB + t * 100e6), 0.0)
+    assert f.condition == FIRING and f.max_state == "WARNING"
+    assert f.evidence["exhaustion_eta_s"] == pytest.approx((16 * GB - 8 * GB - 11.95 * 100e6) / 100e6, rel=0.1)
+    assert "exhausted in about" in f.reason
+
+
+def test_churn_while_memory_moves_is_not_a_fever():
+    # resident falling 500 MB/s (a big free) under heavy churn: not churn over flat memory
+    f = Fever(CFG.fever).evaluate(memory_snapshot(2000.0, lambda t: 12 * GB - t * 500e6), 0.0)
+    assert f.condition == CLEAR and "not churn over flat memory" in f.reason
+
+
+def test_fever_unavailable_without_a_memory_source():
+    assert Fever(CFG.fever).evaluate(signals().snapshot(), 0.0).condition == UNAVAILABLE
+
+
+# ------------------------------------------------------------------ amplification
+def request_snapshot(ratio, rate=200.0, seconds=6.0, pushed=True):
+    s = signals()
+    s.requests_pushed = pushed
+    ing = eg = 0.0
+    for i in range(int(seconds * 20)):
+        t = i / 20
+        di, de = rate / 20, rate / 20 * ratio
+        ing, eg = ing + di, eg + de
+        (s.pushed_ratio if pushed else s.proxy_ratio).update(de, di)
+        s.rates[Slot.INGRESS if pushed else Slot.TCP_PASSIVE].update(t, ing)
+        s.rates[Slot.EGRESS if pushed else Slot.TCP_ACTIVE].update(t, eg)
+    return s.snapshot()
+
+
+def test_retry_storm_fires_against_a_learned_baseline():
+    a = Amplification(CFG.amplification)
+    assert a.evaluate(request_snapshot(1.0), 0.0).condition == CLEAR
+    a.learn(1.0, 0.0)
+    f = a.evaluate(request_snapshot(2.2), 1.0)
+    assert f.condition == FIRING and f.value == pytest.approx(2.2) and f.evidence["baseline"] == 1.0
+    assert "retry storm" in f.reason and f.veto == "CAP_RETRIES"
+
+
+def test_a_learned_fan_out_of_three_is_normal():
+    a = Amplification(CFG.amplification)
+    for t in range(10):
+        f = a.evaluate(request_snapshot(3.0), float(t))
+        assert f.condition == CLEAR
+        a.learn(f.value, float(t))
+    assert a.baseline == pytest.approx(3.0)
+    assert a.evaluate(request_snapshot(3.3), 11.0).condition == CLEAR
+    assert a.evaluate(request_snapshot(6.0), 12.0).condition == FIRING
+
+
+def test_below_the_ratio_limit_never_fires_even_above_baseline():
+    a = Amplification(CFG.amplification)
+    a.learn(0.5, 0.0)
+    assert a.evaluate(request_snapshot(1.05), 1.0).condition == CLEAR
+
+
+def test_too_little_traffic_is_ignored():
+    a = Amplification(CFG.amplification)
+    a.learn(1.0, 0.0)
+    f = a.evaluate(request_snapshot(5.0, rate=0.5), 1.0)
+    assert f.condition == CLEAR and "too little traffic" in f.reason
+
+
+def test_the_tcp_proxy_is_labelled():
+    f = Amplification(CFG.amplification).evaluate(request_snapshot(1.0, pushed=False), 0.0)
+    assert f.evidence["source"] == "tcp_proxy" and "proxy" in f.reason

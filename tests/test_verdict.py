@@ -1,0 +1,129 @@
+"""The verdict state machine on scripted findings: hysteresis, CRITICAL after `for`, OK only
+after `clear`, the overall status, vetoes, cascades and flapping."""
+import pytest
+
+from coherence.config import VerdictConfig
+from coherence.detectors import CLEAR, FIRING, UNAVAILABLE, WARMUP, Finding
+from coherence.verdict import EXIT_CODES, Tracker, VerdictEngine
+
+CFG = VerdictConfig(for_s=5.0, clear_s=10.0, cascade_window_s=60.0, flap_changes=4, flap_window_s=60.0)
+VETO = {"seizure": "SHED_LOAD", "fever": "THROTTLE", "amplification": "CAP_RETRIES"}
+
+
+def finding(condition, name="seizure", max_state="CRITICAL"):
+    return Finding(detector=name, condition=condition, value=1.0, limit=1.0, unit="u",
+                   reason="r", max_state=max_state, veto=VETO[name])
+
+
+def run(tracker, script, step=1.0, t0=0.0):
+    """script: a condition per second; returns the state after each."""
+    states = []
+    for i, cond in enumerate(script):
+        tracker.update(finding(cond), t0 + i * step)
+        states.append(tracker.state)
+    return states
+
+
+def test_warning_at_once_critical_after_for_ok_only_after_clear():
+    t = Tracker(CFG)
+    states = run(t, [CLEAR] * 3 + [FIRING] * 8 + [CLEAR] * 12)
+    assert states[:3] == ["OK"] * 3
+    assert states[3:8] == ["WARNING"] * 5            # fault at t=3: WARNING for 5 s
+    assert states[8:11] == ["CRITICAL"] * 3          # held for `for` (5 s): CRITICAL at t=8
+    assert states[11:21] == ["CRITICAL"] * 10        # clear since t=11: stays 10 s
+    assert states[21:] == ["OK"] * 2                 # OK at t=21
+
+
+def test_a_fault_at_t_is_critical_by_t_plus_10_with_the_defaults():
+    t = Tracker(VerdictConfig())
+    states = run(t, [CLEAR] * 2 + [FIRING] * 48, step=0.25)
+    first_critical = states.index("CRITICAL") * 0.25
+    assert first_critical - 0.5 <= 10.0
+
+
+def test_brief_blips_do_not_flap_the_verdict():
+    t = Tracker(CFG)
+    # firing 2 s, clear 2 s, repeated: WARNING the whole time, never back to OK in between
+    states = run(t, ([FIRING] * 2 + [CLEAR] * 2) * 6)
+    assert "OK" not in states
+    assert set(states) <= {"WARNING", "CRITICAL"}
+
+
+def test_condition_returning_during_clear_keeps_critical():
+    t = Tracker(CFG)
+    states = run(t, [FIRING] * 6 + [CLEAR] * 5 + [FIRING] * 1 + [CLEAR] * 3)
+    assert states[5:] == ["CRITICAL"] * 10
+
+
+def test_a_forecast_warns_but_never_escalates():
+    t = Tracker(CFG)
+    for i in range(30):
+        t.update(finding(FIRING, "fever", max_state="WARNING"), float(i))
+    assert t.state == "WARNING"
+
+
+def test_warmup_and_unavailable_pass_through():
+    t = Tracker(CFG)
+    assert run(t, [WARMUP, WARMUP, UNAVAILABLE, CLEAR]) == ["WARMUP", "WARMUP", "UNAVAILABLE", "OK"]
+
+
+def engine_step(engine, conditions, now):
+    return engine.update({n: finding(c, n) for n, c in conditions.items()}, now)
+
+
+def test_overall_status_is_the_worst_detector_and_maps_to_nagios_codes():
+    e = VerdictEngine(["seizure", "fever", "amplification"], CFG)
+    v = engine_step(e, {"seizure": WARMUP, "fever": WARMUP, "amplification": WARMUP}, 0.0)
+    assert v.status == "WARMUP" and v.exit_code == 3
+    v = engine_step(e, {"seizure": CLEAR, "fever": WARMUP, "amplification": UNAVAILABLE}, 1.0)
+    assert v.status == "OK" and v.exit_code == 0
+    v = engine_step(e, {"seizure": FIRING, "fever": CLEAR, "amplification": CLEAR}, 2.0)
+    assert v.status == "WARNING" and v.exit_code == 1 and v.changed
+    assert v.veto == [{"detector": "seizure", "state": "WARNING", "action": "SHED_LOAD"}]
+    v = engine_step(e, {"seizure": FIRING, "fever": CLEAR, "amplification": CLEAR}, 8.0)
+    assert v.status == "CRITICAL" and v.exit_code == 2
+    v = engine_step(e, {n: UNAVAILABLE for n in ("seizure", "fever", "amplification")}, 9.0)
+    assert v.status == "CRITICAL"   # hysteresis: an unavailable reading does not clear it
+    assert EXIT_CODES == {"OK": 0, "WARNING": 1, "CRITICAL": 2, "WARMUP": 3, "UNAVAILABLE": 3}
+
+
+def test_all_unavailable_is_unavailable():
+    e = VerdictEngine(["seizure", "fever"], CFG)
+    v = engine_step(e, {"seizure": UNAVAILABLE, "fever": UNAVAILABLE}, 0.0)
+    assert v.status == "UNAVAILABLE" and v.exit_code == 3
+
+
+def test_amplification_escalates_from_cap_retries_to_circuit_break():
+    e = VerdictEngine(["amplification"], CFG)
+    v = engine_step(e, {"amplification": FIRING}, 0.0)
+    assert v.veto[0]["action"] == "CAP_RETRIES"
+    v = engine_step(e, {"amplification": FIRING}, 6.0)
+    assert v.veto[0] == {"detector": "amplification", "state": "CRITICAL", "action": "CIRCUIT_BREAK"}
+
+
+def test_two_detectors_critical_within_the_window_is_a_cascade():
+    e = VerdictEngine(["seizure", "fever", "amplification"], CFG)
+    for now in range(0, 7):
+        v = engine_step(e, {"seizure": FIRING, "fever": CLEAR, "amplification": CLEAR}, float(now))
+    assert v.incidents == []
+    for now in range(7, 20):
+        v = engine_step(e, {"seizure": FIRING, "fever": FIRING, "amplification": CLEAR}, float(now))
+    cascade = [i for i in v.incidents if i["kind"] == "cascade"]
+    assert cascade and cascade[0]["detectors"] == ["seizure", "fever"] and cascade[0]["since"] == 5.0
+
+
+def test_criticals_far_apart_are_not_a_cascade():
+    e = VerdictEngine(["seizure", "fever"], CFG)
+    for now in range(0, 100):
+        v = engine_step(e, {"seizure": FIRING, "fever": FIRING if now >= 80 else CLEAR}, float(now))
+    assert not [i for i in v.incidents if i["kind"] == "cascade"]
+
+
+def test_many_changes_in_the_window_is_flapping():
+    cfg = VerdictConfig(for_s=100.0, clear_s=1.0, flap_changes=4, flap_window_s=60.0)
+    e = VerdictEngine(["seizure"], cfg)
+    incidents = []
+    for now in range(40):
+        v = e.update({"seizure": finding(FIRING if (now // 3) % 2 else CLEAR)}, float(now))
+        incidents = v.incidents
+    assert incidents and incidents[0]["kind"] == "flapping" and incidents[0]["detector"] == "seizure"

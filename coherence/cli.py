@@ -1,15 +1,33 @@
-"""The `coherence` command line. Bad input of any kind ends in one line on stderr and a
-non-zero exit, never a traceback."""
+"""The `coherence` command line: the live sentinel (dashboard or JSON lines), `check` for
+Nagios-style monitoring, `sources`, and `--simulate`. Bad input of any kind ends in one line
+on stderr and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
-from typing import List, Optional, Sequence
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
 from coherence import __version__
+from coherence.config import Config, ConfigError, load
 from coherence.sources import Row, cpu_capacity, describe
+
+EVAL_PERIOD_S = 0.25        # detectors judge 4 times a second; sinks decide what to show
+CHECK_DURATION_S = 12.0     # warm-up (half a 10 s window) + the 5 s `for` + margin
+EXIT_USAGE = 2
+EXIT_UNKNOWN = 3            # Nagios: UNKNOWN, bad arguments included
+
+
+class Stop(Exception):
+    """SIGTERM: leave like Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Stop()
 
 
 def _table(rows: Sequence[Sequence[str]]) -> List[str]:
@@ -17,10 +35,274 @@ def _table(rows: Sequence[Sequence[str]]) -> List[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _hostport(value: Optional[str]) -> Optional[Tuple[str, int]]:
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", value
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT with a port from 1 to 65535",
+                                 param_hint="'--statsd'")
+    return host, int(port)
+
+
+def _config(config_file: Optional[str], overrides: Dict[str, Any]) -> Config:
+    return load(config_file).with_overrides(overrides)
+
+
+# Options shared by the live sentinel and `check`: (flag, config key, type, help)
+LIMIT_OPTIONS = [
+    ("--hz", "sampler.hz", click.FloatRange(1, 2000),
+     "CPU samples per second, 1-2000 [default: 1000]."),
+    ("--resolution", "seizure.resolution_s", click.FloatRange(min=0, min_open=True),
+     "CPU bucket in seconds: the timescale of a seizure [default: 0.1]."),
+    ("--window", "seizure.window_s", click.FloatRange(min=0, min_open=True),
+     "Seconds of buckets the CPU std is taken over [default: 10]."),
+    ("--seizure-std", "seizure.std_limit_pct", click.FloatRange(min=0, max=100, min_open=True),
+     "Seizure when the CPU std exceeds this many points of % [default: 20]."),
+    ("--seizure-mean-ceiling", "seizure.mean_ceiling_pct", click.FloatRange(min=0, max=100, min_open=True),
+     "... and the mean is under this % [default: 75]."),
+    ("--fever-churn", "fever.churn_limit_mb_s", click.FloatRange(min=0, min_open=True),
+     "Fever when allocation churn exceeds this many MB/s [default: 512]."),
+    ("--fever-horizon", "fever.horizon_h", click.FloatRange(min=0, min_open=True),
+     "Warn when memory runs out sooner than this many hours [default: 4]."),
+    ("--amplification-ratio", "amplification.ratio_limit", click.FloatRange(min=1),
+     "Amplification when egress/ingress exceeds this [default: 1.1] and its baseline x1.3."),
+    ("--min-ingress", "amplification.min_ingress_per_s", click.FloatRange(min=0, min_open=True),
+     "Ignore amplification under this many requests/s in [default: 1]."),
+    ("--for", "verdict.for_s", click.FloatRange(min=0, min_open=True),
+     "Seconds a condition must hold to be CRITICAL [default: 5]."),
+    ("--clear", "verdict.clear_s", click.FloatRange(min=0, min_open=True),
+     "Seconds a condition must be gone to be OK again [default: 10]."),
+]
+
+
+def limit_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for flag, key, typ, help_ in reversed(LIMIT_OPTIONS):
+        f = click.option(flag, key.replace(".", "__"), type=typ, default=None, help=help_)(f)
+    f = click.option("--config", "config_file", type=click.Path(dir_okay=True),
+                     help="A TOML file of settings (see README); flags override it.")(f)
+    f = click.option("--pid", type=click.IntRange(min=1), help="Watch one process instead of the host/container.")(f)
+    f = click.option("--statsd", metavar="HOST:PORT",
+                     help="Listen for StatsD counters <prefix>.ingress/.egress (e.g. 127.0.0.1:8125).")(f)
+    f = click.option("--statsd-prefix", default="coherence", show_default=True,
+                     help="Prefix of the StatsD counters.")(f)
+    return f
+
+
+def _overrides(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    return {key: kwargs.pop(key.replace(".", "__")) for _, key, _, _ in LIMIT_OPTIONS}
+
+
+class Sentinel:
+    """The sampler, an optional StatsD listener and the monitor, started and stopped together."""
+
+    def __init__(self, config: Config, pid: Optional[int], statsd: Optional[Tuple[str, int]],
+                 statsd_prefix: str) -> None:
+        from coherence.monitor import Monitor, sampler_figures
+        from coherence.sampler import Sampler
+        self.listener = None
+        if statsd is not None:
+            from coherence.statsd import StatsdListener
+            self.listener = StatsdListener(host=statsd[0], port=statsd[1], prefix=statsd_prefix)
+        try:
+            s, z = config.sampler, config.seizure
+            self.sampler = Sampler(s.hz, pid=pid, resolution_s=z.resolution_s, window_s=z.window_s,
+                                   slow_hz=s.slow_hz, rate_half_life_s=s.rate_half_life_s,
+                                   ratio_window_s=config.amplification.window_s,
+                                   trend_window_s=config.fever.window_s)
+        except BaseException:
+            if self.listener is not None:
+                self.listener.stop()
+            raise
+        self.monitor = Monitor(config, self.sampler.snapshot, lambda: sampler_figures(self.sampler))
+
+    def __enter__(self) -> "Sentinel":
+        if self.listener is not None:
+            self.listener.start()
+        self.sampler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sampler.stop()
+        if self.listener is not None:
+            self.listener.stop()
+
+    def run(self, duration: Optional[float], on_report: Callable[[Any], None]) -> Any:
+        """Judge every EVAL_PERIOD_S until `duration` (None: forever); the last report."""
+        start = time.monotonic()
+        report = None
+        next_step = start
+        while True:
+            now = time.monotonic()
+            report = self.monitor.step(now, time.time())
+            on_report(report)
+            if duration is not None and now - start >= duration:
+                return report
+            next_step += EVAL_PERIOD_S
+            end = start + duration if duration is not None else next_step
+            time.sleep(max(0.0, min(next_step, end) - time.monotonic()))
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"coherence: {message}", err=True)
+    sys.exit(code)
+
+
+def _sink(as_json: bool, config: Config) -> Any:
+    from coherence.sinks.jsonl import JsonLinesSink
+    if as_json:
+        return JsonLinesSink(sys.stdout, interval_s=config.output.report_interval_s)
+    if sys.stdout.isatty():
+        from coherence.sinks.dashboard import Dashboard
+        return Dashboard(refresh_hz=config.output.refresh_hz)
+    from coherence.sinks.dashboard import PlainStatusSink
+    return PlainStatusSink(sys.stdout, interval_s=config.output.report_interval_s)
+
+
+def _emit(sink: Any) -> Callable[[Any], None]:
+    return sink.emit if hasattr(sink, "emit") else sink.update
+
+
+# ---------------------------------------------------------------------------------- commands
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="coherence")
-def main() -> None:
-    """coherence: a read-only sentinel that watches the variance of a host, not its averages."""
+@click.option("--live", is_flag=True, help="Watch this host now: the live dashboard (JSON lines with --json).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per report interval and per state change, on stdout.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop after this long and exit 0 (default: until Ctrl-C).")
+@click.option("--simulate", is_flag=True, help="The demo: a scripted incident timeline through the same engine.")
+@click.option("--scenario", default="story", show_default=True, metavar="NAME",
+              help="Simulation scenario: story, healthy, seizure, fever, storm, cascade.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Simulation seed (deterministic).")
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Simulation speed-up over real time (default: the story in under a minute).")
+@limit_options
+@click.pass_context
+def main(ctx: click.Context, live: bool, as_json: bool, duration: Optional[float], simulate: bool,
+         scenario: str, seed: int, speed: Optional[float], pid: Optional[int],
+         config_file: Optional[str], statsd: Optional[str], statsd_prefix: str, **limits: Any) -> None:
+    """coherence: a read-only sentinel that watches the variance of a host, not its averages.
+
+    \b
+    coherence --live                 the live dashboard
+    coherence --live --json          JSON lines (one per second and per state change)
+    coherence check                  a Nagios/Icinga/Sensu check: exit 0/1/2/3
+    coherence sources                what is read on this host, and why
+    coherence --simulate             the demo: seizure, fever, retry storm, cascade
+    """
+    if ctx.invoked_subcommand is not None:
+        given = [k for k, v in limits.items() if v is not None]
+        if live or simulate or as_json or duration is not None or given or pid or config_file or statsd:
+            raise click.UsageError(f"options go after the command: coherence "
+                                   f"{ctx.invoked_subcommand} [OPTIONS]")
+        return
+    if live and simulate:
+        raise click.UsageError("--live and --simulate are exclusive: pick one")
+    config = _config(config_file, _overrides(limits))
+    if simulate:
+        _simulate(config, scenario, seed, speed, as_json)
+        return
+    if not live:
+        click.echo(ctx.get_help())
+        return
+    _live(config, pid, _hostport(statsd), statsd_prefix, duration, as_json)
+
+
+def _live(config: Config, pid: Optional[int], statsd: Optional[Tuple[str, int]], prefix: str,
+          duration: Optional[float], as_json: bool) -> None:
+    from coherence.sinks.jsonl import SinkClosed
+    sentinel = Sentinel(config, pid, statsd, prefix)
+    sink = _sink(as_json, config)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        with sentinel:
+            if hasattr(sink, "__enter__"):
+                with sink:
+                    sentinel.run(duration, _emit(sink))
+            else:
+                sentinel.run(duration, _emit(sink))
+    except (KeyboardInterrupt, Stop, SinkClosed):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _simulate(config: Config, scenario: str, seed: int, speed: Optional[float], as_json: bool) -> None:
+    from coherence import simulate
+    from coherence.sinks.jsonl import SinkClosed
+    if scenario not in simulate.SCENARIOS:
+        raise click.BadParameter(f"{scenario!r}: choose from {', '.join(simulate.SCENARIOS)}",
+                                 param_hint="'--scenario'")
+    sink = _sink(as_json, config)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        if hasattr(sink, "__enter__"):
+            with sink:
+                result = simulate.run(config, scenario=scenario, seed=seed, speed=speed,
+                                      on_report=_emit(sink))
+        else:
+            result = simulate.run(config, scenario=scenario, seed=seed, speed=speed,
+                                  on_report=_emit(sink))
+    except (KeyboardInterrupt, Stop, SinkClosed):
+        return
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if sys.stdout.isatty() and not as_json:
+        from rich.console import Console
+        Console().print(simulate.result_table(result))
+    else:
+        click.echo(simulate.format_result(result), err=as_json)
+
+
+@main.command()
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=CHECK_DURATION_S,
+              show_default=True, metavar="SECONDS",
+              help="Sample this long, then judge (CRITICAL needs the condition held for --for).")
+@limit_options
+def check(duration: float, pid: Optional[int], config_file: Optional[str], statsd: Optional[str],
+          statsd_prefix: str, **limits: Any) -> None:
+    """Sample for a while, print one status line with perfdata, exit 0 OK / 1 WARNING /
+    2 CRITICAL / 3 UNKNOWN (Nagios plugin convention; bad arguments are UNKNOWN too)."""
+    config = _config(config_file, _overrides(limits))
+    sentinel = Sentinel(config, pid, _hostport(statsd), statsd_prefix)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        with sentinel:
+            report = sentinel.run(duration, lambda r: None)
+    except (KeyboardInterrupt, Stop):
+        _fail("check interrupted", EXIT_UNKNOWN)
+        return
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo(check_line(report))
+    sys.exit(report.verdict.exit_code)
+
+
+def _fmt(x: Any, spec: str = ".1f") -> str:
+    return "" if x is None or x != x else format(x, spec)
+
+
+def check_line(report: Any) -> str:
+    """`COHERENCE <STATUS> - <reasons> | <perfdata>` (Nagios plugin output)."""
+    verdict, findings = report.verdict, report.findings
+    status = {"WARMUP": "UNKNOWN", "UNAVAILABLE": "UNKNOWN"}.get(verdict.status, verdict.status)
+    parts = [f"{name} {verdict.states[name]}: {f.reason}" for name, f in findings.items()]
+    seizure, fever, amp = findings["seizure"], findings["fever"], findings["amplification"]
+    sampler = report.sampler or {}
+    perf = [
+        f"seizure_cpu_std_pct={_fmt(seizure.value)};{_fmt(seizure.limit, 'g')};;0;100",
+        f"seizure_cpu_mean_pct={_fmt(seizure.evidence.get('mean_pct'))};;;0;100",
+        f"fever_alloc_mb_s={_fmt(fever.evidence.get('alloc_rate_mb_s'))};{_fmt(fever.limit, 'g')};;0;",
+        f"fever_resident_mb={_fmt(fever.evidence.get('resident_mb'), '.0f')};;;0;",
+        f"amplification_ratio={_fmt(amp.value, '.3f')};{_fmt(amp.limit, 'g')};;0;",
+        f"sampler_hz={_fmt(sampler.get('achieved_hz'))};;;0;",
+        f"sampler_p99_lateness_us={_fmt(sampler.get('tick_lateness_p99_us'), '.0f')}us;;;0;",
+        f"sampler_cpu_pct={_fmt(sampler.get('cpu_percent'), '.2f')};;;0;100",
+    ]
+    return f"COHERENCE {status} - {'; '.join(parts)} | {' '.join(perf)}"
 
 
 @main.command()
@@ -32,6 +314,8 @@ def sources(pid: Optional[int], as_json: bool) -> None:
     Per family (cpu, memory, pressure, requests) the candidates are listed in preference
     order; the first available one is used.
     """
+    if pid is not None and not os.path.isdir(f"/proc/{pid}"):
+        raise click.BadParameter(f"no process {pid}", param_hint="'--pid'")
     rows: List[Row] = describe(pid=pid)
     ncpu, why = cpu_capacity(pid=pid)
     if as_json:
@@ -46,9 +330,36 @@ def sources(pid: Optional[int], as_json: bool) -> None:
     for line in _table(table):
         click.echo(line)
     click.echo(f"\nCPU utilization is normalized to {ncpu:g} CPUs: {why}.")
-    if not any(r.family == "requests" and r.in_use for r in rows):
-        click.echo("Requests: nothing available; push counters with StatsD or coherence.hooks.")
+    click.echo("Requests: push counters with --statsd or coherence.hooks; the TCP proxy is used "
+               "while nothing is pushed.")
+
+
+def run(argv: Optional[List[str]] = None) -> int:
+    """The console entry point: click without its multi-line errors and tracebacks."""
+    from coherence.sampler import SamplerError
+    from coherence.statsd import StatsdError
+    args = sys.argv[1:] if argv is None else argv
+    is_check = bool(args) and args[0] == "check"
+    bad = EXIT_UNKNOWN if is_check else EXIT_USAGE
+    try:
+        main.main(args=args, prog_name="coherence", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.Abort:
+        return 130
+    except click.ClickException as e:
+        click.echo(f"coherence: {e.format_message()}", err=True)
+        return bad
+    except (ConfigError, SamplerError, StatsdError, ValueError) as e:
+        click.echo(f"coherence: {e}", err=True)
+        return bad
+    except (BrokenPipeError, KeyboardInterrupt):
+        return 0
+    except OSError as e:
+        click.echo(f"coherence: {e.strerror or e}", err=True)
+        return bad
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(run())

@@ -45,7 +45,9 @@ class Report:
             "changed": self.verdict.changed,
             "detectors": detectors,
             "veto": self.verdict.veto,
-            "incidents": self.verdict.incidents,
+            # `since` on the monitor's clock becomes Unix time, comparable with `ts`
+            "incidents": [{**i, "since": round(self.ts - (self.verdict.now - i["since"]), 3)}
+                          if "since" in i else i for i in self.verdict.incidents],
             "sampler": self.sampler,
         })
 

@@ -53,7 +53,6 @@ class Signals:
         ratio_points = max(2, int(round(ratio_window_s * slow_hz)))
         self.pushed_ratio = RatioWindow(ratio_points, min_denominator=1.0)
         self.proxy_ratio = RatioWindow(ratio_points, min_denominator=1.0)
-        self.ratio_history = RingBuffer(history)
         self.gauges = gauges or (lambda: [math.nan] * int(Slot.NSLOTS))
         self.requests_pushed = False   # set once anything was pushed (StatsD, hooks)
 

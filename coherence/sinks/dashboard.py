@@ -1,0 +1,376 @@
+"""The live terminal view (rich): a status header, one panel per detector (state, value against
+its limit, the reason, a sparkline, the evidence), the veto line, incidents and the sampler's own
+figures, redrawn at most `refresh_hz` times a second; and PlainStatusSink, its stand-in when
+stdout is not a terminal: one plain line per report interval, no escape codes."""
+from __future__ import annotations
+
+import math
+import socket
+import sys
+import time
+from collections import deque
+from datetime import datetime, timezone
+from typing import IO, Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence
+
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from coherence.monitor import DETECTORS, Report
+from coherence.sinks.jsonl import Cadence, write_line
+
+STATE_STYLE = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red",
+               "WARMUP": "dim", "UNAVAILABLE": "dim"}
+BORDER_STYLE = {"OK": "green", "WARNING": "yellow", "CRITICAL": "red",
+                "WARMUP": "dim", "UNAVAILABLE": "dim"}
+BLOCKS = "▁▂▃▄▅▆▇█"
+# 32 points fit a panel a third of a 120-column terminal wide: 3.2 s of 100 ms CPU buckets,
+# 8 s of fever/amplification values at the CLI's 4 reports a second.
+SPARK_POINTS = 32
+# Three panels of ~36 columns side by side; a narrower terminal gets them stacked.
+SIDE_BY_SIDE_MIN_WIDTH = 108
+UNIT_LABEL = {"pct_points": "points of CPU % (std)", "ratio": "calls out per request in"}
+SOURCE_LABEL = {"pushed": "pushed counters", "tcp_proxy": "TCP opens (a proxy)"}
+MISSING = "–"
+
+
+# ------------------------------------------------------------------------------- formatting
+def _finite(x: Any) -> Optional[float]:
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _num(x: Any, missing: str = MISSING) -> str:
+    """Three significant figures or so: 512, 31.2, 1.02."""
+    f = _finite(x)
+    if f is None:
+        return missing
+    if abs(f) >= 100:
+        return f"{f:.0f}"
+    if abs(f) >= 10:
+        return f"{f:.1f}"
+    return f"{f:.2f}"
+
+
+def _limit(x: Any, missing: str = MISSING) -> str:
+    """A limit as configured: 20, 512, 1.3 (a computed one as a measured value)."""
+    f = _finite(x)
+    if f is not None and f == round(f, 1) and abs(f) < 1e6:
+        return f"{f:.1f}".rstrip("0").rstrip(".")
+    return _num(x, missing)
+
+
+def _clock(seconds: float) -> str:
+    s = int(max(0.0, seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _names(value: object) -> List[str]:
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else []
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def sparkline(values: Iterable[Any], lo: Optional[float] = None, hi: Optional[float] = None) -> str:
+    """One block character per value, scaled between lo and hi (by default from 0, or the
+    minimum if it is negative, to the maximum) and clipped to them; a missing value is a gap.
+
+    >>> sparkline([0, 50, 100], 0, 100)
+    '▁▅█'
+    """
+    points = [_finite(v) for v in values]
+    finite = [v for v in points if v is not None]
+    if not finite:
+        return " " * len(points)
+    lo = min(0.0, min(finite)) if lo is None else lo
+    hi = max(finite) if hi is None else hi
+    span = hi - lo
+    top = len(BLOCKS) - 1
+    out = []
+    for v in points:
+        if v is None:
+            out.append(" ")
+        elif span <= 0:
+            out.append(BLOCKS[0])
+        else:
+            out.append(BLOCKS[int((min(max(v, lo), hi) - lo) / span * top + 0.5)])
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------------- rendering
+def _evidence(name: str, e: Mapping[str, Any]) -> str:
+    if name == "seizure":
+        return (f"mean {_num(e.get('mean_pct'))} % · std {_num(e.get('std_pct'))} · "
+                f"{e.get('buckets', 0)} buckets · PSI cpu {_num(e.get('pressure_cpu_some_pct'))} %")
+    if name == "fever":
+        parts = [f"churn {_num(e.get('alloc_rate_mb_s'))} MB/s",
+                 f"resident {_num(e.get('resident_mb'))} of {_num(e.get('total_mb'))} MB",
+                 f"growth {_num(e.get('resident_growth_mb_s'))} MB/s"]
+        eta = _finite(e.get("exhaustion_eta_s"))
+        if eta is not None:
+            parts.append(f"exhausted in ~{_duration(eta)}")
+        parts.append(f"PSI mem {_num(e.get('pressure_memory_some_pct'))} %")
+        return " · ".join(parts)
+    source = e.get("source")
+    return (f"ratio {_num(e.get('ratio'))} · baseline {_num(e.get('baseline'))} · "
+            f"in {_num(e.get('ingress_per_s'))}/s · out {_num(e.get('egress_per_s'))}/s · "
+            f"{SOURCE_LABEL.get(str(source), source)}")
+
+
+def _veto_line(report: Report) -> Text:
+    veto = report.verdict.veto
+    if not veto:
+        return Text("No veto", style="dim")
+    line = Text.assemble(("Recommended (not done): ", "bold"))
+    for i, v in enumerate(veto):
+        if i:
+            line.append("; ")
+        line.append(v["action"], style=STATE_STYLE.get(v["state"], ""))
+        line.append(f" — {v['detector']} {v['state']}")
+    return line
+
+
+def _incident_lines(report: Report) -> List[Text]:
+    lines = []
+    now = report.verdict.now
+    for inc in report.verdict.incidents:
+        if inc.get("kind") == "cascade":
+            members = ", ".join(_names(inc.get("detectors")))
+            since = _finite(inc.get("since"))
+            age = f", for {_duration(now - since)}" if since is not None else ""
+            lines.append(Text(f"Incident: cascade — {members} CRITICAL together{age}", style="bold red"))
+        elif inc.get("kind") == "flapping":
+            lines.append(Text(f"Incident: flapping — {inc.get('detector')} changed state "
+                              f"{inc.get('changes')} times in {_limit(inc.get('window_s'))} s",
+                              style="yellow"))
+        else:
+            lines.append(Text(f"Incident: {inc}", style="yellow"))
+    return lines
+
+
+def _sampler_lines(sampler: Optional[Mapping[str, Any]]) -> List[Text]:
+    if not sampler or sampler.get("simulated"):
+        return [Text("Sampler: simulated", style="dim")]
+    sources = ", ".join(str(v) for v in (sampler.get("sources") or {}).values()) or "none"
+    line = Text(f"Sampler: {_num(sampler.get('achieved_hz'))} of {_limit(sampler.get('hz'))} Hz · "
+                f"p99 lateness {_num(sampler.get('tick_lateness_p99_us'))} µs · "
+                f"own CPU {_num(sampler.get('cpu_percent'))} % · "
+                f"{sampler.get('overruns', MISSING)} overruns", style="dim")
+    return [line, Text(f"Sources: {sources}", style="dim")] + \
+        [Text(f"  note: {n}", style="dim") for n in sampler.get("notes") or []]
+
+
+class _View:
+    """The whole screen for one report; lays the panels out by the width it is given."""
+
+    def __init__(self, report: Report, history: Mapping[str, Sequence[float]], host: str) -> None:
+        self.report, self.history, self.host = report, history, host
+
+    def _header(self) -> Table:
+        r = self.report
+        grid = Table.grid(expand=True)
+        grid.add_column(justify="left")
+        grid.add_column(justify="right")
+        clock = datetime.fromtimestamp(r.ts, timezone.utc).strftime("%H:%M:%S UTC")
+        grid.add_row(Text.assemble(("coherence ", "bold"), (r.status, STATE_STYLE.get(r.status, ""))),
+                     Text(f"elapsed {_clock(r.elapsed_s)} · {self.host} · {clock}"))
+        return grid
+
+    def _spark(self, name: str) -> str:
+        if name == "seizure":
+            history = self.report.snapshot.get("cpu", {}).get("history_pct", ())
+            return sparkline(list(history[-SPARK_POINTS:]), 0.0, 100.0)
+        f = self.report.findings[name]
+        values = list(self.history.get(name) or [f.value])[-SPARK_POINTS:]
+        finite = [v for v in (_finite(x) for x in values) if v is not None]
+        limit = _finite(f.limit)
+        # scaled from 0 to the limit (or the peak, if higher): a full block is at the limit
+        hi = max(finite + ([limit] if limit is not None else [])) if finite else None
+        return sparkline(values, None, hi)
+
+    def _body(self, name: str) -> Group:
+        f = self.report.findings[name]
+        state = self.report.verdict.states[name]
+        return Group(
+            Text(f"{_num(f.value)} / {_limit(f.limit)} {UNIT_LABEL.get(f.unit, f.unit)}", style="bold"),
+            Text(f.reason),
+            Text(self._spark(name), style=BORDER_STYLE.get(state, "")),
+            Text(_evidence(name, f.evidence), style="dim"),
+        )
+
+    def _panel(self, name: str, height: Optional[int] = None) -> Panel:
+        v = self.report.verdict
+        state = v.states[name]
+        title = Text.assemble((name, "bold"), "  ", (state, STATE_STYLE.get(state, "")),
+                              (f"  {_duration(max(0.0, v.now - v.since[name]))}", "dim"))
+        return Panel(self._body(name), title=title, title_align="left", height=height,
+                     border_style=BORDER_STYLE.get(state, ""))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self._header()
+        width = options.max_width
+        if width >= SIDE_BY_SIDE_MIN_WIDTH:
+            column = (width - 2) // 3
+            # the same height for all three, so their borders line up
+            inner = options.update(width=column - 4)
+            height = 2 + max(len(console.render_lines(self._body(n), inner, pad=False))
+                             for n in DETECTORS)
+            grid = Table.grid(expand=True, padding=(0, 1, 0, 0))
+            for _ in DETECTORS:
+                grid.add_column(ratio=1)
+            grid.add_row(*(self._panel(n, height) for n in DETECTORS))
+            yield grid
+        else:
+            for n in DETECTORS:
+                yield self._panel(n)
+        yield _veto_line(self.report)
+        yield from _incident_lines(self.report)
+        yield from _sampler_lines(self.report.sampler)
+
+
+def render(report: Report, history: Optional[Mapping[str, Sequence[float]]] = None,
+           host: Optional[str] = None) -> RenderableType:
+    """The dashboard for one report, as a rich renderable (print it, or give it to Live).
+
+    ``history``: recent values per detector for the fever and amplification sparklines (the
+    Dashboard keeps them); without it those show the current value only.
+    """
+    return _View(report, history or {}, host if host is not None else socket.gethostname())
+
+
+# ------------------------------------------------------------------------------- the sinks
+class Dashboard:
+    """The live view on a terminal::
+
+        with Dashboard(refresh_hz=10) as dash:
+            for report in reports:
+                dash.update(report)       # cheap; redraws at most refresh_hz times a second
+
+    Colours follow rich's Console: off with NO_COLOR set, or when not writing to a terminal.
+    Leaving the ``with`` block (Ctrl-C included) draws the last report and restores the cursor.
+    """
+
+    def __init__(self, console: Optional[Console] = None, refresh_hz: float = 10.0, *,
+                 host: Optional[str] = None, screen: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if isinstance(refresh_hz, bool) or not isinstance(refresh_hz, (int, float)) \
+                or not math.isfinite(refresh_hz) or refresh_hz <= 0:
+            raise ValueError(f"refresh_hz must be a positive number of redraws per second, got {refresh_hz!r}")
+        self.console = console if console is not None else Console()
+        self.refresh_hz = float(refresh_hz)
+        self.host = host if host is not None else socket.gethostname()
+        self._clock = clock
+        self._live = Live(console=self.console, auto_refresh=False, screen=screen, transient=False)
+        # display history only: the values as reported, never a statistic of them
+        self._history: Dict[str, Deque[float]] = {n: deque(maxlen=SPARK_POINTS)
+                                                  for n in ("fever", "amplification")}
+        self._units: Dict[str, str] = {}
+        self._report: Optional[Report] = None
+        self._drawn = True
+        self._last_draw = -math.inf
+
+    def __enter__(self) -> "Dashboard":
+        self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._report is not None and not self._drawn:
+                self._live.update(self._view(self._report))   # stop() draws it once more
+        finally:
+            self._live.stop()
+
+    def update(self, report: Report) -> bool:
+        """Take a report; redraw if the last redraw is 1/refresh_hz old. True if it redrew."""
+        if not self._live.is_started:
+            raise RuntimeError("Dashboard.update() outside `with Dashboard(...)`")
+        self._remember(report)
+        self._report, self._drawn = report, False
+        now = self._clock()
+        if now - self._last_draw < 1.0 / self.refresh_hz:
+            return False
+        self._last_draw = now
+        self._live.update(self._view(report))
+        self._live.refresh()
+        self._drawn = True
+        return True
+
+    def _remember(self, report: Report) -> None:
+        if self._report is not None and report.elapsed_s == self._report.elapsed_s:
+            return      # the same report twice is not new history
+        for name, values in self._history.items():
+            f = report.findings[name]
+            if self._units.get(name) != f.unit:     # fever's forecast is in another unit
+                values.clear()
+                self._units[name] = f.unit
+            values.append(f.value)
+
+    def _view(self, report: Report) -> RenderableType:
+        return render(report, {n: list(v) for n, v in self._history.items()}, self.host)
+
+
+def _figure(unit: str, value: Any, limit: Any) -> str:
+    if _finite(value) is None:
+        return "-"
+    v, lim = _num(value, "-"), _limit(limit, "-")
+    if unit == "pct_points":
+        return f"±{v}/{lim}"
+    if unit == "ratio":
+        return f"{v}/{lim}"
+    return f"{v}/{lim}{unit.replace(' ', '-')}"
+
+
+def plain_line(report: Report) -> str:
+    """One line of plain text, space-separated tokens without spaces inside::
+
+        2026-11-27T06:01:02Z OK seizure=OK(±1.1/20) fever=OK(14/512MB/s) amplification=OK(-) veto=-
+    """
+    states = report.verdict.states
+    tokens = [_utc(report.ts), report.status]
+    for name in DETECTORS:
+        f = report.findings[name]
+        tokens.append(f"{name}={states[name]}({_figure(f.unit, f.value, f.limit)})")
+    veto = ",".join(f"{v['action']}:{v['detector']}" for v in report.verdict.veto)
+    tokens.append(f"veto={veto or '-'}")
+    incidents = []
+    for inc in report.verdict.incidents:
+        if inc.get("kind") == "cascade":
+            incidents.append("cascade:" + "+".join(_names(inc.get("detectors"))))
+        else:
+            incidents.append(f"{inc.get('kind')}:{inc.get('detector')}")
+    if incidents:
+        tokens.append("incidents=" + ",".join(incidents))
+    return " ".join(tokens)
+
+
+class PlainStatusSink:
+    """Plain status lines for a stdout that is not a terminal (a log file, a pipe) when --json
+    was not asked: no animation, no escape codes; one line per report interval and one at every
+    state change, as JsonLinesSink. ``emit`` raises SinkClosed when the reader went away."""
+
+    def __init__(self, stream: Optional[IO[str]] = None, interval_s: float = 1.0) -> None:
+        self.stream: IO[str] = stream if stream is not None else sys.stdout
+        self.cadence = Cadence(interval_s)
+
+    def emit(self, report: Report) -> bool:
+        if not self.cadence.due(report.elapsed_s, report.verdict.changed):
+            return False
+        write_line(self.stream, plain_line(report))
+        return True

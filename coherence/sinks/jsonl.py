@@ -1,0 +1,103 @@
+"""JSON lines for scripts and log shippers: one compact object per report interval and one at
+every state change (schema: coherence/report.schema.json), and the rules every line sink shares —
+when a line is due, and how a reader that went away (`| head`) ends the run quietly."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import IO, Optional
+
+from coherence.monitor import Report
+
+# A routine line may come this fraction of an interval early: reports arrive on the CLI's own
+# clock (every 0.25 s) with jitter and float drift, and a mark missed by a millisecond would
+# otherwise cost a whole interval.
+EARLY_FRACTION = 0.05
+
+
+class SinkClosed(Exception):
+    """The reader went away (a closed pipe: `coherence --json | head -1`). The run is over, and
+    not in error: the CLI catches this and exits 0."""
+
+
+class Cadence:
+    """When a line sink writes: the first report, every report whose verdict changed, and
+    otherwise one per `interval_s` of report time (`report.elapsed_s`, not the wall clock).
+
+    Routine lines keep to a grid (no drift when reports come every 0.25 s); a change line
+    restarts it, so no routine line follows a change line within less than an interval.
+
+    >>> c = Cadence(1.0)
+    >>> [c.due(t, changed=False) for t in (0.0, 0.5, 1.0, 1.5, 2.0)]
+    [True, False, True, False, True]
+    """
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        if isinstance(interval_s, bool) or not isinstance(interval_s, (int, float)) \
+                or not math.isfinite(interval_s) or interval_s <= 0:
+            raise ValueError(f"interval_s must be a positive number of seconds, got {interval_s!r}")
+        self.interval_s = float(interval_s)
+        self._next_due: Optional[float] = None
+
+    def due(self, elapsed_s: float, changed: bool) -> bool:
+        if self._next_due is None or changed:
+            self._next_due = elapsed_s + self.interval_s
+            return True
+        if elapsed_s < self._next_due - EARLY_FRACTION * self.interval_s:
+            return False
+        self._next_due += self.interval_s
+        if self._next_due <= elapsed_s:
+            # reports stopped for longer than an interval (a suspended process): no burst of
+            # catch-up lines, start a new grid from here
+            self._next_due = elapsed_s + self.interval_s
+        return True
+
+
+def write_line(stream: IO[str], line: str) -> None:
+    """Write and flush one line; a closed pipe becomes SinkClosed, never a traceback."""
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except BrokenPipeError as err:
+        _discard_further_output(stream)
+        raise SinkClosed("the reader closed the output") from err
+
+
+def _discard_further_output(stream: IO[str]) -> None:
+    # Text still buffered in the stream would be flushed again at interpreter exit and print
+    # "Exception ignored ... BrokenPipeError": point the descriptor at /dev/null first, as the
+    # Python documentation advises for SIGPIPE (library/signal.html, "Note on SIGPIPE").
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+class JsonLinesSink:
+    """Reports as JSON lines on a text stream (stdout by default)::
+
+        sink = JsonLinesSink(sys.stdout, interval_s=1.0)
+        for report in reports:
+            sink.emit(report)     # True if it wrote a line; SinkClosed if the reader went away
+    """
+
+    def __init__(self, stream: Optional[IO[str]] = None, interval_s: float = 1.0) -> None:
+        # resolved now, not at import: a redirected or captured sys.stdout is the one used
+        self.stream: IO[str] = stream if stream is not None else sys.stdout
+        self.cadence = Cadence(interval_s)
+
+    def emit(self, report: Report) -> bool:
+        if not self.cadence.due(report.elapsed_s, report.verdict.changed):
+            return False
+        # to_json() has already turned NaN into null; allow_nan=False makes a slip loud
+        # instead of writing `NaN`, which is not JSON. ASCII escapes keep the line safe for any
+        # locale a log shipper runs in.
+        write_line(self.stream, json.dumps(report.to_json(), allow_nan=False, separators=(",", ":")))
+        return True

@@ -1,0 +1,218 @@
+"""The `coherence` command as a user meets it: click's runner for the commands, the real
+binary for live runs, a pseudo-terminal for the dashboard, and one line for every bad input."""
+import json
+import os
+import pty
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jsonschema  # type: ignore[import-untyped]
+import pytest
+from click.testing import CliRunner
+
+import coherence
+from coherence.cli import check_line, main, run
+
+SCHEMA = json.load(open(os.path.join(os.path.dirname(coherence.__file__), "report.schema.json")))
+# The installed console script, as a user runs it (not `python -c`, which would import the
+# uncompiled source tree from the current directory).
+COHERENCE = [os.path.join(os.path.dirname(sys.executable), "coherence")]
+SGR = re.compile(r"\x1b\[([0-9;]*)m")
+
+
+def has_colour(text):
+    """Any SGR sequence that sets a foreground or background colour (bold alone is not one)."""
+    for params in SGR.findall(text):
+        codes = [int(p) for p in params.split(";") if p]
+        if any(30 <= c <= 38 or 40 <= c <= 48 or 90 <= c <= 97 or 100 <= c <= 107 for c in codes):
+            return True
+    return False
+
+
+def cli(*args, timeout=60, env=None, **kw):
+    return subprocess.run(COHERENCE + list(args), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+# ------------------------------------------------------------------ bad input: one line, no traceback
+@pytest.mark.parametrize("args, message", [
+    (["--live", "--hz", "0"], "Invalid value for '--hz': 0.0 is not in the range 1<=x<=2000"),
+    (["--live", "--hz", "-5"], "Invalid value for '--hz'"),
+    (["--live", "--hz", "abc"], "'abc' is not a valid float"),
+    (["--live", "--hz", "5"], "is shorter than one tick at 5 Hz: raise hz to at least 10"),
+    (["--live", "--window", "0.1"], "must hold at least two buckets"),
+    (["--live", "--config", "/nonexistent.toml"], "config file /nonexistent.toml: no such file"),
+    (["--live", "--pid", "4194305"], "no process 4194305"),
+    (["--live", "--statsd", "localhost:notaport"], "is not HOST:PORT"),
+    (["--live", "--simulate"], "--live and --simulate are exclusive"),
+    (["--simulate", "--scenario", "nope"], "choose from story"),
+    (["--nonsense"], "--nonsense"),
+    (["--hz", "500", "check"], "options go after the command"),
+    (["sources", "--pid", "4194305"], "no process 4194305"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
+    assert run(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("coherence: ") and message in err, err
+    assert "Traceback" not in err
+
+
+def test_an_invalid_config_file_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "c.toml"
+    bad.write_text("[seizure]\nstd_limit_pct = 'lots'\n")
+    assert run(["--live", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"coherence: config file {bad}: seizure.std_limit_pct must be a number, got 'lots'\n"
+
+
+def test_a_statsd_port_in_use_is_one_line(capsys):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        assert run(["--live", "--duration", "1", "--statsd", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"coherence: cannot listen for StatsD on 127.0.0.1:{port}: address already in use\n"
+
+
+def test_check_reports_bad_arguments_as_unknown(capsys):
+    assert run(["check", "--hz", "0"]) == 3
+    assert "Invalid value for '--hz'" in capsys.readouterr().err
+    assert run(["check", "--pid", "4194305"]) == 3
+
+
+def test_help_documents_every_flag():
+    out = CliRunner().invoke(main, ["--help"]).output
+    for flag in ("--live", "--json", "--duration", "--hz", "--pid", "--statsd", "--config",
+                 "--simulate", "--scenario", "--seed", "--speed", "--seizure-std", "--for", "--clear"):
+        assert flag in out
+    assert "check" in out and "sources" in out
+    assert "--duration" in CliRunner().invoke(main, ["check", "--help"]).output
+
+
+def test_no_arguments_prints_the_help():
+    r = CliRunner().invoke(main, [])
+    assert r.exit_code == 0 and "coherence --live" in r.output
+
+
+def test_sources_json_lists_every_family():
+    r = CliRunner().invoke(main, ["sources", "--json"])
+    assert r.exit_code == 0
+    rows = [json.loads(line) for line in r.output.splitlines()]
+    assert {row["family"] for row in rows[:-1]} == {"cpu", "memory", "pressure", "requests"}
+    assert rows[-1]["cpus"] > 0
+
+
+# ------------------------------------------------------------------ the real thing
+def test_live_json_lines_follow_the_schema_and_stop_after_duration():
+    t0 = time.monotonic()
+    r = cli("--live", "--json", "--duration", "3", "--hz", "500")
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 20
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(lines) >= 3                    # about one per second, plus state changes
+    for obj in lines:
+        jsonschema.validate(obj, SCHEMA)
+        assert set(obj["detectors"]) == {"seizure", "fever", "amplification"}
+    assert lines[-1]["sampler"]["achieved_hz"] > 0
+    assert "\x1b" not in r.stdout
+
+
+def test_live_without_a_terminal_prints_plain_lines_without_animation():
+    r = cli("--live", "--duration", "2", "--hz", "200")
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout and r.stdout.count("\n") >= 2
+    assert all(("seizure" in line and "fever" in line) for line in r.stdout.splitlines())
+
+
+def test_sigterm_leaves_cleanly():
+    p = subprocess.Popen(COHERENCE + ["--live", "--json", "--hz", "200"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline()             # it is running and reporting
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=10)
+    finally:
+        p.kill()
+    assert p.returncode == 0 and "Traceback" not in err
+
+
+def test_check_prints_one_nagios_line_and_exits_by_its_status():
+    r = cli("check", "--duration", "7", "--hz", "500")
+    assert r.returncode in (0, 1, 2, 3), r.stderr
+    line = r.stdout.strip()
+    assert "\n" not in line
+    status = re.match(r"COHERENCE (OK|WARNING|CRITICAL|UNKNOWN) - ", line)
+    assert status, line
+    assert {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}[status.group(1)] == r.returncode
+    perf = line.split(" | ", 1)[1]
+    assert re.search(r"seizure_cpu_std_pct=[0-9.]+;20;;0;100", perf), perf
+    assert "sampler_hz=" in perf
+
+
+def test_simulate_json_is_deterministic_and_ends_with_the_lead_time_table():
+    runs = [cli("--simulate", "--json", "--speed", "1e9", "--scenario", "seizure", "--seed", "3")
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout
+    lines = [json.loads(line) for line in runs[0].stdout.splitlines()]
+    for obj in lines:
+        jsonschema.validate(obj, SCHEMA)
+    assert any(obj["detectors"]["seizure"]["state"] == "CRITICAL" for obj in lines)
+    assert "lead" in runs[0].stderr.lower()
+
+
+def read_pty(fd, proc, timeout):
+    out, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:          # the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    return out.decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("no_color", [False, True])
+def test_simulate_in_a_terminal_shows_the_dashboard_and_the_table(no_color):
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    env.pop("NO_COLOR", None)
+    if no_color:
+        env["NO_COLOR"] = "1"
+    # a finite speed: the dashboard redraws at most 10 times a second, so the fault must last
+    # a few frames of wall time to be seen
+    proc = subprocess.Popen(COHERENCE + ["--simulate", "--scenario", "seizure", "--speed", "40"],
+                            stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    try:
+        screen = read_pty(master, proc, 60)
+        proc.wait(10)
+    finally:
+        proc.kill()
+        os.close(master)
+    assert proc.returncode == 0, screen[-2000:]
+    for text in ("seizure", "fever", "amplification", "CRITICAL", "SHED_LOAD"):
+        assert text in screen, text
+    assert "lead" in screen.lower()
+    assert has_colour(screen) != no_color
+
+
+def test_check_line_format_on_a_simulated_report():
+    from coherence import simulate
+    from coherence.config import Config
+    reports = []
+    simulate.run(Config().validate(), scenario="seizure", seed=0, speed=simulate.MAX_SPEED,
+                 on_report=reports.append)
+    line = check_line(reports[-1])
+    assert line.startswith("COHERENCE ") and " | seizure_cpu_std_pct=" in line

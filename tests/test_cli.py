@@ -133,7 +133,7 @@ def test_sigterm_leaves_cleanly():
     p = subprocess.Popen(COHERENCE + ["--live", "--json", "--hz", "200"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
-        assert p.stdout.readline()             # it is running and reporting
+        assert p.stdout is not None and p.stdout.readline()   # running and reporting
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=10)
     finally:
@@ -211,7 +211,7 @@ def test_simulate_in_a_terminal_shows_the_dashboard_and_the_table(no_color):
 def test_check_line_format_on_a_simulated_report():
     from coherence import simulate
     from coherence.config import Config
-    reports = []
+    reports: list = []
     simulate.run(Config().validate(), scenario="seizure", seed=0, speed=simulate.MAX_SPEED,
                  on_report=reports.append)
     line = check_line(reports[-1])

@@ -35,6 +35,7 @@ class SeizureConfig:
     window_s: float = 10.0             # std over this many seconds of buckets
     std_limit_pct: float = 20.0        # std of utilization, in points of %: 0/100 flips give 50
     mean_ceiling_pct: float = 75.0     # above this mean the host is busy, not seizing
+    min_swings: int = 3                # crossings of the mean: a step is 1, a pulse 2, a seizure 3+
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,10 @@ class Config:
         if a.window_s * s.slow_hz < 2 or self.fever.window_s * s.slow_hz < 2:
             raise ConfigError("amplification.window_s and fever.window_s must hold at least two "
                               "reads at sampler.slow_hz")
-        if int(self.verdict.flap_changes) != self.verdict.flap_changes or self.verdict.flap_changes < 2:
-            raise ConfigError(f"verdict.flap_changes must be an integer >= 2, "
-                              f"got {self.verdict.flap_changes!r}")
+        for name, count, least in (("verdict.flap_changes", self.verdict.flap_changes, 2),
+                                   ("seizure.min_swings", self.seizure.min_swings, 2)):
+            if int(count) != count or count < least:
+                raise ConfigError(f"{name} must be an integer >= {least}, got {count!r}")
         return self
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":

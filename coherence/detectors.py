@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
+import numpy as np
+
 from coherence.config import AmplificationConfig, FeverConfig, SeizureConfig
 
 # What a finding can say about its condition; the verdict engine turns these into states.
@@ -39,8 +41,25 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def swings(values: Any) -> int:
+    """How many times the series goes from its low third to its high third or back (between its
+    5th and 95th percentiles, so that half a second of a 10 s window counts but one stray
+    bucket does not): a step counts once, a pulse twice, a seizure again and again.
+    Small noise around a level swings too; the detector also requires a large std."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) < 2:
+        return 0
+    low, high = np.percentile(x, [5, 95])
+    third = (high - low) / 3
+    side = np.where(x >= high - third, 1, np.where(x <= low + third, -1, 0))
+    side = side[side != 0]
+    return int(np.count_nonzero(side[1:] != side[:-1]))
+
+
 class Seizure:
-    """CPU utilization whose std over the window is high while its mean is not."""
+    """CPU utilization that swings back and forth (std high, crossing its mean again and again)
+    while its mean is not high. A load that starts or stops is a step, not a seizure."""
 
     name = "seizure"
     unit = "pct_points"
@@ -51,7 +70,8 @@ class Seizure:
     def evaluate(self, snap: Mapping[str, Any], now: float) -> Finding:
         cpu, c = snap["cpu"], self.c
         std, mean, n = cpu["util_std_pct"], cpu["util_mean_pct"], cpu["buckets"]
-        evidence = {"mean_pct": mean, "std_pct": std, "buckets": n,
+        crossings = swings(cpu["history_pct"][-n:]) if n else 0
+        evidence = {"mean_pct": mean, "std_pct": std, "buckets": n, "swings": crossings,
                     "resolution_s": c.resolution_s, "window_s": c.window_s,
                     "pressure_cpu_some_pct": snap["pressure"]["cpu_some_pct"]}
         base = dict(detector=self.name, value=std, limit=c.std_limit_pct, unit=self.unit,
@@ -60,13 +80,16 @@ class Seizure:
         if n < max(2, cpu["buckets_per_window"] // 2) or _nan(std):
             return Finding(condition=WARMUP, reason=f"collecting CPU buckets ({n} of "
                            f"{cpu['buckets_per_window'] // 2} needed)", **base)
-        if std > c.std_limit_pct and mean < c.mean_ceiling_pct:
+        if std > c.std_limit_pct and mean < c.mean_ceiling_pct and crossings >= c.min_swings:
             return Finding(condition=FIRING, reason=(
-                f"CPU swings by ±{std:.0f} points around a mean of {mean:.0f} % "
+                f"CPU swings {crossings} times by ±{std:.0f} points around a mean of {mean:.0f} % "
                 f"({c.resolution_s * 1000:.0f} ms buckets over {c.window_s:g} s): thrashing or "
                 "lock contention; shed load"), **base)
-        if std > c.std_limit_pct:
+        if std > c.std_limit_pct and mean >= c.mean_ceiling_pct:
             why = f"CPU busy ({mean:.0f} % mean) and swinging (±{std:.0f}): load, not a seizure"
+        elif std > c.std_limit_pct:
+            why = (f"CPU changed level (±{std:.0f} around {mean:.0f} %, {crossings} swing"
+                   f"{'s' if crossings != 1 else ''}): a step, not a seizure")
         else:
             why = f"CPU steady: ±{std:.1f} points around {mean:.0f} %"
         return Finding(condition=CLEAR, reason=why, **base)

@@ -155,3 +155,36 @@ def test_too_little_traffic_is_ignored():
 def test_the_tcp_proxy_is_labelled():
     f = Amplification(CFG.amplification).evaluate(request_snapshot(1.0, pushed=False), 0.0)
     assert f.evidence["source"] == "tcp_proxy" and "proxy" in f.reason
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ([0.0] * 50 + [100.0] * 50, 1),                     # a load starts: a step
+    ([0.0] * 30 + [100.0] * 30 + [0.0] * 40, 2),        # a batch job: a pulse
+    ([0.0, 100.0] * 5, 9),
+    ([0.0] * 80 + [90.0] * 10 + [10.0] * 10, 2),        # idle, then one flip: not yet three
+    ([3.0] * 100, 0),
+])
+def test_swings_count_moves_between_low_and_high(shape, expected):
+    from coherence.detectors import swings
+    assert swings(shape) == expected
+
+
+@pytest.mark.parametrize("shape", [
+    [0.0] * 50 + [100.0] * 50,                          # idle, then every CPU busy
+    [5.0] * 40 + [60.0] * 60,                           # a deploy raises the level
+    [0.0] * 30 + [70.0] * 30 + [0.0] * 40,              # a 3 s batch job
+])
+def test_a_step_or_a_pulse_is_not_a_seizure(shape):
+    f = Seizure(CFG.seizure).evaluate(cpu_snapshot(shape), 0.0)
+    assert f.condition == CLEAR and "not a seizure" in f.reason
+
+
+def test_a_seizure_starting_from_idle_fires_after_three_swings():
+    # idle for 8 s, then flipping every second: fires once three swings are in the window
+    fired_at = None
+    for k in range(1, 60):
+        shape = [0.0] * 80 + [90.0 if (i // 10) % 2 == 0 else 10.0 for i in range(k)]
+        if Seizure(CFG.seizure).evaluate(cpu_snapshot(shape[-100:]), 0.0).condition == FIRING:
+            fired_at = k / 10
+            break
+    assert fired_at is not None and fired_at <= 3.0

@@ -115,8 +115,9 @@ class Fever:
                     "pressure_memory_some_pct": snap["pressure"]["memory_some_pct"]}
         base = dict(detector=self.name, value=churn, limit=c.churn_limit_mb_s, unit=self.unit,
                     evidence=evidence, veto="THROTTLE")
-        if _nan(resident) and _nan(churn):
-            return Finding(condition=UNAVAILABLE, reason="no memory source on this host", **base)
+        if not m.get("available", True):
+            return Finding(condition=UNAVAILABLE, reason="no memory source on this host "
+                           "(see `coherence sources`)", **base)
         if _nan(churn) or _nan(growth) or m["trend_points"] < m["trend_points_needed"] // 2:
             return Finding(condition=WARMUP, reason="collecting memory samples", **base)
         flat = _nan(total) or abs(growth) * c.window_s < c.flat_pct / 100.0 * total

@@ -208,7 +208,8 @@ class Sampler:
         self.signals = Signals(resolution_s=self.resolution_s, window_s=self.window_s,
                                slow_hz=self.slow_hz, rate_half_life_s=half_life,
                                ratio_window_s=ratio_window_s, trend_window_s=trend_window_s,
-                               history=history, ncpu=self.ncpu, gauges=self.engine.slot_values)
+                               history=history, ncpu=self.ncpu, gauges=self.engine.slot_values,
+                               available=[f for f, c in self.chosen.items() if c.source is not None])
         sig = self.signals
         self.engine.feed_cpu(sig.cpu_buckets, sig.cpu_history)
         for slot, rate in sig.rates.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -42,7 +42,8 @@ class Signals:
                  slow_hz: float = 20.0, rate_half_life_s: float = 1.0,
                  ratio_window_s: float = 5.0, trend_window_s: float = 10.0,
                  history: int = 600, ncpu: float = 1.0,
-                 gauges: Optional[Callable[[], List[float]]] = None) -> None:
+                 gauges: Optional[Callable[[], List[float]]] = None,
+                 available: Sequence[str] = ("cpu", "memory", "pressure", "requests")) -> None:
         self.resolution_s, self.window_s, self.slow_hz, self.ncpu = resolution_s, window_s, slow_hz, ncpu
         self.cpu_buckets = RollingStats(max(2, int(round(window_s / resolution_s))))
         self.cpu_history = RingBuffer(history)
@@ -55,6 +56,8 @@ class Signals:
         self.proxy_ratio = RatioWindow(ratio_points, min_denominator=1.0)
         self.gauges = gauges or (lambda: [math.nan] * int(Slot.NSLOTS))
         self.requests_pushed = False   # set once anything was pushed (StatsD, hooks)
+        # families with a source: a family without one is UNAVAILABLE, not warming up
+        self.available = frozenset(available)
 
     @property
     def buckets_per_window(self) -> int:
@@ -73,10 +76,11 @@ class Signals:
         pushed = self.requests_pushed
         req = (self.pushed_ratio if pushed else self.proxy_ratio).snapshot()
         return {
-            "cpu": {"util_mean_pct": cpu.mean, "util_std_pct": _sqrt(cpu.var),
+            "cpu": {"available": "cpu" in self.available, "util_mean_pct": cpu.mean, "util_std_pct": _sqrt(cpu.var),
                     "buckets": cpu.count, "buckets_per_window": self.buckets_per_window,
                     "ncpu": self.ncpu, "history_pct": self.cpu_history.to_array()},
             "memory": {
+                "available": "memory" in self.available,
                 "resident_bytes": values[Slot.RESIDENT_BYTES],
                 "resident_mean_bytes": res.mean, "resident_std_bytes": _sqrt(res.var),
                 "resident_growth_bytes_per_s": trend_per_s(recent, 1.0 / self.slow_hz),

@@ -100,8 +100,11 @@ def test_churn_while_memory_moves_is_not_a_fever():
     assert f.condition == CLEAR and "not churn over flat memory" in f.reason
 
 
-def test_fever_unavailable_without_a_memory_source():
-    assert Fever(CFG.fever).evaluate(signals().snapshot(), 0.0).condition == UNAVAILABLE
+def test_fever_unavailable_without_a_memory_source_and_warming_up_before_its_first_read():
+    s = signals()
+    assert Fever(CFG.fever).evaluate(s.snapshot(), 0.0).condition == WARMUP
+    s.available = frozenset({"cpu"})
+    assert Fever(CFG.fever).evaluate(s.snapshot(), 0.0).condition == UNAVAILABLE
 
 
 # ------------------------------------------------------------------ amplification

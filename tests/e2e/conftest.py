@@ -1,0 +1,17 @@
+"""E2E fixtures: a build directory for the load generators, removed at the end."""
+import os
+import shutil
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import tmpdir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def build():
+    path = tmpdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,31 @@
+"""Seizure and fever on real load: each fault CRITICAL for its detector within 10 s of the
+fault starting and not before; each control never CRITICAL."""
+import pytest
+
+import host
+
+pytestmark = pytest.mark.e2e
+
+
+def test_seizure_all_cpus_flipping_every_second(build):
+    r = host.seizure_fault(build)
+    assert not r.critical_before_fault, r.states
+    assert r.time_to_critical is not None and r.time_to_critical <= host.DEADLINE_S, r
+    assert r.classic_alert_after is None      # the mean hovers around 50 %: averages lie
+
+
+def test_seizure_controls_never_critical(build):
+    for r in host.seizure_controls(build):
+        assert not r.critical_in_control, (r.case, r.states)
+
+
+def test_fever_churn_with_flat_resident_memory(build):
+    r = host.fever_fault(build)
+    assert not r.critical_before_fault, r.states
+    assert r.time_to_critical is not None and r.time_to_critical <= host.DEADLINE_S, r
+    assert r.notes["value_at_critical"] > 512
+
+
+def test_fever_controls_never_critical(build):
+    for r in host.fever_controls(build):
+        assert not r.critical_in_control, (r.case, r.states)

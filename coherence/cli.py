@@ -201,6 +201,11 @@ def main(ctx: click.Context, live: bool, as_json: bool, duration: Optional[float
         return
     if live and simulate:
         raise click.UsageError("--live and --simulate are exclusive: pick one")
+    if not (live or simulate) and (as_json or duration is not None):
+        raise click.UsageError("--json and --duration go with --live (or --simulate for --json)")
+    if simulate and (duration is not None or pid or statsd):
+        raise click.UsageError("--simulate replays a script: --duration, --pid and --statsd "
+                               "are for --live")
     config = _config(config_file, _overrides(limits))
     if simulate:
         _simulate(config, scenario, seed, speed, as_json)
@@ -282,7 +287,8 @@ def check(duration: float, pid: Optional[int], config_file: Optional[str], stats
 
 
 def _fmt(x: Any, spec: str = ".1f") -> str:
-    return "" if x is None or x != x else format(x, spec)
+    """A perfdata number; U (undetermined, the plugin convention) when there is none."""
+    return "U" if x is None or x != x else format(x, spec)
 
 
 def check_line(report: Any) -> str:
@@ -293,11 +299,11 @@ def check_line(report: Any) -> str:
     seizure, fever, amp = findings["seizure"], findings["fever"], findings["amplification"]
     sampler = report.sampler or {}
     perf = [
-        f"seizure_cpu_std_pct={_fmt(seizure.value)};{_fmt(seizure.limit, 'g')};;0;100",
+        f"seizure_cpu_std_pct={_fmt(seizure.value)};{seizure.limit:g};;0;100",
         f"seizure_cpu_mean_pct={_fmt(seizure.evidence.get('mean_pct'))};;;0;100",
-        f"fever_alloc_mb_s={_fmt(fever.evidence.get('alloc_rate_mb_s'))};{_fmt(fever.limit, 'g')};;0;",
+        f"fever_alloc_mb_s={_fmt(fever.evidence.get('alloc_rate_mb_s'))};{fever.limit:g};;0;",
         f"fever_resident_mb={_fmt(fever.evidence.get('resident_mb'), '.0f')};;;0;",
-        f"amplification_ratio={_fmt(amp.value, '.3f')};{_fmt(amp.limit, 'g')};;0;",
+        f"amplification_ratio={_fmt(amp.value, '.3f')};{amp.limit:g};;0;",
         f"sampler_hz={_fmt(sampler.get('achieved_hz'))};;;0;",
         f"sampler_p99_lateness_us={_fmt(sampler.get('tick_lateness_p99_us'), '.0f')}us;;;0;",
         f"sampler_cpu_pct={_fmt(sampler.get('cpu_percent'), '.2f')};;;0;100",
@@ -339,7 +345,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     from coherence.sampler import SamplerError
     from coherence.statsd import StatsdError
     args = sys.argv[1:] if argv is None else argv
-    is_check = bool(args) and args[0] == "check"
+    is_check = "check" in args
     bad = EXIT_UNKNOWN if is_check else EXIT_USAGE
     try:
         main.main(args=args, prog_name="coherence", standalone_mode=False)

@@ -14,6 +14,7 @@ from coherence.config import AmplificationConfig, FeverConfig, SeizureConfig
 # What a finding can say about its condition; the verdict engine turns these into states.
 WARMUP, UNAVAILABLE, CLEAR, FIRING = "warmup", "unavailable", "clear", "firing"
 MB = 1e6
+TREND_T_MIN = 3.0          # slope / standard error: under this a trend is noise, not a forecast
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ class Seizure:
     def evaluate(self, snap: Mapping[str, Any], now: float) -> Finding:
         cpu, c = snap["cpu"], self.c
         std, mean, n = cpu["util_std_pct"], cpu["util_mean_pct"], cpu["buckets"]
+        if not cpu.get("available", True):
+            return Finding(detector=self.name, condition=UNAVAILABLE, value=math.nan,
+                           limit=c.std_limit_pct, unit=self.unit, veto="SHED_LOAD",
+                           reason="no CPU source (lost: the watched process exited?)")
         crossings = swings(cpu["history_pct"][-n:]) if n else 0
         evidence = {"mean_pct": mean, "std_pct": std, "buckets": n, "swings": crossings,
                     "resolution_s": c.resolution_s, "window_s": c.window_s,
@@ -125,7 +130,8 @@ class Fever:
             return Finding(condition=FIRING, reason=(
                 f"allocating {churn:.0f} MB/s while resident memory stays flat at "
                 f"{resident / MB:.0f} MB: garbage-collection death-spiral risk; throttle"), **base)
-        if not _nan(total) and growth > 0:
+        # a forecast needs a trend that stands well above the noise (t > 3), not any slope
+        if not _nan(total) and growth > 0 and m.get("resident_growth_t", math.inf) > TREND_T_MIN:
             eta = (total - resident) / growth
             evidence["exhaustion_eta_s"] = eta
             if eta < c.horizon_h * 3600:
@@ -180,6 +186,12 @@ class Amplification:
                 f"too little traffic to judge{label}: {shown:.1f} requests/s in "
                 f"(minimum {c.min_ingress_per_s:g})"), **base)
         if self.baseline is None:
+            # Seed the baseline from a full window of traffic, never from the first requests
+            # (a window of a few requests, one still in flight, reads 2 for a fan-out of 3).
+            if r.get("window_points", 0) < r.get("window_capacity", 0):
+                return Finding(condition=WARMUP, reason=(
+                    f"learning the usual ratio{label}: {r.get('window_points')} of "
+                    f"{r.get('window_capacity')} reads of traffic"), **base)
             self.learn(ratio, now)
             evidence["baseline"] = self.baseline
             limit = max(c.ratio_limit, ratio * c.baseline_factor)

@@ -89,8 +89,9 @@ class Monitor:
         findings = {name: self.detectors[name].evaluate(snap, now) for name in DETECTORS}
         verdict = self.verdicts.update(findings, now)
         amp = findings["amplification"]
-        if verdict.states["amplification"] == OK and amp.evidence.get("ingress_per_s", 0) \
-                and not math.isnan(amp.value):
+        ingress = amp.evidence.get("ingress_per_s")
+        if verdict.states["amplification"] == OK and not math.isnan(amp.value) \
+                and ingress is not None and ingress >= self.config.amplification.min_ingress_per_s:
             # the baseline learns only from a healthy service, never from the storm
             self.detectors["amplification"].learn(amp.value, now)
         return Report(wall, now - self._start, verdict, findings, snap, self._sampler_stats())

@@ -205,16 +205,19 @@ class Sampler:
 
     def _make_feeds(self, half_life: float, history: int, ratio_window_s: float,
                     trend_window_s: float) -> None:
+        # the rate the slow sources are really read at: hz / a whole number of ticks
+        slow_hz = self.hz / self._every(self.slow_hz)
         self.signals = Signals(resolution_s=self.resolution_s, window_s=self.window_s,
-                               slow_hz=self.slow_hz, rate_half_life_s=half_life,
+                               slow_hz=slow_hz, rate_half_life_s=half_life,
                                ratio_window_s=ratio_window_s, trend_window_s=trend_window_s,
                                history=history, ncpu=self.ncpu, gauges=self.engine.slot_values,
+                               lost=lambda: self.engine.slot_state()[2],
                                available=[f for f, c in self.chosen.items() if c.source is not None])
         sig = self.signals
         self.engine.feed_cpu(sig.cpu_buckets, sig.cpu_history)
         for slot, rate in sig.rates.items():
             self.engine.feed_rate(slot, rate)
-        self.engine.feed_gauge(Slot.RESIDENT_BYTES, sig.resident, sig.resident_history)
+        self.engine.feed_gauge(Slot.RESIDENT_BYTES, sig.resident_history)
         self.engine.feed_ratios(sig.pushed_ratio, sig.proxy_ratio)
 
     # ------------------------------------------------------------------ running
@@ -230,6 +233,9 @@ class Sampler:
         self.engine.stop()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                # never close a descriptor the loop may still pread: its number could be reused
+                raise RuntimeError("the sampler thread did not stop; its files stay open")
         close_all(self.chosen)
 
     @property
@@ -272,6 +278,9 @@ class Sampler:
         for (name, path), f in zip(self._files, self.engine.file_stats()):
             if f["lost"]:
                 lost.setdefault(name, path)
+        cpu = self.chosen["cpu"].source
+        if isinstance(cpu, PidClockCpu) and self.engine.slot_state()[2][Slot.CPU_NS]:
+            lost[cpu.name] = f"the CPU clock of process {cpu.pid}"
         return [row._replace(available=False, reason=f"lost while running: {lost[row.name]} "
                                                      "became unreadable (process exited?)")
                 if row.name in lost else row for row in describe(self.chosen)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -20,22 +20,30 @@ def _sqrt(x: float) -> float:
     return math.sqrt(x) if x >= 0 else math.nan
 
 
-def trend_per_s(values: np.ndarray, interval_s: float) -> float:
-    """Least-squares slope of evenly spaced values, per second; NaN under 2 finite points."""
+def trend_per_s(values: np.ndarray, interval_s: float) -> Tuple[float, float]:
+    """Least-squares slope of evenly spaced values, per second, and its t-statistic (slope over
+    its standard error: how far the trend stands above the noise); NaNs under 3 finite points."""
     values = values[np.isfinite(values)]
     n = len(values)
-    if n < 2:
-        return math.nan
+    if n < 3:
+        return math.nan, math.nan
     x = np.arange(n, dtype=np.float64)
     x -= x.mean()
-    return float(np.dot(x, values - values.mean()) / np.dot(x, x)) / interval_s
+    sxx = float(np.dot(x, x))
+    dev = values - values.mean()
+    slope = float(np.dot(x, dev)) / sxx
+    residual = dev - slope * x
+    se = math.sqrt(float(np.dot(residual, residual)) / (n - 2) / sxx)
+    t = slope / se if se > 0 else (math.inf if slope else 0.0)
+    return slope / interval_s, t
 
 
 class Signals:
     """CPU buckets, fault and request rates, resident memory and request ratios.
 
-    ``gauges()`` returns the last value of each slot (resident, memory total and limit): the
-    sampler's engine, or the simulator's script.
+    ``gauges()`` returns the last value of each slot (resident, memory total and limit) and
+    ``lost()`` whether its source became unreadable: the sampler's engine, or the simulator.
+    ``slow_hz`` is the rate the memory and request counters are really read at.
     """
 
     def __init__(self, *, resolution_s: float = 0.1, window_s: float = 10.0,
@@ -43,18 +51,21 @@ class Signals:
                  ratio_window_s: float = 5.0, trend_window_s: float = 10.0,
                  history: int = 600, ncpu: float = 1.0,
                  gauges: Optional[Callable[[], List[float]]] = None,
+                 lost: Optional[Callable[[], List[bool]]] = None,
                  available: Sequence[str] = ("cpu", "memory", "pressure", "requests")) -> None:
         self.resolution_s, self.window_s, self.slow_hz, self.ncpu = resolution_s, window_s, slow_hz, ncpu
         self.cpu_buckets = RollingStats(max(2, int(round(window_s / resolution_s))))
-        self.cpu_history = RingBuffer(history)
+        # the seizure detector counts swings over a whole window of buckets
+        self.cpu_history = RingBuffer(max(history, self.cpu_buckets.window))
         self.rates: Dict[int, EwmaRate] = {slot: EwmaRate(rate_half_life_s) for slot in RATE_SLOTS}
         self.trend_points = max(2, int(round(trend_window_s * slow_hz)))
-        self.resident = RollingStats(self.trend_points)
         self.resident_history = RingBuffer(max(history, self.trend_points))
         ratio_points = max(2, int(round(ratio_window_s * slow_hz)))
         self.pushed_ratio = RatioWindow(ratio_points, min_denominator=1.0)
         self.proxy_ratio = RatioWindow(ratio_points, min_denominator=1.0)
         self.gauges = gauges or (lambda: [math.nan] * int(Slot.NSLOTS))
+        self.lost = lost or (lambda: [False] * int(Slot.NSLOTS))
+        self.interval_s = 1.0 / slow_hz
         self.requests_pushed = False   # set once anything was pushed (StatsD, hooks)
         # families with a source: a family without one is UNAVAILABLE, not warming up
         self.available = frozenset(available)
@@ -65,36 +76,36 @@ class Signals:
 
     def snapshot(self) -> Dict[str, Any]:
         """Every signal's current figures; NaN where a signal has no value yet."""
-        values = self.gauges()
+        values, lost = self.gauges(), self.lost()
         cpu = self.cpu_buckets.snapshot()
         rate = {slot: r.rate for slot, r in self.rates.items()}
-        res = self.resident.snapshot()
         total, limit = values[Slot.MEM_TOTAL_BYTES], values[Slot.MEM_LIMIT_BYTES]
         if not math.isnan(limit) and (math.isnan(total) or limit < total):
             total = limit
         recent = self.resident_history.to_array()[-self.trend_points:]
+        growth, growth_t = trend_per_s(recent, self.interval_s)
         pushed = self.requests_pushed
         req = (self.pushed_ratio if pushed else self.proxy_ratio).snapshot()
         return {
-            "cpu": {"available": "cpu" in self.available, "util_mean_pct": cpu.mean, "util_std_pct": _sqrt(cpu.var),
+            "cpu": {"available": "cpu" in self.available and not lost[Slot.CPU_NS],
+                    "util_mean_pct": cpu.mean, "util_std_pct": _sqrt(cpu.var),
                     "buckets": cpu.count, "buckets_per_window": self.buckets_per_window,
                     "ncpu": self.ncpu, "history_pct": self.cpu_history.to_array()},
             "memory": {
-                "available": "memory" in self.available,
+                "available": "memory" in self.available and not (
+                    lost[Slot.RESIDENT_BYTES] or lost[Slot.MINOR_FAULTS]),
                 "resident_bytes": values[Slot.RESIDENT_BYTES],
-                "resident_mean_bytes": res.mean, "resident_std_bytes": _sqrt(res.var),
-                "resident_growth_bytes_per_s": trend_per_s(recent, 1.0 / self.slow_hz),
+                "resident_growth_bytes_per_s": growth,
+                "resident_growth_t": growth_t,
                 "trend_points": len(recent), "trend_points_needed": self.trend_points,
                 "total_bytes": total,
                 "minor_faults_per_s": rate[Slot.MINOR_FAULTS],
                 "churn_bytes_per_s": rate[Slot.MINOR_FAULTS] * PAGE_SIZE,
                 "pgalloc_bytes_per_s": rate[Slot.PGALLOC] * PAGE_SIZE,
-                "pgfree_bytes_per_s": rate[Slot.PGFREE] * PAGE_SIZE,
             },
             "pressure": {  # us stalled per second / 1e4 = % of the time
                 "cpu_some_pct": rate[Slot.PSI_CPU_US] / 1e4,
                 "memory_some_pct": rate[Slot.PSI_MEMORY_US] / 1e4,
-                "io_some_pct": rate[Slot.PSI_IO_US] / 1e4,
             },
             "requests": {
                 "source": "pushed" if pushed else "tcp_proxy",
@@ -102,5 +113,6 @@ class Signals:
                 "egress_per_s": rate[Slot.EGRESS if pushed else Slot.TCP_ACTIVE],
                 "ratio": req.ratio, "ingress_in_window": req.denominator,
                 "egress_in_window": req.numerator, "window_points": req.count,
+                "window_capacity": self.pushed_ratio.window,
             },
         }

@@ -356,7 +356,6 @@ def run(config: Optional[Config] = None, scenario: str = "story", seed: int = 0,
             signals.rates[slot].update(t, host.psi_us[i])
         signals.rates[Slot.INGRESS].update(t, host.ingress)
         signals.rates[Slot.EGRESS].update(t, host.egress)
-        signals.resident.push(host.resident)
         signals.resident_history.push(host.resident)
 
     steps: List[Step] = []

@@ -107,15 +107,9 @@ class VerdictEngine:
                 if tracker.state == CRITICAL:
                     self.critical_at[name] = now
         states = {name: t.state for name, t in self.trackers.items()}
-        alarms = [st for st in states.values() if st in (WARNING, CRITICAL)]
-        if alarms:
-            status = max(alarms, key=SEVERITY.__getitem__)
-        elif OK in states.values():
-            status = OK            # the detectors that can judge are fine: say so
-        elif all(st == STATE_UNAVAILABLE for st in states.values()):
-            status = STATE_UNAVAILABLE
-        else:
-            status = STATE_WARMUP
+        # the worst detector: one that cannot judge yet (WARMUP) or at all (UNAVAILABLE) makes
+        # the whole verdict unknown unless another is already alarmed
+        status = max(states.values(), key=SEVERITY.__getitem__)
         veto = [{"detector": name, "state": state,
                  "action": CRITICAL_VETO.get(name, findings[name].veto) if state == CRITICAL
                  else findings[name].veto}

@@ -52,7 +52,8 @@ def cli(*args, timeout=60, env=None, **kw):
     (["--live", "--simulate"], "--live and --simulate are exclusive"),
     (["--simulate", "--scenario", "nope"], "choose from story"),
     (["--nonsense"], "--nonsense"),
-    (["--hz", "500", "check"], "options go after the command"),
+    (["--json", "--duration", "5"], "--json and --duration go with --live"),
+    (["--simulate", "--pid", "1"], "--simulate replays a script"),
     (["sources", "--pid", "4194305"], "no process 4194305"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
@@ -83,6 +84,9 @@ def test_check_reports_bad_arguments_as_unknown(capsys):
     assert run(["check", "--hz", "0"]) == 3
     assert "Invalid value for '--hz'" in capsys.readouterr().err
     assert run(["check", "--pid", "4194305"]) == 3
+    assert run(["--hz", "0", "check"]) == 3
+    assert run(["--hz", "500", "check"]) == 3
+    assert "options go after the command" in capsys.readouterr().err
 
 
 def test_help_documents_every_flag():

@@ -69,7 +69,6 @@ def memory_snapshot(churn_mb_s, resident_fn, total=16 * GB, seconds=12.0):
         faults += churn_mb_s * 1e6 / 4096 / 20
         s.rates[Slot.MINOR_FAULTS].update(t, faults)
         resident = resident_fn(t)
-        s.resident.push(resident)
         s.resident_history.push(resident)
         gauges[Slot.RESIDENT_BYTES] = resident
     return s.snapshot()

@@ -313,11 +313,12 @@ def test_describe_rows():
     ("cgroup2", 4242, 0.5, "app"),      # /app "50000 100000" below it
     ("cgroup1", None, 1.0, "cpu,cpuacct"),
     ("cgroup1", 4242, 0.5, "app"),
-    ("nopsi", None, 4.0, "affinity"),
+    ("nopsi", None, 3.0, "online CPUs"),  # the host: not this process's affinity
     ("garbage", 4242, 4.0, "affinity"),  # junk quotas are no quota
 ])
 def test_cpu_capacity(monkeypatch, name, pid, cpus, mentions):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
     got, reason = sources.cpu_capacity(pid=pid, **tree(name))
     assert got == cpus and mentions in reason
 

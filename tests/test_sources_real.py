@@ -143,6 +143,8 @@ def test_minor_faults_count_anonymous_memory_touched():
 
 def test_cpu_capacity_on_this_machine():
     cpus, reason = sources.cpu_capacity()
+    assert 0 < cpus <= (os.cpu_count() or 1) and ("cpuset" in reason or "online" in reason)
+    cpus, reason = sources.cpu_capacity(pid=os.getpid())
     assert 0 < cpus <= len(os.sched_getaffinity(0)) and "affinity" in reason
 
 
@@ -167,3 +169,20 @@ def test_process_cpu_clock_counts_every_thread():
     t.join()
     assert src.read()["cpu_usage_ns_total"] - before >= 0.19e9
     src.close()
+
+
+def test_host_cpu_capacity_is_not_the_sentinels_own_affinity():
+    # a sentinel pinned to one CPU still normalizes host utilization by the host's CPUs
+    from coherence.sources import cpu_capacity
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})
+        cpus, why = cpu_capacity()
+    finally:
+        os.sched_setaffinity(0, before)
+    assert cpus == cpu_capacity()[0] >= len(before) or "quota" in why, why
+
+
+def test_cpu_lists():
+    from coherence.sources.cpu import parse_cpu_list
+    assert [parse_cpu_list(t) for t in ("0-3,8,10-11\n", "0", "", "x", "2-")] == [7, 1, 0, 0, 0]

@@ -75,7 +75,11 @@ def test_overall_status_is_the_worst_detector_and_maps_to_nagios_codes():
     e = VerdictEngine(["seizure", "fever", "amplification"], CFG)
     v = engine_step(e, {"seizure": WARMUP, "fever": WARMUP, "amplification": WARMUP}, 0.0)
     assert v.status == "WARMUP" and v.exit_code == 3
-    v = engine_step(e, {"seizure": CLEAR, "fever": WARMUP, "amplification": UNAVAILABLE}, 1.0)
+    v = engine_step(e, {"seizure": CLEAR, "fever": WARMUP, "amplification": CLEAR}, 1.0)
+    assert v.status == "WARMUP" and v.exit_code == 3         # not judged yet: unknown
+    v = engine_step(e, {"seizure": CLEAR, "fever": CLEAR, "amplification": UNAVAILABLE}, 1.5)
+    assert v.status == "UNAVAILABLE" and v.exit_code == 3
+    v = engine_step(e, {"seizure": CLEAR, "fever": CLEAR, "amplification": CLEAR}, 1.75)
     assert v.status == "OK" and v.exit_code == 0
     v = engine_step(e, {"seizure": FIRING, "fever": CLEAR, "amplification": CLEAR}, 2.0)
     assert v.status == "WARNING" and v.exit_code == 1 and v.changed

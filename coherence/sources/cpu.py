@@ -245,6 +245,31 @@ def _cgroup_levels(mount: str, member: Optional[str]) -> List[str]:
     return levels
 
 
+def parse_cpu_list(text: str) -> int:
+    """How many CPUs a kernel CPU list names ("0-3,8,10-11" is 7); 0 if it is not one."""
+    count = 0
+    for part in text.strip().split(","):
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            return 0
+        count += (int(hi) - int(lo) + 1) if sep else 1
+    return count
+
+
+def _root_cpuset(sys_root: str) -> Tuple[float, str]:
+    base = os.path.join(sys_root, "fs", "cgroup")
+    for path in (os.path.join(base, "cpuset.cpus.effective"),
+                 os.path.join(base, "cpuset", "cpuset.effective_cpus"),
+                 os.path.join(base, "cpuset", "cpuset.cpus")):
+        try:
+            n = parse_cpu_list(read_once(path).decode("ascii", "replace"))
+        except SourceUnavailable:
+            continue
+        if n > 0:
+            return float(n), f"cpuset {path}"
+    return float(os.cpu_count() or 1), "online CPUs"
+
+
 def cpu_capacity(proc_root: str = "/proc", sys_root: str = "/sys",
                  pid: Optional[int] = None) -> Tuple[float, str]:
     """How many CPUs the watched scope may use: affinity, capped by every cgroup quota above it.
@@ -253,7 +278,12 @@ def cpu_capacity(proc_root: str = "/proc", sys_root: str = "/sys",
     """
     check_pid(pid)
     try:
-        cpus, why = float(len(os.sched_getaffinity(pid or 0))), "affinity"
+        if pid is None:
+            # The host or container, not this process: a sentinel pinned to one CPU (taskset)
+            # still watches every CPU of its cgroup. The cgroup root's cpuset, else all online.
+            cpus, why = _root_cpuset(sys_root)
+        else:
+            cpus, why = float(len(os.sched_getaffinity(pid))), "affinity"
     except ProcessLookupError:
         cpus, why = float(os.cpu_count() or 1), f"no process {pid}: all online CPUs"
     except (AttributeError, OSError):  # no sched_getaffinity (macOS)

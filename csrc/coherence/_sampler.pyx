@@ -68,6 +68,7 @@ cdef enum:
     MAX_FIELDS = 96
     MAX_COUNTERS = 4
     MAX_CLOCKS = 2
+    MAX_CALLBACKS = 4
     READ_BUF = 65536        # as coherence.sources.READ_SIZE; /proc/vmstat, the largest, is ~8 KB
     PREFIX_MAX = 40
     AFTER_MAX = 8
@@ -115,6 +116,12 @@ ctypedef struct clock_src_t:
     int every
     int phase
     int lost
+
+
+ctypedef struct slots_t:
+    double value[NSLOTS]     # the last complete value of each slot (NaN: never read)
+    double t[NSLOTS]         # monotonic seconds of that read
+    int lost[NSLOTS]         # its source became unreadable (the process exited)
 
 
 ctypedef struct stats_t:
@@ -251,22 +258,29 @@ cdef class Engine:
     cdef clock_src_t clocks[MAX_CLOCKS]
     cdef int nfiles, nfields, ncounters, nclocks
     cdef list _keep                      # Python objects the C side points into
-    cdef list _callbacks                 # (every, phase, fn, {signal: [(slot, coef)]})
+    cdef list _callbacks                 # (fn, {signal: [(slot, coef)]}) by index
+    cdef int cb_every[MAX_CALLBACKS]
+    cdef int cb_phase[MAX_CALLBACKS]
+    cdef int ncallbacks
     cdef int64_t period_ns, resolution_ns
     cdef double ncpu
     cdef int stop_flag
     cdef bint ran
-    # slot values: the sum of coef * field over the fields read this tick
-    cdef double value[NSLOTS]
-    cdef double value_t[NSLOTS]          # monotonic seconds of the read
-    cdef int fresh[NSLOTS]
-    cdef int valid[NSLOTS]
-    cdef double held[NSLOTS]             # MINOR_FAULTS: the highest value seen
+    # this tick's work: the sum of coef * field over the fields read, per slot
+    cdef double work[NSLOTS]
+    cdef double work_t[NSLOTS]           # monotonic seconds of the read
+    cdef int fresh[NSLOTS]               # some field of the slot was read this tick
+    cdef int missing[NSLOTS]             # ... and one was absent: the sum is not a value
+    cdef double minor_faults_held        # the highest minor-fault count seen (see _after_reads)
+    # what the slots hold between ticks, and the copy readers see (a latch)
+    cdef slots_t slots
+    cdef slots_t slots_pub[2]
+    cdef uint64_t slots_seq
+    cdef bint slots_dirty
     # feeds: borrowed pointers into accumulators kept alive in _keep (NULL: not fed)
     cdef rolling_t *cpu_buckets
     cdef ring_t *cpu_history
     cdef ewma_t *rates[NSLOTS]
-    cdef rolling_t *gauge_stats[NSLOTS]
     cdef ring_t *gauge_history[NSLOTS]
     cdef ratio_t *pushed_ratio
     cdef ratio_t *proxy_ratio
@@ -297,7 +311,9 @@ cdef class Engine:
         self._callbacks = []
         cdef int k
         for k in range(<int>NSLOTS):
-            self.value[k] = NAN
+            self.slots.value[k] = NAN
+            self.slots.t[k] = NAN
+        self._publish_slots()
 
     # ------------------------------------------------------------------ configuration
     def add_file(self, int fd, int every, int phase, list fields):
@@ -314,8 +330,7 @@ cdef class Engine:
         f.phase = phase
         f.first_field = self.nfields
         for prefix, index, occurrence, after, slot, coef in fields:
-            if not (0 <= slot < NSLOTS):
-                raise ValueError(f"bad slot {slot}")
+            _check_slot(slot)
             _fill_field(&self.fields[self.nfields], prefix, index, occurrence, after, slot, coef)
             self.nfields += 1
             f.nfields += 1
@@ -325,8 +340,9 @@ cdef class Engine:
     def add_counter(self, AtomicCounter counter, int slot, int every, int phase):
         if self.ncounters >= MAX_COUNTERS:
             raise ValueError("too many counters for the sampler")
-        if not (0 <= slot < NSLOTS) or every < 1 or not (0 <= phase < every):
-            raise ValueError("bad counter slot or schedule")
+        _check_slot(slot)
+        if every < 1 or not (0 <= phase < every):
+            raise ValueError("bad counter schedule")
         self._keep.append(counter)
         self.counters[self.ncounters].counter = &counter.state
         self.counters[self.ncounters].slot = slot
@@ -347,8 +363,17 @@ cdef class Engine:
         self.nclocks += 1
 
     def add_callback(self, int every, int phase, fn, dict mapping):
-        """fn() -> {signal: value}, called with the GIL; mapping: {signal: [(slot, coef), ...]}."""
-        self._callbacks.append((every, phase, fn, mapping))
+        """fn() -> {signal: value}, called with the GIL when due; mapping: {signal: [(slot, coef)]}.
+        A callback that raises or returns junk is skipped for that tick, never fatal."""
+        if self.ncallbacks >= MAX_CALLBACKS or every < 1 or not (0 <= phase < every):
+            raise ValueError("too many callbacks or a bad schedule")
+        for targets in mapping.values():
+            for slot, coef in targets:
+                _check_slot(slot)
+        self.cb_every[self.ncallbacks] = every
+        self.cb_phase[self.ncallbacks] = phase
+        self._callbacks.append((fn, mapping))
+        self.ncallbacks += 1
 
     def feed_cpu(self, RollingStats buckets, RingBuffer history):
         """CPU utilization (% of the CPUs available) per bucket of `resolution` seconds."""
@@ -361,10 +386,10 @@ cdef class Engine:
         self._keep.append(rate)
         self.rates[slot] = &rate.state
 
-    def feed_gauge(self, int slot, RollingStats stats, RingBuffer history):
+    def feed_gauge(self, int slot, RingBuffer history):
+        """The gauge's values, one per read, into a ring (the resident-memory trend)."""
         _check_slot(slot)
-        self._keep += [stats, history]
-        self.gauge_stats[slot] = &stats.state
+        self._keep.append(history)
         self.gauge_history[slot] = &history.state
 
     def feed_ratios(self, RatioWindow pushed, RatioWindow proxy):
@@ -379,8 +404,9 @@ cdef class Engine:
         if self.ran:
             raise RuntimeError("an Engine runs once")
         self.ran = True
-        cdef bint has_callbacks = len(self._callbacks) > 0
         cdef int64_t deadline, now, late, skipped
+        cdef int i
+        cdef bint due
         cdef int64_t tick = 0
         cdef timespec ts
         with nogil:
@@ -393,7 +419,10 @@ cdef class Engine:
             self._publish_stats()
             while not coh_load_flag(&self.stop_flag):
                 self._tick(tick)
-                if has_callbacks:
+                due = False
+                for i in range(self.ncallbacks):
+                    due = due or tick % self.cb_every[i] == self.cb_phase[i]
+                if due:                # the GIL only on the ticks a callback source is due
                     with gil:
                         self._run_callbacks(tick)
                 self._after_reads()
@@ -434,6 +463,18 @@ cdef class Engine:
     def stop(self):
         coh_store_flag(&self.stop_flag, 1)
 
+    cdef inline void _take(self, int slot, double v, double t) noexcept nogil:
+        if not self.fresh[slot]:
+            self.fresh[slot] = 1
+            self.work[slot] = 0.0
+        self.work[slot] += v
+        self.work_t[slot] = t
+
+    cdef void _lose(self, int slot) noexcept nogil:
+        if not self.slots.lost[slot]:
+            self.slots.lost[slot] = 1
+            self.slots_dirty = True
+
     cdef void _tick(self, int64_t tick) noexcept nogil:
         cdef char buf[READ_BUF]
         cdef Py_ssize_t n
@@ -444,6 +485,7 @@ cdef class Engine:
         cdef timespec ts
         for k in range(<int>NSLOTS):
             self.fresh[k] = 0
+            self.missing[k] = 0
         for i in range(self.nfiles):
             f = &self.files[i]
             if f.lost or tick % f.every != f.phase:
@@ -451,122 +493,133 @@ cdef class Engine:
             n = pread(f.fd, buf, READ_BUF - 1, 0)
             t = <double>now_ns(CLOCK_MONOTONIC) / NS
             if n <= 0:
-                # The file went away (process exited, cgroup removed): stop reading it, once.
+                # The file went away (process exited, cgroup removed): stop reading it, once,
+                # and mark what it fed as lost, so that no detector judges frozen data.
                 f.errors += 1
                 f.lost = 1
+                for k in range(f.first_field, f.first_field + f.nfields):
+                    self._lose(self.fields[k].slot)
                 continue
             f.reads += 1
             for k in range(f.first_field, f.first_field + f.nfields):
                 fld = &self.fields[k]
-                slot = fld.slot
-                if not find_field(buf, n, fld, &v):
+                if find_field(buf, n, fld, &v):
+                    self._take(fld.slot, fld.coef * v, t)
+                else:
                     f.parse_misses += 1
-                    self.valid[slot] = -1      # a missing part makes the derived value unknown
-                    continue
-                if self.fresh[slot] == 0:
-                    self.fresh[slot] = 1
-                    self.value[slot] = 0.0
-                    if self.valid[slot] == -1:
-                        self.valid[slot] = 0
-                    else:
-                        self.valid[slot] = 1
-                self.value[slot] += fld.coef * v
-                self.value_t[slot] = t
+                    self.fresh[fld.slot] = 1
+                    self.missing[fld.slot] = 1     # a partial sum is a wrong value, not a smaller one
         for i in range(self.nclocks):
             if self.clocks[i].lost or tick % self.clocks[i].every != self.clocks[i].phase:
                 continue
-            slot = self.clocks[i].slot
             if clock_gettime(self.clocks[i].clock, &ts) != 0:
                 self.clocks[i].lost = 1          # the process exited
+                self._lose(self.clocks[i].slot)
                 continue
-            self.value[slot] = <double>ts.tv_sec * 1e9 + <double>ts.tv_nsec
-            self.value_t[slot] = <double>now_ns(CLOCK_MONOTONIC) / NS
-            self.fresh[slot] = 1
-            self.valid[slot] = 1
-        for i in range(self.ncounters):
-            if tick % self.counters[i].every == self.counters[i].phase:
-                slot = self.counters[i].slot
-                self.value[slot] = counter_value(self.counters[i].counter)
-                self.value_t[slot] = <double>now_ns(CLOCK_MONOTONIC) / NS
-                self.fresh[slot] = 1
-                self.valid[slot] = 1
+            self._take(self.clocks[i].slot, <double>ts.tv_sec * 1e9 + <double>ts.tv_nsec,
+                       <double>now_ns(CLOCK_MONOTONIC) / NS)
+        if self.ncounters:
+            t = <double>now_ns(CLOCK_MONOTONIC) / NS
+            for i in range(self.ncounters):
+                if tick % self.counters[i].every == self.counters[i].phase:
+                    self._take(self.counters[i].slot, counter_value(self.counters[i].counter), t)
 
-    cdef void _run_callbacks(self, int64_t tick):
+    cdef void _run_callbacks(self, int64_t tick) noexcept:
         cdef double t
-        for every, phase, fn, mapping in self._callbacks:
-            if tick % every != phase:
+        cdef int i
+        for i in range(self.ncallbacks):
+            if tick % self.cb_every[i] != self.cb_phase[i]:
                 continue
+            fn, mapping = self._callbacks[i]
             try:
                 values = fn()
+                t = <double>now_ns(CLOCK_MONOTONIC) / NS
+                for signal, targets in mapping.items():
+                    v = values.get(signal)
+                    for slot, coef in targets:
+                        if v is None:
+                            self.fresh[slot] = 1
+                            self.missing[slot] = 1
+                        else:
+                            self._take(slot, coef * float(v), t)
             except Exception:
                 continue           # the source reports its own failure; the loop goes on
-            t = <double>now_ns(CLOCK_MONOTONIC) / NS
-            for signal, targets in mapping.items():
-                v = values.get(signal)
-                for slot, coef in targets:
-                    if self.fresh[slot] == 0:
-                        self.fresh[slot] = 1
-                        self.value[slot] = 0.0
-                        self.valid[slot] = 1
-                    if v is None:
-                        self.valid[slot] = 0
-                    else:
-                        self.value[slot] += coef * v
-                    self.value_t[slot] = t
 
     cdef void _after_reads(self) noexcept nogil:
         cdef int k
         cdef int64_t t_ns
-        cdef double util, du
+        cdef double util, du, v, t
         for k in range(<int>NSLOTS):
-            if not self.fresh[k] or self.valid[k] != 1:
+            if not self.fresh[k] or self.missing[k]:
                 continue
+            v, t = self.work[k], self.work_t[k]
             if k == MINOR_FAULTS:
                 # pgfault - pgmajfault, read at slightly different instants, can step back by
                 # a few: hold it (as coherence.sources does) rather than read a counter reset.
-                if self.value[k] < self.held[k]:
-                    self.value[k] = self.held[k]
-                self.held[k] = self.value[k]
-            elif k == RESIDENT_BYTES and self.value[k] < 0.0:
-                self.value[k] = 0.0              # usage - inactive_file, read apart: never < 0
+                if v < self.minor_faults_held:
+                    v = self.minor_faults_held
+                self.minor_faults_held = v
+            elif k == RESIDENT_BYTES and v < 0.0:
+                v = 0.0                          # usage - inactive_file, read apart: never < 0
+            if k != CPU_NS:                      # CPU is published as buckets, not as a value
+                self.slots.value[k] = v
+                self.slots.t[k] = t
+                self.slots_dirty = True
             if k == CPU_NS:
                 if self.cpu_buckets == NULL:
                     continue
-                t_ns = <int64_t>(self.value_t[k] * NS)
+                t_ns = <int64_t>(t * NS)
                 if not self.bucket_open:
                     self.bucket_open = True
                     self.bucket_t0 = t_ns
-                    self.bucket_u0 = self.value[k]
+                    self.bucket_u0 = v
                 elif t_ns - self.bucket_t0 >= self.resolution_ns:
-                    du = self.value[k] - self.bucket_u0
+                    du = v - self.bucket_u0
                     if du >= 0.0:     # a counter that went down was reset: skip that bucket
                         util = 100.0 * du / (<double>(t_ns - self.bucket_t0) * self.ncpu)
                         rolling_push(self.cpu_buckets, util)
                         ring_push(self.cpu_history, util)
                         self.stats_priv.buckets += 1
                     self.bucket_t0 = t_ns
-                    self.bucket_u0 = self.value[k]
+                    self.bucket_u0 = v
                 continue
             if self.rates[k] != NULL:
-                ewma_update(self.rates[k], self.value_t[k], self.value[k])
-            if self.gauge_stats[k] != NULL:
-                rolling_push(self.gauge_stats[k], self.value[k])
-                ring_push(self.gauge_history[k], self.value[k])
+                ewma_update(self.rates[k], t, v)
+            if self.gauge_history[k] != NULL:
+                ring_push(self.gauge_history[k], v)
         if self.pushed_ratio != NULL:
             self._feed_ratio(EGRESS, INGRESS, self.pushed_ratio)
             self._feed_ratio(TCP_ACTIVE, TCP_PASSIVE, self.proxy_ratio)
+        if self.slots_dirty:
+            self._publish_slots()
+            self.slots_dirty = False
+
+    cdef void _publish_slots(self) noexcept nogil:
+        coh_latch_flip(&self.slots_seq)
+        self.slots_pub[0] = self.slots
+        coh_latch_flip(&self.slots_seq)
+        self.slots_pub[1] = self.slots
+
+    cdef void _read_slots(self, slots_t *out) noexcept nogil:
+        cdef uint64_t seq
+        while True:
+            seq = coh_latch_begin(&self.slots_seq)
+            out[0] = self.slots_pub[seq & 1]
+            if not coh_read_retry(&self.slots_seq, seq):
+                return
 
     cdef void _feed_ratio(self, int eg, int ing, ratio_t *r) noexcept nogil:
         cdef double de, di
-        if not (self.fresh[eg] and self.fresh[ing] and self.valid[eg] == 1 and self.valid[ing] == 1):
+        cdef double e = self.work[eg], i = self.work[ing]
+        if not (self.fresh[eg] and self.fresh[ing]) or self.missing[eg] or self.missing[ing]:
             return
         if self.prev_req_ok[eg] and self.prev_req_ok[ing]:
-            de = self.value[eg] - self.prev_req[eg]
-            di = self.value[ing] - self.prev_req[ing]
+            de = e - self.prev_req[eg]
+            di = i - self.prev_req[ing]
             # a counter that went down was reset: count from its new value
-            ratio_update(r, de if de >= 0.0 else self.value[eg], di if di >= 0.0 else self.value[ing])
-        self.prev_req[eg] = self.value[eg]
-        self.prev_req[ing] = self.value[ing]
+            ratio_update(r, de if de >= 0.0 else e, di if di >= 0.0 else i)
+        self.prev_req[eg] = e
+        self.prev_req[ing] = i
         self.prev_req_ok[eg] = 1
         self.prev_req_ok[ing] = 1
 
@@ -625,6 +678,17 @@ cdef class Engine:
                 for i in range(self.nfiles)]
 
     def slot_values(self):
-        """The last value read for each slot (NaN if never): for `coherence sources`."""
+        """The last complete value of each slot (NaN: never read), one consistent copy."""
+        cdef slots_t snap
         cdef int k
-        return [self.value[k] for k in range(<int>NSLOTS)]
+        self._read_slots(&snap)
+        return [snap.value[k] for k in range(<int>NSLOTS)]
+
+    def slot_state(self):
+        """(values, monotonic times of the reads, lost flags) per slot, one consistent copy."""
+        cdef slots_t snap
+        cdef int k
+        self._read_slots(&snap)
+        return ([snap.value[k] for k in range(<int>NSLOTS)],
+                [snap.t[k] for k in range(<int>NSLOTS)],
+                [bool(snap.lost[k]) for k in range(<int>NSLOTS)])

@@ -109,7 +109,8 @@ class ServiceLog:
     def tail(self, n: int = 20) -> str:
         with self._cond:
             stats = [json.dumps(s) for s in self.stats[-5:]]
-            return "\n".join([f"PHASE {m} {t:.3f}" for m, t in self.phases] + self.other[-n:] + stats)
+            phases = [f"PHASE {m} {t:.3f}" for m, t in self.phases]
+            return "\n".join(phases + self.other[-n:] + stats)
 
     def first_error_alert(self, t0: float) -> Optional[float]:
         """Seconds from t0 to the end of the first second after it with a frontend error rate
@@ -154,9 +155,9 @@ class Service(Load):
         self.log.join()
 
 
-def _service_cmd(mode: str, healthy_s: float, seconds: float, count: str) -> List[str]:
+def _service_cmd(mode: str, healthy_s: float, seconds: float, count: str, rate: float) -> List[str]:
     return [sys.executable, SERVICE, "--mode", mode, "--healthy-seconds", str(healthy_s),
-            "--seconds", str(seconds), "--rate", str(RATE), "--count", count]
+            "--seconds", str(seconds), "--rate", str(rate), "--count", count]
 
 
 def _free_udp_port() -> int:
@@ -177,7 +178,8 @@ def _statsd_sentinel(duration: float) -> Iterator[tuple]:
                 yield sentinel, port
                 return
         if "cannot listen" not in sentinel.stderr:
-            raise AssertionError(f"coherence printed no line in {START_TIMEOUT_S} s: {sentinel.stderr}")
+            raise AssertionError(f"coherence printed no line in {START_TIMEOUT_S} s: "
+                                 f"{sentinel.stderr}")
     raise AssertionError(f"coherence could not bind a StatsD port: {sentinel.stderr}")
 
 
@@ -191,7 +193,8 @@ def _judge(result: CaseResult, sentinel: Sentinel, log: ServiceLog, t0: float) -
     after = [l for l in lines if l.received >= t0]
     result.fault_start = t0
     result.states = [l.state(DETECTOR) for l in lines]
-    result.critical_before_fault = any(l.state(DETECTOR) == "CRITICAL" for l in lines if l.received < t0)
+    result.critical_before_fault = any(l.state(DETECTOR) == "CRITICAL"
+                                       for l in lines if l.received < t0)
     crit = next((l for l in after if l.state(DETECTOR) == "CRITICAL"), None)
     result.time_to_critical = None if crit is None else crit.received - t0
     ratios = [_amp(l)["value"] for l in after if _amp(l)["value"] is not None]
@@ -239,16 +242,19 @@ def _control(result: CaseResult, sentinel: Sentinel, log: ServiceLog) -> None:
 
 
 def _run(case: str, fault: bool, counting: str, mode: str, healthy_s: float,
-         judge: Callable[[CaseResult, Sentinel, ServiceLog], None]) -> CaseResult:
+         judge: Callable[[CaseResult, Sentinel, ServiceLog], None], rate: float) -> CaseResult:
     started = time.monotonic()
     result = CaseResult(case, DETECTOR, fault=fault, counting=counting)
+    result.notes["rate"] = rate
     observe = DEADLINE_S if fault else CONTROL_S
     seconds = healthy_s + observe + 2.0       # the service stops by itself after this
     try:
         if counting == "inprocess":
-            with EmbeddedService(cmd=_service_cmd(mode, healthy_s, seconds, "inprocess")) as service:
+            cmd = _service_cmd(mode, healthy_s, seconds, "inprocess", rate)
+            with EmbeddedService(cmd=cmd) as service:
                 if service.wait_for(lambda line: True, START_TIMEOUT_S) is None:
-                    raise AssertionError(f"the embedded sentinel printed no line:\n{service.log.tail()}")
+                    raise AssertionError("the embedded sentinel printed no line:\n"
+                                         + service.log.tail())
                 service.warmed_up(DETECTOR)
                 try:
                     judge(result, service, service.log)
@@ -257,7 +263,8 @@ def _run(case: str, fault: bool, counting: str, mode: str, healthy_s: float,
         else:
             with _statsd_sentinel(seconds + 5.0) as (sentinel, port):
                 sentinel.warmed_up(DETECTOR)
-                with Service(*_service_cmd(mode, healthy_s, seconds, f"statsd:127.0.0.1:{port}")) as svc:
+                count = f"statsd:127.0.0.1:{port}"
+                with Service(*_service_cmd(mode, healthy_s, seconds, count, rate)) as svc:
                     try:
                         judge(result, sentinel, svc.log)
                     finally:
@@ -269,26 +276,28 @@ def _run(case: str, fault: bool, counting: str, mode: str, healthy_s: float,
 
 
 # -------------------------------------------------------------------------------------- cases
-def storm_via_statsd() -> CaseResult:
+def storm_via_statsd(rate: float = RATE) -> CaseResult:
     """Half the keys fail persistently; the client and the frontend both retry (ratio 2.5);
     counted through the sentinel's StatsD listener."""
-    return _run("amplification: retry storm, StatsD", True, "statsd", "storm", HEALTHY_S, _storm)
+    return _run("amplification: retry storm, StatsD", True, "statsd", "storm", HEALTHY_S,
+                _storm, rate)
 
 
-def storm_in_process() -> CaseResult:
+def storm_in_process(rate: float = RATE) -> CaseResult:
     """The same storm, counted with coherence.hooks by a service that embeds the sentinel."""
     return _run("amplification: retry storm, in-process hooks", True, "inprocess", "storm",
-                HEALTHY_S, _storm)
+                HEALTHY_S, _storm, rate)
 
 
-def control_fanout3() -> CaseResult:
+def control_fanout3(rate: float = RATE) -> CaseResult:
     """3 backend calls per request, steady: learned as the baseline, then 12 s never CRITICAL."""
-    return _run("amplification control: steady fan-out x3", False, "statsd", "fanout3", LEARN_S, _control)
+    return _run("amplification control: steady fan-out x3", False, "statsd", "fanout3", LEARN_S,
+                _control, rate)
 
 
-def control_one_to_one() -> CaseResult:
+def control_one_to_one(rate: float = RATE) -> CaseResult:
     """One backend call per request, steady: never CRITICAL."""
-    return _run("amplification control: steady 1:1", False, "statsd", "ok", LEARN_S, _control)
+    return _run("amplification control: steady 1:1", False, "statsd", "ok", LEARN_S, _control, rate)
 
 
 FAULTS = {"storm_via_statsd": storm_via_statsd, "storm_in_process": storm_in_process}

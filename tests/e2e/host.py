@@ -50,8 +50,11 @@ def _classic_memory(sentinel: Sentinel, t0: float) -> Optional[float]:
     return None
 
 
+LABELS = {"_classic_cpu": f"CPU > {CPU_ALERT_PCT:g} %", "_classic_memory": f"used memory > {MEM_ALERT_PCT:g} %"}
+
+
 def _fault(case: str, detector: str, load_cmd: List[str], classic) -> CaseResult:
-    result = CaseResult(case, detector, fault=True, classic_alert=classic.__name__)
+    result = CaseResult(case, detector, fault=True, classic_alert=LABELS[classic.__name__])
     with Sentinel(duration=60) as sentinel:
         sentinel.warmed_up(detector)
         with Load(*load_cmd) as load:
@@ -88,7 +91,7 @@ def _controls(detector: str, phases: List[tuple], classic) -> List[CaseResult]:
     with Sentinel(duration=30 + len(phases) * (CONTROL_S + 2)) as sentinel:
         sentinel.warmed_up(detector)
         for name, cmd, seconds in phases:
-            result = CaseResult(name, detector, fault=False, classic_alert=classic.__name__)
+            result = CaseResult(name, detector, fault=False, classic_alert=LABELS[classic.__name__])
             if cmd is None:
                 t0 = time.monotonic()
                 sentinel.wait_for(lambda l: l.received >= t0 + seconds, timeout=seconds + 3)

@@ -9,7 +9,17 @@ import amplification as amp
 pytestmark = pytest.mark.e2e
 
 
+def _summary(r: amp.CaseResult) -> str:
+    """One line for the log (pytest -rP shows it): what the case measured."""
+    return (f"{r.case}: time_to_critical={r.time_to_critical} "
+            f"time_to_warning={r.notes.get('time_to_warning')} max_ratio={r.max_ratio} "
+            f"median_ratio={r.median_ratio} baseline={r.baseline} "
+            f"error_rate_alert={r.classic_alert_after} states={sorted(set(r.states))} "
+            f"wall={r.wall_s:.1f}s")
+
+
 def _check_storm(r: amp.CaseResult) -> None:
+    print(_summary(r))
     why = f"{r}\n--- stderr ---\n{r.diagnostics}"
     assert not r.critical_before_fault, why
     assert r.time_to_critical is not None and r.time_to_critical <= amp.DEADLINE_S, why
@@ -26,6 +36,7 @@ def test_retry_storm_counted_in_process():
 
 
 def _check_control(r: amp.CaseResult, ratio: float) -> None:
+    print(_summary(r))
     why = f"{r}\n--- stderr ---\n{r.diagnostics}"
     assert r.observed_s >= amp.CONTROL_S, why
     assert r.sources == ["pushed"], why

@@ -2,13 +2,14 @@
 that retries against a backend, and a backend that (in a storm) persistently fails a poisoned
 half of the keys. Bounded in time (--seconds) and in requests (--rate x --seconds).
 
-    python http_service.py --mode storm --healthy-seconds 4 --seconds 16 --count statsd:127.0.0.1:8125
-    python http_service.py --mode storm --count inprocess      # the sentinel embedded, JSON lines on stdout
+    python http_service.py --mode storm --healthy-seconds 4 --seconds 16 \
+        --count statsd:127.0.0.1:8125
+    python http_service.py --mode storm --count inprocess   # sentinel embedded, JSON on stdout
 
-Per request received the frontend counts one ingress; per backend attempt one egress. In a storm a
-poisoned key costs the frontend 3 requests (the client's attempts) x 3 backend attempts: ingress 2,
-egress 5 per 2 keys, a ratio of 2.5. (Independent 50 % failures could not pass 2: the expected number
-of attempts to a first success is exactly 2.)
+Per request received the frontend counts one ingress; per backend attempt one egress. In a storm
+a poisoned key costs the frontend 3 requests (the client's attempts) x 3 backend attempts:
+ingress 2, egress 5 per 2 keys, a ratio of 2.5. (Independent 50 % failures could not pass 2: the
+expected number of attempts to a first success is exactly 2.)
 
 stderr, one line each, for the test: `PHASE <mode> <time.monotonic()>` when a phase starts,
 `FAULT <time.monotonic()>` when the storm starts, and once a second

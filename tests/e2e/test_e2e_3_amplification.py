@@ -27,12 +27,12 @@ def _check_storm(r: amp.CaseResult) -> None:
     assert r.sources == ["pushed"], why          # judged on the pushed counts, not the TCP proxy
 
 
-def test_retry_storm_counted_through_statsd():
-    _check_storm(amp.storm_via_statsd())
+def test_retry_storm_counted_through_statsd(amplification_runs):
+    _check_storm(amplification_runs["storm_via_statsd"].result())
 
 
-def test_retry_storm_counted_in_process():
-    _check_storm(amp.storm_in_process())
+def test_retry_storm_counted_in_process(amplification_runs):
+    _check_storm(amplification_runs["storm_in_process"].result())
 
 
 def _check_control(r: amp.CaseResult, ratio: float) -> None:
@@ -44,9 +44,9 @@ def _check_control(r: amp.CaseResult, ratio: float) -> None:
     assert not r.critical_in_control, why
 
 
-def test_steady_fanout_of_three_never_critical():
-    _check_control(amp.control_fanout3(), 3.0)
+def test_steady_fanout_of_three_never_critical(amplification_runs):
+    _check_control(amplification_runs["control_fanout3"].result(), 3.0)
 
 
-def test_steady_one_to_one_never_critical():
-    _check_control(amp.control_one_to_one(), 1.0)
+def test_steady_one_to_one_never_critical(amplification_runs):
+    _check_control(amplification_runs["control_one_to_one"].result(), 1.0)

@@ -175,7 +175,7 @@ def _emit(sink: Any) -> Callable[[Any], None]:
               help="Stop after this long and exit 0 (default: until Ctrl-C).")
 @click.option("--simulate", is_flag=True, help="The demo: a scripted incident timeline through the same engine.")
 @click.option("--scenario", default="story", show_default=True, metavar="NAME",
-              help="Simulation scenario: story, healthy, seizure, fever, storm, cascade.")
+              help="Simulation scenario: story, healthy, seizure, fever, storm, cascade, leak.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Simulation seed (deterministic).")
 @click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Simulation speed-up over real time (default: the story in under a minute).")

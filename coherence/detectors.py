@@ -34,7 +34,8 @@ def _nan(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A span of time as a person says it: 45 s, 12 min, 3.5 h."""
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
@@ -137,7 +138,7 @@ class Fever:
             if eta < c.horizon_h * 3600:
                 return Finding(condition=FIRING, max_state="WARNING", reason=(
                     f"resident memory grows {growth / MB:.1f} MB/s: exhausted in about "
-                    f"{_duration(eta)} ({resident / MB:.0f} of {total / MB:.0f} MB); throttle"),
+                    f"{duration(eta)} ({resident / MB:.0f} of {total / MB:.0f} MB); throttle"),
                     **{**base, "value": growth / MB, "limit": (total - resident) / MB / (c.horizon_h * 3600),
                        "unit": "MB/s growth"})
         if churn > c.churn_limit_mb_s:

@@ -18,6 +18,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from coherence.detectors import duration
 from coherence.monitor import DETECTORS, Report
 from coherence.sinks.jsonl import Cadence, write_line
 
@@ -72,14 +73,6 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _names(value: object) -> List[str]:
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else []
 
@@ -125,7 +118,7 @@ def _evidence(name: str, e: Mapping[str, Any]) -> str:
                  f"growth {_num(e.get('resident_growth_mb_s'))} MB/s"]
         eta = _finite(e.get("exhaustion_eta_s"))
         if eta is not None:
-            parts.append(f"exhausted in ~{_duration(eta)}")
+            parts.append(f"exhausted in ~{duration(eta)}")
         parts.append(f"PSI mem {_num(e.get('pressure_memory_some_pct'))} %")
         return " · ".join(parts)
     source = e.get("source")
@@ -154,7 +147,7 @@ def _incident_lines(report: Report) -> List[Text]:
         if inc.get("kind") == "cascade":
             members = ", ".join(_names(inc.get("detectors")))
             since = _finite(inc.get("since"))
-            age = f", for {_duration(now - since)}" if since is not None else ""
+            age = f", for {duration(now - since)}" if since is not None else ""
             lines.append(Text(f"Incident: cascade — {members} CRITICAL together{age}", style="bold red"))
         elif inc.get("kind") == "flapping":
             lines.append(Text(f"Incident: flapping — {inc.get('detector')} changed state "
@@ -219,7 +212,7 @@ class _View:
         v = self.report.verdict
         state = v.states[name]
         title = Text.assemble((name, "bold"), "  ", (state, STATE_STYLE.get(state, "")),
-                              (f"  {_duration(max(0.0, v.now - v.since[name]))}", "dim"))
+                              (f"  {duration(max(0.0, v.now - v.since[name]))}", "dim"))
         return Panel(self._body(name), title=title, title_align="left", height=height,
                      border_style=BORDER_STYLE.get(state, ""))
 

@@ -220,3 +220,26 @@ def test_check_line_format_on_a_simulated_report():
                  on_report=reports.append)
     line = check_line(reports[-1])
     assert line.startswith("COHERENCE ") and " | seizure_cpu_std_pct=" in line
+
+
+def test_ctrl_c_leaves_the_live_dashboard_cleanly():
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    proc = subprocess.Popen(COHERENCE + ["--live", "--hz", "200"], stdin=slave, stdout=slave,
+                            stderr=slave, env=env, start_new_session=True)
+    os.close(slave)
+    try:
+        screen = ""
+        deadline = time.monotonic() + 20
+        while "seizure" not in screen and time.monotonic() < deadline:
+            screen += read_pty(master, proc, 0.5)
+        assert "seizure" in screen, screen[-500:]
+        os.killpg(proc.pid, signal.SIGINT)          # what Ctrl-C sends to the foreground group
+        screen += read_pty(master, proc, 10)
+        proc.wait(10)
+    finally:
+        proc.kill()
+        os.close(master)
+    assert proc.returncode == 0
+    assert "Traceback" not in screen and "KeyboardInterrupt" not in screen
+    assert "\x1b[?25h" in screen                    # the cursor is given back

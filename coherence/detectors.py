@@ -176,7 +176,8 @@ class Amplification:
         ratio, ingress = r["ratio"], r["ingress_per_s"]
         evidence = {"ratio": ratio, "baseline": self.baseline, "ingress_per_s": ingress,
                     "egress_per_s": r["egress_per_s"], "source": r["source"],
-                    "window_s": c.window_s}
+                    "window_s": c.window_s,
+                    "pressure_cpu_some_pct": snap["pressure"]["cpu_some_pct"]}
         limit = max(c.ratio_limit, (self.baseline or 0.0) * c.baseline_factor)
         base = dict(detector=self.name, value=ratio, limit=limit, unit=self.unit,
                     evidence=evidence, veto="CAP_RETRIES")

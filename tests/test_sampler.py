@@ -260,7 +260,10 @@ def test_sampler_on_this_machine_reads_every_family_and_reports_on_itself():
     assert snap["memory"]["resident_bytes"] > 0 and snap["memory"]["total_bytes"] > 0
     assert stats.ticks > 0 and stats.achieved_hz > 0 and stats.cpu_percent > 0
     assert stats.tick_lateness_p50_us <= stats.tick_lateness_p99_us <= stats.tick_lateness_max_us
-    assert all(f["errors"] == 0 and f["parse_misses"] == 0 for f in s.engine.file_stats())
+    for (source, path), f in zip(s._files, s.engine.file_stats()):
+        assert f["errors"] == 0, path
+        # cgroup v2's memory.max reads "max" when unlimited: an expected absence
+        assert f["parse_misses"] == 0 or path.endswith("memory.max"), (source, path, f)
 
 
 def test_pushed_request_counters_feed_the_ratio():

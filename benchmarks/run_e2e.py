@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List
 E2E = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "e2e")
 sys.path.insert(0, E2E)
 
+import amplification  # noqa: E402
 import host  # noqa: E402
 from harness import tmpdir  # noqa: E402
 
@@ -38,28 +39,17 @@ def machine() -> str:
 
 
 def fault_cases(build: str) -> Dict[str, Callable[[], Any]]:
-    cases: Dict[str, Callable[[], Any]] = {
+    return {
         "seizure": lambda: host.seizure_fault(build),
         "fever": lambda: host.fever_fault(build),
+        "amplification (StatsD)": amplification.storm_via_statsd,
+        "amplification (in-process)": amplification.storm_in_process,
     }
-    try:
-        import amplification
-        cases["amplification (StatsD)"] = amplification.storm_via_statsd
-        cases["amplification (in-process)"] = amplification.storm_in_process
-    except ImportError:
-        pass
-    return cases
 
 
 def control_cases(build: str) -> List[Callable[[], Any]]:
-    cases: List[Callable[[], Any]] = [lambda: host.seizure_controls(build),
-                                      lambda: host.fever_controls(build)]
-    try:
-        import amplification
-        cases += [amplification.control_fanout3, amplification.control_one_to_one]
-    except ImportError:
-        pass
-    return cases
+    return [lambda: host.seizure_controls(build), lambda: host.fever_controls(build),
+            amplification.control_fanout3, amplification.control_one_to_one]
 
 
 def _get(result: Any, *names: str) -> Any:
@@ -78,6 +68,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="runs of each fault case [3]")
     ap.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     build = tmpdir()
     raw: Dict[str, Any] = {"machine": machine(), "faults": {}, "controls": []}
     try:
@@ -85,13 +77,21 @@ def main() -> int:
         for i in range(args.repeats):
             for name, case in fault_cases(build).items():
                 t = time.monotonic()
-                faults[name].append(case())
+                try:
+                    faults[name].append(case())
+                except Exception as err:   # one broken run is a row, not the end of the table
+                    print(f"  {name} run {i + 1}: error: {err}", file=sys.stderr)
+                    continue
                 print(f"  {name} run {i + 1}: CRITICAL after "
                       f"{fmt(_get(faults[name][-1], 'time_to_critical'))} "
                       f"({time.monotonic() - t:.0f} s)", file=sys.stderr)
         controls: List[Any] = []
         for case in control_cases(build):
-            out = case()
+            try:
+                out = case()
+            except Exception as err:
+                print(f"  control: error: {err}", file=sys.stderr)
+                continue
             controls += out if isinstance(out, list) else [out]
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -104,6 +104,9 @@ def main() -> int:
     print("| fault | detector | CRITICAL after (median) | worst | runs in 10 s | CRITICAL before the fault | classic alert |")
     print("|---|---|---:|---:|---:|---:|---|")
     for name, results in faults.items():
+        if not results:
+            print(f"| {name} | | every run failed | | 0/{args.repeats} | | |")
+            continue
         times = [_get(r, "time_to_critical") for r in results]
         got = [t for t in times if t is not None]
         within = sum(1 for t in got if t <= host.DEADLINE_S)
@@ -117,16 +120,15 @@ def main() -> int:
               f"{fmt(statistics.median(got)) if got else 'never'} | "
               f"{fmt(max(got)) if len(got) == len(times) else 'missed'} | {within}/{len(times)} | "
               f"{early} | {kind}: {classic_txt} |")
-        raw["faults"][name] = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r.__dict__
-                               for r in results]
+        raw["faults"][name] = [dataclasses.asdict(r) for r in results]
     print("\n| control | detector | false CRITICAL | states seen | classic alert |")
     print("|---|---|---:|---|---|")
     for r in controls:
         states = sorted(set(_get(r, "states") or []))
-        print(f"| {_get(r, 'case', 'name')} | {_get(r, 'detector')} | "
-              f"{'yes' if _get(r, 'critical_in_control', 'false_critical') else 'no'} | "
+        print(f"| {_get(r, 'case')} | {_get(r, 'detector')} | "
+              f"{'yes' if _get(r, 'critical_in_control') else 'no'} | "
               f"{', '.join(states)} | {fmt(_get(r, 'classic_alert_after'))} |")
-        raw["controls"].append(dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r.__dict__)
+        raw["controls"].append(dataclasses.asdict(r))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(raw, f, indent=1, default=str)

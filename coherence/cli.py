@@ -17,9 +17,10 @@ from coherence.config import Config, ConfigError, load
 from coherence.sources import Row, cpu_capacity, describe
 
 EVAL_PERIOD_S = 0.25        # detectors judge 4 times a second; sinks decide what to show
-CHECK_DURATION_S = 12.0     # warm-up (half a 10 s window) + the 5 s `for` + margin
+CHECK_MARGIN_S = 2.0        # check samples warm-up (half a window) + `for` + this, 12 s by default
 EXIT_USAGE = 2
 EXIT_UNKNOWN = 3            # Nagios: UNKNOWN, bad arguments included
+_IN_CHECK = False           # set once `check` runs: its errors exit UNKNOWN
 
 
 class Stop(Exception):
@@ -46,6 +47,19 @@ def _hostport(value: Optional[str]) -> Optional[Tuple[str, int]]:
         raise click.BadParameter(f"{value!r} is not HOST:PORT with a port from 1 to 65535",
                                  param_hint="'--statsd'")
     return host, int(port)
+
+
+def _seconds(ctx: click.Context, param: click.Parameter, value: Optional[float]) -> Optional[float]:
+    """A finite, positive number of seconds (click's FloatRange lets nan and inf through)."""
+    if value is not None and not (0 < value < 1e9):
+        raise click.BadParameter(f"{value!r} is not a positive, finite number of seconds")
+    return value
+
+
+def _given(ctx: click.Context, *names: str) -> List[str]:
+    """The options among `names` that the user typed (not defaults)."""
+    source = click.core.ParameterSource.COMMANDLINE
+    return ["--" + n.replace("_", "-") for n in names if ctx.get_parameter_source(n) == source]
 
 
 def _config(config_file: Optional[str], overrides: Dict[str, Any]) -> Config:
@@ -171,7 +185,7 @@ def _emit(sink: Any) -> Callable[[Any], None]:
 @click.version_option(__version__, prog_name="coherence")
 @click.option("--live", is_flag=True, help="Watch this host now: the live dashboard (JSON lines with --json).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per report interval and per state change, on stdout.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--duration", type=float, callback=_seconds, metavar="SECONDS",
               help="Stop after this long and exit 0 (default: until Ctrl-C).")
 @click.option("--simulate", is_flag=True, help="The demo: a scripted incident timeline through the same engine.")
 @click.option("--scenario", default="story", show_default=True, metavar="NAME",
@@ -193,19 +207,26 @@ def main(ctx: click.Context, live: bool, as_json: bool, duration: Optional[float
     coherence sources                what is read on this host, and why
     coherence --simulate             the demo: seizure, fever, retry storm, cascade
     """
+    every = [p.name for p in ctx.command.params if p.name and p.name not in ("help", "version")]
     if ctx.invoked_subcommand is not None:
-        given = [k for k, v in limits.items() if v is not None]
-        if live or simulate or as_json or duration is not None or given or pid or config_file or statsd:
+        if _given(ctx, *every):
             raise click.UsageError(f"options go after the command: coherence "
                                    f"{ctx.invoked_subcommand} [OPTIONS]")
         return
     if live and simulate:
         raise click.UsageError("--live and --simulate are exclusive: pick one")
-    if not (live or simulate) and (as_json or duration is not None):
-        raise click.UsageError("--json and --duration go with --live (or --simulate for --json)")
-    if simulate and (duration is not None or pid or statsd):
-        raise click.UsageError("--simulate replays a script: --duration, --pid and --statsd "
-                               "are for --live")
+    if simulate:
+        stray = _given(ctx, "duration", "pid", "statsd", "statsd_prefix")
+        if stray:
+            raise click.UsageError(f"--simulate replays a script: {', '.join(stray)} "
+                                   "are for --live")
+    elif live:
+        stray = _given(ctx, "scenario", "seed", "speed")
+        if stray:
+            raise click.UsageError(f"{', '.join(stray)} are for --simulate")
+    elif _given(ctx, *every):
+        raise click.UsageError("say what to do: --live (watch this host) or --simulate "
+                               "(the demo); see --help")
     config = _config(config_file, _overrides(limits))
     if simulate:
         _simulate(config, scenario, seed, speed, as_json)
@@ -263,15 +284,20 @@ def _simulate(config: Config, scenario: str, seed: int, speed: Optional[float], 
 
 
 @main.command()
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=CHECK_DURATION_S,
-              show_default=True, metavar="SECONDS",
-              help="Sample this long, then judge (CRITICAL needs the condition held for --for).")
+@click.option("--duration", type=float, callback=_seconds, metavar="SECONDS",
+              help="Sample this long, then judge [default: the warm-up (half of --window) + "
+                   "--for + 2 s, 12 s with the defaults]. CRITICAL needs the condition held "
+                   "for --for.")
 @limit_options
-def check(duration: float, pid: Optional[int], config_file: Optional[str], statsd: Optional[str],
-          statsd_prefix: str, **limits: Any) -> None:
+def check(duration: Optional[float], pid: Optional[int], config_file: Optional[str],
+          statsd: Optional[str], statsd_prefix: str, **limits: Any) -> None:
     """Sample for a while, print one status line with perfdata, exit 0 OK / 1 WARNING /
     2 CRITICAL / 3 UNKNOWN (Nagios plugin convention; bad arguments are UNKNOWN too)."""
+    global _IN_CHECK
+    _IN_CHECK = True
     config = _config(config_file, _overrides(limits))
+    if duration is None:
+        duration = config.seizure.window_s / 2 + config.verdict.for_s + CHECK_MARGIN_S
     sentinel = Sentinel(config, pid, _hostport(statsd), statsd_prefix)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -282,7 +308,7 @@ def check(duration: float, pid: Optional[int], config_file: Optional[str], stats
         return
     finally:
         signal.signal(signal.SIGTERM, previous)
-    click.echo(check_line(report))
+    click.echo(check_line(report, config))
     sys.exit(report.verdict.exit_code)
 
 
@@ -291,7 +317,7 @@ def _fmt(x: Any, spec: str = ".1f") -> str:
     return "U" if x is None or x != x else format(x, spec)
 
 
-def check_line(report: Any) -> str:
+def check_line(report: Any, config: Optional[Config] = None) -> str:
     """`COHERENCE <STATUS> - <reasons> | <perfdata>` (Nagios plugin output)."""
     verdict, findings = report.verdict, report.findings
     status = {"WARMUP": "UNKNOWN", "UNAVAILABLE": "UNKNOWN"}.get(verdict.status, verdict.status)
@@ -301,11 +327,12 @@ def check_line(report: Any) -> str:
     perf = [
         f"seizure_cpu_std_pct={_fmt(seizure.value)};{seizure.limit:g};;0;100",
         f"seizure_cpu_mean_pct={_fmt(seizure.evidence.get('mean_pct'))};;;0;100",
-        f"fever_alloc_mb_s={_fmt(fever.evidence.get('alloc_rate_mb_s'))};{fever.limit:g};;0;",
+        f"fever_alloc_mb_s={_fmt(fever.evidence.get('alloc_rate_mb_s'))};"
+        f"{(config or Config()).fever.churn_limit_mb_s:g};;0;",
         f"fever_resident_mb={_fmt(fever.evidence.get('resident_mb'), '.0f')};;;0;",
         f"amplification_ratio={_fmt(amp.value, '.3f')};{amp.limit:g};;0;",
         f"sampler_hz={_fmt(sampler.get('achieved_hz'))};;;0;",
-        f"sampler_p99_lateness_us={_fmt(sampler.get('tick_lateness_p99_us'), '.0f')}us;;;0;",
+        f"sampler_p99_lateness_us={_fmt(sampler.get('tick_lateness_p99_us'), '.0f')};;;0;",
         f"sampler_cpu_pct={_fmt(sampler.get('cpu_percent'), '.2f')};;;0;100",
     ]
     return f"COHERENCE {status} - {'; '.join(parts)} | {' '.join(perf)}"
@@ -345,8 +372,11 @@ def run(argv: Optional[List[str]] = None) -> int:
     from coherence.sampler import SamplerError
     from coherence.statsd import StatsdError
     args = sys.argv[1:] if argv is None else argv
-    is_check = "check" in args
-    bad = EXIT_UNKNOWN if is_check else EXIT_USAGE
+    def bad(err: BaseException) -> int:
+        # check's own arguments, or an error inside check, are UNKNOWN (3); all others 2
+        ctx = getattr(err, "ctx", None)
+        return EXIT_UNKNOWN if (ctx is not None and ctx.info_name == "check") or _IN_CHECK \
+            else EXIT_USAGE
     try:
         main.main(args=args, prog_name="coherence", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -355,15 +385,15 @@ def run(argv: Optional[List[str]] = None) -> int:
         return 130
     except click.ClickException as e:
         click.echo(f"coherence: {e.format_message()}", err=True)
-        return bad
+        return bad(e)
     except (ConfigError, SamplerError, StatsdError, ValueError) as e:
         click.echo(f"coherence: {e}", err=True)
-        return bad
+        return bad(e)
     except (BrokenPipeError, KeyboardInterrupt):
         return 0
     except OSError as e:
         click.echo(f"coherence: {e.strerror or e}", err=True)
-        return bad
+        return bad(e)
     return 0
 
 

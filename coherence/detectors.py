@@ -159,6 +159,7 @@ class Amplification:
         self.c = config
         self.baseline: Optional[float] = None
         self._last: Optional[float] = None
+        self._traffic_since: Optional[float] = None   # judged traffic, without a gap, since
 
     def learn(self, ratio: float, now: float) -> None:
         """Move the baseline towards ratio, time-aware; the caller does it only while healthy."""
@@ -183,17 +184,21 @@ class Amplification:
                     evidence=evidence, veto="CAP_RETRIES")
         label = "" if r["source"] == "pushed" else " (TCP connections, a proxy)"
         if _nan(ingress) or _nan(ratio) or ingress < c.min_ingress_per_s:
+            self._traffic_since = None
             shown = 0.0 if _nan(ingress) else ingress
             return Finding(condition=CLEAR, reason=(
                 f"too little traffic to judge{label}: {shown:.1f} requests/s in "
                 f"(minimum {c.min_ingress_per_s:g})"), **base)
+        if self._traffic_since is None:
+            self._traffic_since = now
         if self.baseline is None:
             # Seed the baseline from a full window of traffic, never from the first requests
             # (a window of a few requests, one still in flight, reads 2 for a fan-out of 3).
-            if r.get("window_points", 0) < r.get("window_capacity", 0):
+            learned = now - self._traffic_since
+            if learned < c.window_s:
                 return Finding(condition=WARMUP, reason=(
-                    f"learning the usual ratio{label}: {r.get('window_points')} of "
-                    f"{r.get('window_capacity')} reads of traffic"), **base)
+                    f"learning the usual ratio{label}: {learned:.1f} of {c.window_s:g} s "
+                    "of traffic"), **base)
             self.learn(ratio, now)
             evidence["baseline"] = self.baseline
             limit = max(c.ratio_limit, ratio * c.baseline_factor)

@@ -29,6 +29,7 @@ class Tracker:
     state: str = STATE_WARMUP
     since: Optional[float] = None      # when the current state began (None: never updated)
     firing_since: Optional[float] = None
+    firing_cap: str = CRITICAL         # the max_state of the condition being timed
     clear_since: Optional[float] = None
     changes: Deque[float] = field(default_factory=deque)
 
@@ -37,15 +38,17 @@ class Tracker:
         c = self.config
         if finding.condition == FIRING:
             self.clear_since = None
-            if self.firing_since is None:
-                self.firing_since = now
+            if self.firing_since is None or finding.max_state != self.firing_cap:
+                # a different condition (fever's forecast, then its churn) times from its start
+                self.firing_since, self.firing_cap = now, finding.max_state
             held = now - self.firing_since
             target = CRITICAL if held >= c.for_s and finding.max_state == CRITICAL else WARNING
             if self.state == CRITICAL:
                 target = CRITICAL      # a condition that held once keeps it until clear
             return self._go(target, now)
-        if self.state in (WARNING, CRITICAL):
-            # hysteresis: stay until clear long enough, whatever the finding says meanwhile
+        if self.state in (WARNING, CRITICAL) and finding.condition != UNAVAILABLE:
+            # hysteresis: stay until clear long enough (a source that vanished is another
+            # matter: the verdict cannot stand on frozen data, below)
             if finding.condition == CLEAR:
                 if self.clear_since is None:
                     self.clear_since = now
@@ -53,7 +56,7 @@ class Tracker:
                     self.firing_since = self.clear_since = None
                     return self._go(OK, now)
             return False
-        self.firing_since = None
+        self.firing_since = self.clear_since = None
         target = {WARMUP: STATE_WARMUP, UNAVAILABLE: STATE_UNAVAILABLE}.get(finding.condition, OK)
         return self._go(target, now)
 

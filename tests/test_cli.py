@@ -52,8 +52,13 @@ def cli(*args, timeout=60, env=None, **kw):
     (["--live", "--simulate"], "--live and --simulate are exclusive"),
     (["--simulate", "--scenario", "nope"], "choose from story"),
     (["--nonsense"], "--nonsense"),
-    (["--json", "--duration", "5"], "--json and --duration go with --live"),
+    (["--json", "--duration", "5"], "say what to do: --live"),
     (["--simulate", "--pid", "1"], "--simulate replays a script"),
+    (["--live", "--duration", "nan"], "not a positive, finite number of seconds"),
+    (["--live", "--duration", "inf"], "not a positive, finite number of seconds"),
+    (["--live", "--seed", "3"], "--seed are for --simulate"),
+    (["--hz", "1000"], "say what to do: --live"),
+    (["--simulate", "--scenario", "check"], "choose from story"),
     (["sources", "--pid", "4194305"], "no process 4194305"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
@@ -87,6 +92,8 @@ def test_check_reports_bad_arguments_as_unknown(capsys):
     assert run(["--hz", "0", "check"]) == 3
     assert run(["--hz", "500", "check"]) == 3
     assert "options go after the command" in capsys.readouterr().err
+    assert run(["--seed", "3", "check"]) == 3
+    assert run(["check", "--duration", "nan"]) == 3
 
 
 def test_help_documents_every_flag():

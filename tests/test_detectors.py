@@ -121,9 +121,20 @@ def request_snapshot(ratio, rate=200.0, seconds=6.0, pushed=True):
     return s.snapshot()
 
 
+def test_the_baseline_is_seeded_from_a_full_window_of_traffic():
+    a = Amplification(CFG.amplification)
+    assert a.evaluate(request_snapshot(2.0), 0.0).condition == WARMUP      # traffic just began
+    assert a.evaluate(request_snapshot(2.0), 4.9).condition == WARMUP
+    assert a.evaluate(request_snapshot(3.0), 5.0).condition == CLEAR       # 5 s: seeded at 3
+    assert a.baseline == 3.0
+    b = Amplification(CFG.amplification)
+    b.evaluate(request_snapshot(2.0), 0.0)
+    b.evaluate(request_snapshot(2.0, rate=0.1), 3.0)                       # a gap restarts it
+    assert b.evaluate(request_snapshot(2.0), 6.0).condition == WARMUP
+
+
 def test_retry_storm_fires_against_a_learned_baseline():
     a = Amplification(CFG.amplification)
-    assert a.evaluate(request_snapshot(1.0), 0.0).condition == CLEAR
     a.learn(1.0, 0.0)
     f = a.evaluate(request_snapshot(2.2), 1.0)
     assert f.condition == FIRING and f.value == pytest.approx(2.2) and f.evidence["baseline"] == 1.0
@@ -134,8 +145,9 @@ def test_a_learned_fan_out_of_three_is_normal():
     a = Amplification(CFG.amplification)
     for t in range(10):
         f = a.evaluate(request_snapshot(3.0), float(t))
-        assert f.condition == CLEAR
-        a.learn(f.value, float(t))
+        assert f.condition == (WARMUP if t < 5 else CLEAR)
+        if f.condition == CLEAR:
+            a.learn(f.value, float(t))
     assert a.baseline == pytest.approx(3.0)
     assert a.evaluate(request_snapshot(3.3), 11.0).condition == CLEAR
     assert a.evaluate(request_snapshot(6.0), 12.0).condition == FIRING
@@ -155,7 +167,9 @@ def test_too_little_traffic_is_ignored():
 
 
 def test_the_tcp_proxy_is_labelled():
-    f = Amplification(CFG.amplification).evaluate(request_snapshot(1.0, pushed=False), 0.0)
+    a = Amplification(CFG.amplification)
+    a.learn(1.0, 0.0)
+    f = a.evaluate(request_snapshot(1.0, pushed=False), 0.0)
     assert f.evidence["source"] == "tcp_proxy" and "proxy" in f.reason
 
 

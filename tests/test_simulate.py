@@ -15,7 +15,8 @@ from coherence.simulate import MAX_SPEED, SimulationResult, run
 from coherence.verdict import SEVERITY
 
 FAULT_DEADLINE_S = 10.0       # the issue: a fault starting at T is CRITICAL by T + 10 s
-WARMUP_S = 5.0                # half a window of buckets (seizure) and of trend points (fever)
+WARMUP_S = 6.0                # half a window of buckets (seizure), of trend points (fever), and
+                              # 5 s of traffic to seed the amplification baseline
 
 
 class Played(NamedTuple):

@@ -86,8 +86,10 @@ def test_overall_status_is_the_worst_detector_and_maps_to_nagios_codes():
     assert v.veto == [{"detector": "seizure", "state": "WARNING", "action": "SHED_LOAD"}]
     v = engine_step(e, {"seizure": FIRING, "fever": CLEAR, "amplification": CLEAR}, 8.0)
     assert v.status == "CRITICAL" and v.exit_code == 2
-    v = engine_step(e, {n: UNAVAILABLE for n in ("seizure", "fever", "amplification")}, 9.0)
-    assert v.status == "CRITICAL"   # hysteresis: an unavailable reading does not clear it
+    v = engine_step(e, {"seizure": WARMUP, "fever": CLEAR, "amplification": CLEAR}, 9.0)
+    assert v.status == "CRITICAL"   # hysteresis: a reading that cannot judge does not clear it
+    v = engine_step(e, {n: UNAVAILABLE for n in ("seizure", "fever", "amplification")}, 9.5)
+    assert v.status == "UNAVAILABLE"   # the source vanished: no verdict stands on frozen data
     assert EXIT_CODES == {"OK": 0, "WARNING": 1, "CRITICAL": 2, "WARMUP": 3, "UNAVAILABLE": 3}
 
 
@@ -131,3 +133,13 @@ def test_many_changes_in_the_window_is_flapping():
         v = e.update({"seizure": finding(FIRING if (now // 3) % 2 else CLEAR)}, float(now))
         incidents = v.incidents
     assert incidents and incidents[0]["kind"] == "flapping" and incidents[0]["detector"] == "seizure"
+
+
+def test_a_forecast_turning_into_churn_times_for_from_the_churn():
+    t = Tracker(CFG)
+    for i in range(60):
+        t.update(finding(FIRING, "fever", max_state="WARNING"), float(i))
+    t.update(finding(FIRING, "fever"), 60.0)
+    assert t.state == "WARNING"                  # not CRITICAL at once: the churn just began
+    t.update(finding(FIRING, "fever"), 65.0)
+    assert t.state == "CRITICAL"

@@ -87,7 +87,7 @@ class Sentinel:
 
     def warmed_up(self, detector: str, timeout: float = 20.0) -> Line:
         """Wait until `detector` has left WARMUP (and say why not if it does not)."""
-        line = self.wait_for(lambda l: l.state(detector) not in ("WARMUP",), timeout)
+        line = self.wait_for(lambda l: l.state(detector) not in ("WARMUP", "UNAVAILABLE"), timeout)
         assert line is not None, f"{detector} still warming up after {timeout} s; stderr: {self.stderr_now()}"
         return line
 
@@ -100,11 +100,11 @@ class Sentinel:
 
 def kill_group(proc: Optional[subprocess.Popen], grace: float = 3.0) -> None:
     """SIGTERM the process group, then SIGKILL what is left; reap it."""
-    if proc is None or proc.poll() is not None:
-        if proc is not None:
-            proc.wait()
+    if proc is None:
         return
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            break
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:

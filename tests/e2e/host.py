@@ -7,14 +7,16 @@ control watches its load for longer than warm-up + `for` and records every state
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from harness import Load, Sentinel, compile_c, first_critical_after
+from harness import LOADS, Load, Sentinel, compile_c, first_critical_after
 
 DEADLINE_S = 10.0          # the issue's bar: CRITICAL within 10 s of the fault starting
 CONTROL_S = 12.0           # longer than `for` (5 s) + margin: a control that would go CRITICAL does
+QUIET_S = 6.0              # judged lines watched before a fault: `for` (5 s) + 1, none CRITICAL
 CPU_ALERT_PCT = 80.0       # the classic alerts compared against
 MEM_ALERT_PCT = 90.0
 
@@ -56,13 +58,16 @@ LABELS = {"_classic_cpu": f"CPU > {CPU_ALERT_PCT:g} %", "_classic_memory": f"use
 def _fault(case: str, detector: str, load_cmd: List[str], classic) -> CaseResult:
     result = CaseResult(case, detector, fault=True, classic_alert=LABELS[classic.__name__])
     with Sentinel(duration=60) as sentinel:
-        sentinel.warmed_up(detector)
+        judged = sentinel.warmed_up(detector).received
+        # "not before the fault" must mean something: watch the judged, quiet host first
+        sentinel.wait_for(lambda l: l.received >= judged + QUIET_S, timeout=QUIET_S + 3)
         with Load(*load_cmd) as load:
             t0 = load.started
             line = sentinel.wait_for(lambda l: l.received >= t0 and l.state(detector) == "CRITICAL",
                                      timeout=DEADLINE_S + 0.5)
-            result.critical_before_fault = any(l.state(detector) == "CRITICAL"
-                                               for l in sentinel.lines if l.received < t0)
+            before = [l.state(detector) for l in sentinel.lines if judged <= l.received < t0]
+            assert len(before) >= QUIET_S - 1, f"too few judged lines before the fault: {before}"
+            result.critical_before_fault = "CRITICAL" in before
             result.time_to_critical = first_critical_after(sentinel.lines, detector, t0)
             if line is None:
                 assert load.alive(), f"the load {load_cmd} died early"
@@ -103,6 +108,8 @@ def _controls(detector: str, phases: List[tuple], classic) -> List[CaseResult]:
             t1 = time.monotonic()
             result.states = [l.state(detector) for l in sentinel.lines if t0 <= l.received < t1]
             result.critical_in_control = "CRITICAL" in result.states
+            assert {"OK", "WARNING"} & set(result.states), (
+                f"{name}: the detector never judged during the control: {result.states}")
             result.classic_alert_after = classic(sentinel, t0)
             results.append(result)
     return results
@@ -111,7 +118,7 @@ def _controls(detector: str, phases: List[tuple], classic) -> List[CaseResult]:
 def seizure_controls(build: str) -> List[CaseResult]:
     cpuload = compile_c("cpuload", build)
     return _controls("seizure", [
-        ("seizure control: idle machine", None, 6.0),
+        ("seizure control: idle machine", None, CONTROL_S),
         ("seizure control: every CPU steadily busy", [cpuload, "steady", "0", "20"], CONTROL_S),
         ("seizure control: on/off every 10 ms", [cpuload, "flip", "10", "20"], CONTROL_S),
     ], _classic_cpu)
@@ -119,13 +126,11 @@ def seizure_controls(build: str) -> List[CaseResult]:
 
 def fever_controls(build: str) -> List[CaseResult]:
     path = os.path.join(build, "big.file")
-    loads = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loads")
-    import sys
     try:
         return _controls("fever", [
             ("fever control: holding 1 GB", [compile_c("churn", build), "hold", "1024", "20"], CONTROL_S),
             ("fever control: reading a 600 MB file through the page cache",
-             [sys.executable, os.path.join(loads, "pagecache.py"), path, "600", "25"], CONTROL_S + 3),
+             [sys.executable, os.path.join(LOADS, "pagecache.py"), path, "600", "25"], CONTROL_S + 3),
         ], _classic_memory)
     finally:
         if os.path.exists(path):

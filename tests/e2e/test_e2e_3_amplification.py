@@ -41,6 +41,7 @@ def _check_control(r: amp.CaseResult, ratio: float) -> None:
     assert r.observed_s >= amp.CONTROL_S, why
     assert r.sources == ["pushed"], why
     assert r.median_ratio == pytest.approx(ratio, rel=0.1), why    # the service did what it says
+    assert r.baseline is not None, why           # the detector learned and judged the traffic
     assert not r.critical_in_control, why
 
 

@@ -3,12 +3,13 @@ Nagios-style monitoring, `sources`, and `--simulate`. Bad input of any kind ends
 on stderr and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import click
 
@@ -29,6 +30,16 @@ class Stop(Exception):
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise Stop()
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """SIGTERM raises Stop inside the block (and is restored after it)."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _table(rows: Sequence[Sequence[str]]) -> List[str]:
@@ -66,36 +77,41 @@ def _config(config_file: Optional[str], overrides: Dict[str, Any]) -> Config:
     return load(config_file).with_overrides(overrides)
 
 
-# Options shared by the live sentinel and `check`: (flag, config key, type, help)
+# Options shared by the live sentinel and `check`: (flag, config key, type, help); the help's
+# [default: ...] comes from Config, the one place defaults live.
 LIMIT_OPTIONS = [
     ("--hz", "sampler.hz", click.FloatRange(1, 2000),
-     "CPU samples per second, 1-2000 [default: 1000]."),
+     "CPU samples per second, 1-2000."),
     ("--resolution", "seizure.resolution_s", click.FloatRange(min=0, min_open=True),
-     "CPU bucket in seconds: the timescale of a seizure [default: 0.1]."),
+     "CPU bucket in seconds: the timescale of a seizure."),
     ("--window", "seizure.window_s", click.FloatRange(min=0, min_open=True),
-     "Seconds of buckets the CPU std is taken over [default: 10]."),
+     "Seconds of buckets the CPU std is taken over."),
     ("--seizure-std", "seizure.std_limit_pct", click.FloatRange(min=0, max=100, min_open=True),
-     "Seizure when the CPU std exceeds this many points of % [default: 20]."),
+     "Seizure when the CPU std exceeds this many points of %."),
     ("--seizure-mean-ceiling", "seizure.mean_ceiling_pct", click.FloatRange(min=0, max=100, min_open=True),
-     "... and the mean is under this % [default: 75]."),
+     "... and the mean is under this %."),
     ("--fever-churn", "fever.churn_limit_mb_s", click.FloatRange(min=0, min_open=True),
-     "Fever when allocation churn exceeds this many MB/s [default: 512]."),
+     "Fever when allocation churn exceeds this many MB/s."),
     ("--fever-horizon", "fever.horizon_h", click.FloatRange(min=0, min_open=True),
-     "Warn when memory runs out sooner than this many hours [default: 4]."),
+     "Warn when memory runs out sooner than this many hours."),
     ("--amplification-ratio", "amplification.ratio_limit", click.FloatRange(min=1),
-     "Amplification when egress/ingress exceeds this [default: 1.1] and its baseline x1.3."),
+     "Amplification when egress/ingress exceeds this and its learned baseline."),
     ("--min-ingress", "amplification.min_ingress_per_s", click.FloatRange(min=0, min_open=True),
-     "Ignore amplification under this many requests/s in [default: 1]."),
+     "Ignore amplification under this many requests/s in."),
     ("--for", "verdict.for_s", click.FloatRange(min=0, min_open=True),
-     "Seconds a condition must hold to be CRITICAL [default: 5]."),
+     "Seconds a condition must hold to be CRITICAL."),
     ("--clear", "verdict.clear_s", click.FloatRange(min=0, min_open=True),
-     "Seconds a condition must be gone to be OK again [default: 10]."),
+     "Seconds a condition must be gone to be OK again."),
 ]
 
 
 def limit_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    defaults = Config()
     for flag, key, typ, help_ in reversed(LIMIT_OPTIONS):
-        f = click.option(flag, key.replace(".", "__"), type=typ, default=None, help=help_)(f)
+        section, _, name = key.partition(".")
+        default = getattr(getattr(defaults, section), name)
+        f = click.option(flag, key.replace(".", "__"), type=typ, default=None,
+                         help=f"{help_} [default: {default:g}]")(f)
     f = click.option("--config", "config_file", type=click.Path(dir_okay=True),
                      help="A TOML file of settings (see README); flags override it.")(f)
     f = click.option("--pid", type=click.IntRange(min=1), help="Watch one process instead of the host/container.")(f)
@@ -176,8 +192,12 @@ def _sink(as_json: bool, config: Config) -> Any:
     return PlainStatusSink(sys.stdout, interval_s=config.output.report_interval_s)
 
 
-def _emit(sink: Any) -> Callable[[Any], None]:
-    return sink.emit if hasattr(sink, "emit") else sink.update
+@contextlib.contextmanager
+def _opened(sink: Any) -> Iterator[Callable[[Any], Any]]:
+    """The sink's report callback, inside its context when it has one (the dashboard's Live)."""
+    emit = sink.emit if hasattr(sink, "emit") else sink.update
+    with sink if hasattr(sink, "__enter__") else contextlib.nullcontext():
+        yield emit
 
 
 # ---------------------------------------------------------------------------------- commands
@@ -241,19 +261,11 @@ def _live(config: Config, pid: Optional[int], statsd: Optional[Tuple[str, int]],
           duration: Optional[float], as_json: bool) -> None:
     from coherence.sinks.jsonl import SinkClosed
     sentinel = Sentinel(config, pid, statsd, prefix)
-    sink = _sink(as_json, config)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        with sentinel:
-            if hasattr(sink, "__enter__"):
-                with sink:
-                    sentinel.run(duration, _emit(sink))
-            else:
-                sentinel.run(duration, _emit(sink))
+        with _sigterm_stops(), sentinel, _opened(_sink(as_json, config)) as emit:
+            sentinel.run(duration, emit)
     except (KeyboardInterrupt, Stop, SinkClosed):
         pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _simulate(config: Config, scenario: str, seed: int, speed: Optional[float], as_json: bool) -> None:
@@ -262,20 +274,11 @@ def _simulate(config: Config, scenario: str, seed: int, speed: Optional[float], 
     if scenario not in simulate.SCENARIOS:
         raise click.BadParameter(f"{scenario!r}: choose from {', '.join(simulate.SCENARIOS)}",
                                  param_hint="'--scenario'")
-    sink = _sink(as_json, config)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        if hasattr(sink, "__enter__"):
-            with sink:
-                result = simulate.run(config, scenario=scenario, seed=seed, speed=speed,
-                                      on_report=_emit(sink))
-        else:
-            result = simulate.run(config, scenario=scenario, seed=seed, speed=speed,
-                                  on_report=_emit(sink))
+        with _sigterm_stops(), _opened(_sink(as_json, config)) as emit:
+            result = simulate.run(config, scenario=scenario, seed=seed, speed=speed, on_report=emit)
     except (KeyboardInterrupt, Stop, SinkClosed):
         return
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if sys.stdout.isatty() and not as_json:
         from rich.console import Console
         Console().print(simulate.result_table(result))
@@ -299,15 +302,12 @@ def check(duration: Optional[float], pid: Optional[int], config_file: Optional[s
     if duration is None:
         duration = config.seizure.window_s / 2 + config.verdict.for_s + CHECK_MARGIN_S
     sentinel = Sentinel(config, pid, _hostport(statsd), statsd_prefix)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        with sentinel:
+        with _sigterm_stops(), sentinel:
             report = sentinel.run(duration, lambda r: None)
     except (KeyboardInterrupt, Stop):
         _fail("check interrupted", EXIT_UNKNOWN)
         return
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     click.echo(check_line(report, config))
     sys.exit(report.verdict.exit_code)
 

@@ -13,6 +13,7 @@ import tempfile
 import timeit
 
 import _cases as cases
+from _machine import cpu_model
 from _build import build_capi_bench
 
 BATCH_SECONDS = 0.1   # one timed batch: long against the timer, short against the VM's hiccups
@@ -31,12 +32,7 @@ RIVER_SPEEDUP_MIN = 10.0
 
 
 def machine():
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = cpu_model()
     import Cython
     import numpy
 

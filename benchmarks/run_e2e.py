@@ -22,17 +22,13 @@ E2E = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 sys.path.insert(0, E2E)
 
 import amplification  # noqa: E402
+from _machine import cpu_model  # noqa: E402
 import host  # noqa: E402
 from harness import tmpdir  # noqa: E402
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = cpu_model()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"{model}; {len(os.sched_getaffinity(0))} CPUs; kernel {platform.release()}; "
             f"Python {platform.python_version()}; load average {load}")

@@ -38,6 +38,8 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from _machine import cpu_model
+
 CASES = ("floor", "sampler", "psutil")
 LABELS = {"floor": "floor (C loop)", "sampler": "coherence sampler", "psutil": "psutil loop"}
 TIMER_SLACK_NS = 1000          # what csrc/coherence/_sampler.pyx sets (prctl PR_SET_TIMERSLACK)
@@ -316,12 +318,7 @@ def sampler_counter_file() -> Tuple[str, str]:
 
 
 def machine() -> Dict[str, Any]:
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = cpu_model()
     clocksource = None
     try:
         with open("/sys/devices/system/clocksource/clocksource0/current_clocksource") as f:
@@ -485,16 +482,9 @@ def measure(argv: Sequence[str], duration: float, cwd: Optional[str] = None) -> 
 # --- figures ----------------------------------------------------------------------------------
 
 def percentile(hist: Sequence[Sequence[int]], q: float) -> float:
-    """As coherence.sampler._percentile: the upper bound of the bin holding rank q."""
-    total = sum(count for _, count in hist)
-    if total == 0:
-        return math.nan
-    rank, seen = q * total, 0
-    for upper, count in hist:
-        seen += count
-        if seen >= rank:
-            return float(upper)
-    return float(hist[-1][0])
+    """The sampler's own rule, so that every row is computed one way."""
+    from coherence.sampler import lateness_percentile
+    return lateness_percentile([(int(u), int(c)) for u, c in hist], q)
 
 
 def figures(report: Dict[str, Any]) -> Dict[str, float]:

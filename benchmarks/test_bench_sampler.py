@@ -53,13 +53,6 @@ def test_report_has_every_row_and_target(result):
     json.dumps(result, default=str)          # what --json writes
 
 
-def test_percentile_is_the_samplers():
-    sampler = pytest.importorskip("coherence.sampler")
-    hist = [(3, 5), (7, 90), (40, 4), (4096, 1)]
-    for q in (0.0, 0.5, 0.95, 0.99, 1.0):
-        assert rs.percentile(hist, q) == sampler._percentile(hist, q)
-
-
 def test_child_is_killed_when_it_never_gets_ready():
     child = rs.Child([sys.executable, "-c", "import time; time.sleep(60)"])
     with pytest.raises(rs.CaseError, match="no 'ready'"):

@@ -95,7 +95,8 @@ def _positive(name: str, value: float) -> float:
     return v
 
 
-def _percentile(hist: Sequence[Tuple[int, int]], q: float) -> float:
+def lateness_percentile(hist: Sequence[Tuple[int, int]], q: float) -> float:
+    """The upper bound (us) of the lateness bin holding rank q of the engine's histogram."""
     total = sum(count for _, count in hist)
     if total == 0:
         return math.nan
@@ -258,8 +259,8 @@ class Sampler:
             ticks=s["ticks"],
             ticks_expected=int(elapsed * self.hz) + 1,
             overruns=s["overruns"],
-            tick_lateness_p50_us=_percentile(hist, 0.50),
-            tick_lateness_p99_us=_percentile(hist, 0.99),
+            tick_lateness_p50_us=lateness_percentile(hist, 0.50),
+            tick_lateness_p99_us=lateness_percentile(hist, 0.99),
             tick_lateness_max_us=float(hist[-1][0]) if hist else math.nan,
             cpu_percent=100.0 * s["thread_cpu_s"] / elapsed if elapsed > 0 else math.nan,
             elapsed_s=elapsed,

@@ -23,6 +23,7 @@ from libc.math cimport NAN, expm1, fabs, sqrt
 cdef extern from *:
     """
     #include <stdint.h>
+    #include <string.h>
     static inline void coh_write_begin(uint64_t *seq) {
         uint64_t s = __atomic_load_n(seq, __ATOMIC_RELAXED);
         __atomic_store_n(seq, s + 1, __ATOMIC_RELAXED);
@@ -55,6 +56,22 @@ cdef extern from *:
     static inline uint64_t coh_latch_begin(const uint64_t *seq) {
         return __atomic_load_n(seq, __ATOMIC_ACQUIRE);
     }
+    /* publish `size` bytes of `value` into copies[0] and copies[1] (two adjacent copies) */
+    static inline void coh_latch_publish(uint64_t *seq, void *copies, const void *value, size_t size) {
+        coh_latch_flip(seq);                          /* readers move to copy 1 */
+        memcpy(copies, value, size);
+        coh_latch_flip(seq);                          /* readers move to copy 0 */
+        memcpy((char *)copies + size, value, size);
+    }
+    /* the copy the writer is not touching, retried if it published twice meanwhile */
+    static inline void coh_latch_read(const uint64_t *seq, const void *copies, void *out, size_t size) {
+        uint64_t s;
+        do {
+            s = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
+            memcpy(out, (const char *)copies + (s & 1u) * size, size);
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        } while (__atomic_load_n(seq, __ATOMIC_RELAXED) != s);
+    }
     """
     void coh_write_begin(uint64_t *seq) noexcept nogil
     void coh_write_end(uint64_t *seq) noexcept nogil
@@ -62,6 +79,8 @@ cdef extern from *:
     bint coh_read_retry(const uint64_t *seq, uint64_t start) noexcept nogil
     void coh_latch_flip(uint64_t *seq) noexcept nogil
     uint64_t coh_latch_begin(const uint64_t *seq) noexcept nogil
+    void coh_latch_publish(uint64_t *seq, void *copies, const void *value, size_t size) noexcept nogil
+    void coh_latch_read(const uint64_t *seq, const void *copies, void *out, size_t size) noexcept nogil
 
 
 cdef inline bint is_finite(double x) noexcept nogil:
@@ -258,10 +277,7 @@ cdef inline void rolling_compute(const rolling_t *r, rolling_snapshot_t *out) no
 cdef inline void rolling_publish(rolling_t *r) noexcept nogil:
     cdef rolling_snapshot_t snap
     rolling_compute(r, &snap)
-    coh_latch_flip(&r.seq)       # readers move to copy 1
-    r.pub[0] = snap
-    coh_latch_flip(&r.seq)       # readers move to copy 0
-    r.pub[1] = snap
+    coh_latch_publish(&r.seq, r.pub, &snap, sizeof(snap))
 
 
 cdef inline bint rolling_push(rolling_t *r, double x) noexcept nogil:
@@ -277,12 +293,7 @@ cdef inline bint rolling_push(rolling_t *r, double x) noexcept nogil:
 
 cdef inline void rolling_read(const rolling_t *r, rolling_snapshot_t *out) noexcept nogil:
     """The last published snapshot, consistent, without a lock (any thread)."""
-    cdef uint64_t s
-    while True:
-        s = coh_latch_begin(&r.seq)
-        out[0] = r.pub[s & 1]
-        if not coh_read_retry(&r.seq, s):
-            return
+    coh_latch_read(&r.seq, r.pub, out, sizeof(out[0]))
 
 
 cdef inline double snapshot_var(const rolling_snapshot_t *snap, Py_ssize_t ddof) noexcept nogil:
@@ -330,10 +341,7 @@ cdef inline void ewma_publish(ewma_t *e) noexcept nogil:
     snap.rate = e.rate if e.samples > 1 else NAN
     snap.var = e.var if e.samples > 1 else NAN
     snap.samples = e.samples
-    coh_latch_flip(&e.seq)
-    e.pub[0] = snap
-    coh_latch_flip(&e.seq)
-    e.pub[1] = snap
+    coh_latch_publish(&e.seq, e.pub, &snap, sizeof(snap))
 
 
 cdef inline int ewma_update(ewma_t *e, double t, double v) noexcept nogil:
@@ -374,12 +382,7 @@ cdef inline int ewma_update(ewma_t *e, double t, double v) noexcept nogil:
 
 
 cdef inline void ewma_read(const ewma_t *e, ewma_snapshot_t *out) noexcept nogil:
-    cdef uint64_t s
-    while True:
-        s = coh_latch_begin(&e.seq)
-        out[0] = e.pub[s & 1]
-        if not coh_read_retry(&e.seq, s):
-            return
+    coh_latch_read(&e.seq, e.pub, out, sizeof(out[0]))
 
 
 # --------------------------------------------------------------------------------------
@@ -466,20 +469,12 @@ cdef inline int ratio_update(ratio_t *r, double num_delta, double den_delta) noe
     snap.denominator = r.den.s + r.den.c
     snap.count = r.count
     snap.total = r.total
-    coh_latch_flip(&r.seq)
-    r.pub[0] = snap
-    coh_latch_flip(&r.seq)
-    r.pub[1] = snap
+    coh_latch_publish(&r.seq, r.pub, &snap, sizeof(snap))
     return RATIO_OK
 
 
 cdef inline void ratio_read(const ratio_t *r, ratio_snapshot_t *out) noexcept nogil:
-    cdef uint64_t s
-    while True:
-        s = coh_latch_begin(&r.seq)
-        out[0] = r.pub[s & 1]
-        if not coh_read_retry(&r.seq, s):
-            return
+    coh_latch_read(&r.seq, r.pub, out, sizeof(out[0]))
 
 
 cdef inline double ratio_of(const ratio_t *r, const ratio_snapshot_t *snap) noexcept nogil:

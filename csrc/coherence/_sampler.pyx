@@ -15,7 +15,7 @@ from coherence._core cimport (
     AtomicCounter, EwmaRate, RatioWindow, RingBuffer, RollingStats,
     counter_t, ewma_t, ratio_t, ring_t, rolling_t,
     counter_value, ewma_update, ratio_update, ring_push, rolling_push,
-    coh_latch_flip, coh_latch_begin, coh_read_retry,
+    coh_latch_publish, coh_latch_read,
 )
 
 cdef extern from *:
@@ -595,18 +595,10 @@ cdef class Engine:
             self.slots_dirty = False
 
     cdef void _publish_slots(self) noexcept nogil:
-        coh_latch_flip(&self.slots_seq)
-        self.slots_pub[0] = self.slots
-        coh_latch_flip(&self.slots_seq)
-        self.slots_pub[1] = self.slots
+        coh_latch_publish(&self.slots_seq, self.slots_pub, &self.slots, sizeof(slots_t))
 
     cdef void _read_slots(self, slots_t *out) noexcept nogil:
-        cdef uint64_t seq
-        while True:
-            seq = coh_latch_begin(&self.slots_seq)
-            out[0] = self.slots_pub[seq & 1]
-            if not coh_read_retry(&self.slots_seq, seq):
-                return
+        coh_latch_read(&self.slots_seq, self.slots_pub, out, sizeof(slots_t))
 
     cdef void _feed_ratio(self, int eg, int ing, ratio_t *r) noexcept nogil:
         cdef double de, di
@@ -635,21 +627,13 @@ cdef class Engine:
         self.lat_hist[LAT_LINEAR + b] += 1
 
     cdef void _publish_stats(self) noexcept nogil:
-        coh_latch_flip(&self.stats_seq)
-        self.stats_pub[0] = self.stats_priv
-        coh_latch_flip(&self.stats_seq)
-        self.stats_pub[1] = self.stats_priv
+        coh_latch_publish(&self.stats_seq, self.stats_pub, &self.stats_priv, sizeof(stats_t))
 
     # ------------------------------------------------------------------ readers
     def stats(self):
         """The sampler's own figures, readable while it runs (no lock)."""
         cdef stats_t s
-        cdef uint64_t seq
-        while True:
-            seq = coh_latch_begin(&self.stats_seq)
-            s = self.stats_pub[seq & 1]
-            if not coh_read_retry(&self.stats_seq, seq):
-                break
+        coh_latch_read(&self.stats_seq, self.stats_pub, &s, sizeof(stats_t))
         return {
             "ticks": s.ticks,
             "overruns": s.overruns,

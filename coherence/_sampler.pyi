@@ -1,6 +1,6 @@
 """Type stubs of coherence._sampler (the compiled tick loop)."""
 import enum
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from coherence._core import AtomicCounter, EwmaRate, RatioWindow, RingBuffer, RollingStats
 

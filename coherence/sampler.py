@@ -8,7 +8,6 @@ background thread without the GIL, feeding the core's accumulators; readers take
 from __future__ import annotations
 
 import math
-import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -18,6 +17,7 @@ from coherence._core import AtomicCounter
 from coherence._sampler import Engine, Slot
 from coherence.signals import Signals
 from coherence.sources import Choice, Row, Source, close_all, cpu_capacity, describe, select
+from coherence.sources._base import SourceUnavailable, pid_dir, positive_pid
 from coherence.sources.cpu import PidClockCpu
 
 # --hz bounds: below 1 Hz there is no variance to see in 10 s; above 2000 Hz the wake-ups
@@ -138,10 +138,10 @@ class Sampler:
         self.slow_hz = min(_positive("slow_hz", slow_hz), self.hz)
         half_life = _positive("rate_half_life", rate_half_life_s)
         if pid is not None:
-            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-                raise ValueError(f"pid must be a positive integer, got {pid!r}")
-            if not os.path.isdir(os.path.join(proc_root, str(pid))):
-                raise SamplerError(f"no process {pid}")
+            try:
+                pid_dir(proc_root, positive_pid(pid))
+            except SourceUnavailable as err:          # "no process <pid>"
+                raise SamplerError(str(err)) from None
         self.pid = pid
         self.notes: List[str] = []
         self.chosen = dict(chosen) if chosen is not None else dict(

@@ -1,6 +1,5 @@
 """The sampler: its C parser against the Python one, the tick loop's behaviour (deadlines,
 overruns, lost files, the GIL), and the Sampler on fake trees and on this machine."""
-import math
 import os
 import random
 import subprocess
@@ -12,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coherence import EwmaRate, RatioWindow, RingBuffer, RollingStats
+from coherence import RingBuffer, RollingStats
 from coherence._sampler import Engine, Slot, parse_fields_c
 from coherence.sampler import RECIPES, Sampler, SamplerError
 from coherence.sources import Field, parse_fields, select

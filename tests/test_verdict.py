@@ -1,6 +1,5 @@
 """The verdict state machine on scripted findings: hysteresis, CRITICAL after `for`, OK only
 after `clear`, the overall status, vetoes, cascades and flapping."""
-import pytest
 
 from coherence.config import VerdictConfig
 from coherence.detectors import CLEAR, FIRING, UNAVAILABLE, WARMUP, Finding

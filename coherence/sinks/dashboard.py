@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import math
 import socket
-import sys
 import time
 from collections import deque
 from datetime import datetime, timezone
-from typing import IO, Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
@@ -20,7 +19,7 @@ from rich.text import Text
 
 from coherence.detectors import duration
 from coherence.monitor import DETECTORS, Report
-from coherence.sinks.jsonl import Cadence, write_line
+from coherence.sinks.jsonl import LineSink
 
 STATE_STYLE = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red",
                "WARMUP": "dim", "UNAVAILABLE": "dim"}
@@ -353,17 +352,9 @@ def plain_line(report: Report) -> str:
     return " ".join(tokens)
 
 
-class PlainStatusSink:
+class PlainStatusSink(LineSink):
     """Plain status lines for a stdout that is not a terminal (a log file, a pipe) when --json
-    was not asked: no animation, no escape codes; one line per report interval and one at every
-    state change, as JsonLinesSink. ``emit`` raises SinkClosed when the reader went away."""
+    was not asked: no animation, no escape codes; the cadence of JsonLinesSink."""
 
-    def __init__(self, stream: Optional[IO[str]] = None, interval_s: float = 1.0) -> None:
-        self.stream: IO[str] = stream if stream is not None else sys.stdout
-        self.cadence = Cadence(interval_s)
-
-    def emit(self, report: Report) -> bool:
-        if not self.cadence.due(report.elapsed_s, report.verdict.changed):
-            return False
-        write_line(self.stream, plain_line(report))
-        return True
+    def line(self, report: Report) -> str:
+        return plain_line(report)

@@ -80,13 +80,10 @@ def _discard_further_output(stream: IO[str]) -> None:
         os.close(devnull)
 
 
-class JsonLinesSink:
-    """Reports as JSON lines on a text stream (stdout by default)::
-
-        sink = JsonLinesSink(sys.stdout, interval_s=1.0)
-        for report in reports:
-            sink.emit(report)     # True if it wrote a line; SinkClosed if the reader went away
-    """
+class LineSink:
+    """One line per report interval and one at every state change, on a text stream (stdout by
+    default); subclasses say how a report becomes a line. ``emit`` returns True if it wrote a
+    line and raises SinkClosed when the reader went away."""
 
     def __init__(self, stream: Optional[IO[str]] = None, interval_s: float = 1.0) -> None:
         # resolved now, not at import: a redirected or captured sys.stdout is the one used
@@ -96,8 +93,23 @@ class JsonLinesSink:
     def emit(self, report: Report) -> bool:
         if not self.cadence.due(report.elapsed_s, report.verdict.changed):
             return False
+        write_line(self.stream, self.line(report))
+        return True
+
+    def line(self, report: Report) -> str:
+        raise NotImplementedError
+
+
+class JsonLinesSink(LineSink):
+    """Reports as JSON lines::
+
+        sink = JsonLinesSink(sys.stdout, interval_s=1.0)
+        for report in reports:
+            sink.emit(report)     # True if it wrote a line; SinkClosed if the reader went away
+    """
+
+    def line(self, report: Report) -> str:
         # to_json() has already turned NaN into null; allow_nan=False makes a slip loud
         # instead of writing `NaN`, which is not JSON. ASCII escapes keep the line safe for any
         # locale a log shipper runs in.
-        write_line(self.stream, json.dumps(report.to_json(), allow_nan=False, separators=(",", ":")))
-        return True
+        return json.dumps(report.to_json(), allow_nan=False, separators=(",", ":"))

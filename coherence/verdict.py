@@ -46,6 +46,10 @@ class Tracker:
             if self.state == CRITICAL:
                 target = CRITICAL      # a condition that held once keeps it until clear
             return self._go(target, now)
+        # Any reading on which the condition does not hold restarts the time it must hold
+        # for CRITICAL, as Prometheus' `for` does on a false evaluation: flickers shorter
+        # than `for` never escalate, however many there are.
+        self.firing_since = None
         if self.state in (WARNING, CRITICAL) and finding.condition != UNAVAILABLE:
             # hysteresis: stay until clear long enough (a source that vanished is another
             # matter: the verdict cannot stand on frozen data, below)
@@ -53,10 +57,10 @@ class Tracker:
                 if self.clear_since is None:
                     self.clear_since = now
                 if now - self.clear_since >= c.clear_s:
-                    self.firing_since = self.clear_since = None
+                    self.clear_since = None
                     return self._go(OK, now)
             return False
-        self.firing_since = self.clear_since = None
+        self.clear_since = None
         target = {WARMUP: STATE_WARMUP, UNAVAILABLE: STATE_UNAVAILABLE}.get(finding.condition, OK)
         return self._go(target, now)
 

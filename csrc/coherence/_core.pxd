@@ -18,12 +18,20 @@ from libc.math cimport NAN, expm1, fabs, sqrt
 # latch (the statistics, Linux's seqcount_latch): the writer keeps its state private and
 #   publishes a small snapshot into two copies, flipping `seq` before each: readers read the
 #   copy the writer is not touching, so they never wait for it, even when it writes
-#   continuously, and retry only if it published twice during their few loads.
+#   continuously. A reader retries when `seq` moved while it copied: the writer began the
+#   next publish, and may be writing the very copy it was reading.
+#
+# Every word that one thread writes while another reads it is accessed atomically, with
+# relaxed order (Linux's WRITE_ONCE/READ_ONCE), the seq and fences giving the order: plain
+# loads and stores (or memcpy) there would be a data race, undefined behaviour under the C11
+# model, and what ThreadSanitizer reports. On x86 and arm64 a relaxed 8-byte access compiles
+# to a plain move. Published structs are 8-aligned and copy word by word.
 # --------------------------------------------------------------------------------------
 cdef extern from *:
     """
     #include <stdint.h>
-    #include <string.h>
+    #include <stddef.h>
+    #define COH_EWMA_MAX_RATE 1e150
     static inline void coh_write_begin(uint64_t *seq) {
         uint64_t s = __atomic_load_n(seq, __ATOMIC_RELAXED);
         __atomic_store_n(seq, s + 1, __ATOMIC_RELAXED);
@@ -46,6 +54,49 @@ cdef extern from *:
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         return __atomic_load_n(seq, __ATOMIC_RELAXED) != start;
     }
+    /* one shared double, written by one thread and read by others */
+    static inline void coh_store_double(double *p, double v) {
+        __atomic_store(p, &v, __ATOMIC_RELAXED);
+    }
+    static inline double coh_load_double(const double *p) {
+        double v;
+        __atomic_load((double *)p, &v, __ATOMIC_RELAXED);
+        return v;
+    }
+    static inline void coh_store_ssize(Py_ssize_t *p, Py_ssize_t v) {
+        __atomic_store_n(p, v, __ATOMIC_RELAXED);
+    }
+    static inline Py_ssize_t coh_load_ssize(const Py_ssize_t *p) {
+        return __atomic_load_n(p, __ATOMIC_RELAXED);
+    }
+    static inline void coh_store_i64(int64_t *p, int64_t v) {
+        __atomic_store_n(p, v, __ATOMIC_RELAXED);
+    }
+    static inline int64_t coh_load_i64(const int64_t *p) {
+        return __atomic_load_n(p, __ATOMIC_RELAXED);
+    }
+    /* `size` bytes of an 8-aligned struct, a word at a time (bytes for a tail under 8):
+       into shared memory, and out of it. The words alias the struct's doubles and ints:
+       may_alias keeps the compiler from assuming they cannot (strict aliasing). */
+    typedef uint64_t __attribute__((__may_alias__)) coh_word_t;
+    static inline void coh_words_store(void *shared, const void *private_, size_t size) {
+        coh_word_t *dst = (coh_word_t *)shared;
+        const coh_word_t *src = (const coh_word_t *)private_;
+        size_t i, words = size / 8;
+        for (i = 0; i < words; i++)
+            __atomic_store_n(&dst[i], src[i], __ATOMIC_RELAXED);
+        for (i = words * 8; i < size; i++)
+            __atomic_store_n((uint8_t *)shared + i, ((const uint8_t *)private_)[i], __ATOMIC_RELAXED);
+    }
+    static inline void coh_words_load(void *private_, const void *shared, size_t size) {
+        coh_word_t *dst = (coh_word_t *)private_;
+        const coh_word_t *src = (const coh_word_t *)shared;
+        size_t i, words = size / 8;
+        for (i = 0; i < words; i++)
+            dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+        for (i = words * 8; i < size; i++)
+            ((uint8_t *)private_)[i] = __atomic_load_n((const uint8_t *)shared + i, __ATOMIC_RELAXED);
+    }
     /* latch: flip to the other copy; stores before stay before, stores after stay after */
     static inline void coh_latch_flip(uint64_t *seq) {
         uint64_t s = __atomic_load_n(seq, __ATOMIC_RELAXED);
@@ -59,24 +110,33 @@ cdef extern from *:
     /* publish `size` bytes of `value` into copies[0] and copies[1] (two adjacent copies) */
     static inline void coh_latch_publish(uint64_t *seq, void *copies, const void *value, size_t size) {
         coh_latch_flip(seq);                          /* readers move to copy 1 */
-        memcpy(copies, value, size);
+        coh_words_store(copies, value, size);
         coh_latch_flip(seq);                          /* readers move to copy 0 */
-        memcpy((char *)copies + size, value, size);
+        coh_words_store((char *)copies + size, value, size);
     }
-    /* the copy the writer is not touching, retried if it published twice meanwhile */
+    /* the copy the writer is not touching; again if the writer began a publish meanwhile */
     static inline void coh_latch_read(const uint64_t *seq, const void *copies, void *out, size_t size) {
         uint64_t s;
         do {
             s = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
-            memcpy(out, (const char *)copies + (s & 1u) * size, size);
+            coh_words_load(out, (const char *)copies + (s & 1u) * size, size);
             __atomic_thread_fence(__ATOMIC_ACQUIRE);
         } while (__atomic_load_n(seq, __ATOMIC_RELAXED) != s);
     }
     """
+    double COH_EWMA_MAX_RATE
     void coh_write_begin(uint64_t *seq) noexcept nogil
     void coh_write_end(uint64_t *seq) noexcept nogil
     uint64_t coh_read_begin(const uint64_t *seq) noexcept nogil
     bint coh_read_retry(const uint64_t *seq, uint64_t start) noexcept nogil
+    void coh_store_double(double *p, double v) noexcept nogil
+    double coh_load_double(const double *p) noexcept nogil
+    void coh_store_ssize(Py_ssize_t *p, Py_ssize_t v) noexcept nogil
+    Py_ssize_t coh_load_ssize(const Py_ssize_t *p) noexcept nogil
+    void coh_store_i64(int64_t *p, int64_t v) noexcept nogil
+    int64_t coh_load_i64(const int64_t *p) noexcept nogil
+    void coh_words_store(void *shared, const void *private_, size_t size) noexcept nogil
+    void coh_words_load(void *private_, const void *shared, size_t size) noexcept nogil
     void coh_latch_flip(uint64_t *seq) noexcept nogil
     uint64_t coh_latch_begin(const uint64_t *seq) noexcept nogil
     void coh_latch_publish(uint64_t *seq, void *copies, const void *value, size_t size) noexcept nogil
@@ -100,17 +160,18 @@ ctypedef struct ring_t:
 
 
 cdef inline void ring_push(ring_t *r, double x) noexcept nogil:
+    # The writer's own fields are read plainly (only it writes them); stores are atomic.
+    cdef Py_ssize_t head = r.head
     coh_write_begin(&r.seq)
-    r.data[r.head] = x
-    r.head += 1
-    if r.head == r.capacity:
-        r.head = 0
-    r.total += 1
+    coh_store_double(&r.data[head], x)
+    coh_store_ssize(&r.head, head + 1 if head + 1 < r.capacity else 0)
+    coh_store_i64(&r.total, r.total + 1)
     coh_write_end(&r.seq)
 
 
 cdef inline Py_ssize_t ring_len(const ring_t *r) noexcept nogil:
-    return <Py_ssize_t>r.total if r.total < r.capacity else r.capacity
+    cdef int64_t total = coh_load_i64(&r.total)
+    return <Py_ssize_t>total if total < r.capacity else r.capacity
 
 
 # --------------------------------------------------------------------------------------
@@ -271,7 +332,10 @@ cdef inline void rolling_compute(const rolling_t *r, rolling_snapshot_t *out) no
     if r.pos > 0:
         welford_merge(&acc, &r.prefix)
     out.mean = acc.shift + acc.mean
-    out.m2 = acc.m2 if acc.m2 > 0.0 else 0.0   # a sum of squares: never negative
+    # A sum of squares: rounding may leave -0.0 or a hair below, never more. NaN (finite
+    # values whose deviations overflow, 1e308 beside -1e308) must stay NaN, not read as a
+    # calm 0: the comparison below is false for NaN. It clears when those values leave.
+    out.m2 = 0.0 if acc.m2 < 0.0 else acc.m2
 
 
 cdef inline void rolling_publish(rolling_t *r) noexcept nogil:
@@ -310,8 +374,12 @@ cdef inline double snapshot_var(const rolling_snapshot_t *snap, Py_ssize_t ddof)
 cdef enum:
     EWMA_OK = 0              # a rate was computed
     EWMA_FIRST = 1           # first sample: no rate yet
-    EWMA_REJECTED = 2        # value NaN or +-inf: counted, state unchanged
+    EWMA_REJECTED = 2        # value NaN or +-inf, or an interval's rate over EWMA_MAX_RATE:
+                             # counted; the rate is unchanged
     EWMA_BAD_TIME = -1       # time not finite or not after the previous sample
+
+# COH_EWMA_MAX_RATE (1e150/s): no counter rises that fast; past it the squared difference of
+# two rates overflows the variance to inf, and an exponential average never forgets an inf.
 
 
 ctypedef struct ewma_snapshot_t:
@@ -364,6 +432,12 @@ cdef inline int ewma_update(ewma_t *e, double t, double v) noexcept nogil:
         e.resets += 1
         delta = v
     inst = delta / dt
+    if not inst <= COH_EWMA_MAX_RATE:
+        # overflowed (1e308 after -1e308) or absurd: measure the next interval from here
+        e.rejected += 1
+        e.t_last = t
+        e.v_last = v
+        return EWMA_REJECTED
     e.last_rate = inst
     if e.samples == 1:
         e.rate = inst
@@ -389,11 +463,13 @@ cdef inline void ewma_read(const ewma_t *e, ewma_snapshot_t *out) noexcept nogil
 # Sliding ratio of two counters' deltas (egress / ingress) over the last `window` updates.
 # Sums are Neumaier-compensated: a burst of 1e12 leaving a window of small counts leaves a
 # residue of order eps^2 * 1e12, not eps * 1e12; and a window whose deltas are all zero is
-# reset to exactly zero.
+# reset to exactly zero. A delta above max_delta = DBL_MAX / (2 window) is refused and
+# counted: a window of them could not be summed without overflowing to inf, and inf - inf
+# would leave the sum NaN long after the burst had left. No real counter moves by 1e300.
 # --------------------------------------------------------------------------------------
 cdef enum:
     RATIO_OK = 0
-    RATIO_REJECTED = 2       # a delta NaN or +-inf: counted, state unchanged
+    RATIO_REJECTED = 2       # a delta NaN, +-inf or over max_delta: counted, state unchanged
     RATIO_NEGATIVE = -1      # a delta below zero: counters' increments cannot be
 
 ctypedef struct ksum_t:
@@ -418,6 +494,7 @@ ctypedef struct ratio_t:
     ksum_t num
     ksum_t den
     double min_denominator
+    double max_delta         # DBL_MAX / (2 window): the window's sum stays finite
     int64_t total
     int64_t rejected
     ratio_snapshot_t pub[2]
@@ -441,6 +518,9 @@ cdef inline int ratio_update(ratio_t *r, double num_delta, double den_delta) noe
         return RATIO_REJECTED
     if num_delta < 0.0 or den_delta < 0.0:
         return RATIO_NEGATIVE
+    if num_delta > r.max_delta or den_delta > r.max_delta:
+        r.rejected += 1
+        return RATIO_REJECTED
     if r.count == r.window:
         old_num = r.num_ring[r.head]
         old_den = r.den_ring[r.head]

@@ -5,9 +5,10 @@ Every update is O(1) and allocates nothing; the kernels live in _core.pxd so tha
 Cython code (the sampler) runs them without the GIL. Readers never lock: see the latch there.
 """
 from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memset, memcpy
+from libc.string cimport memset
 from libc.stdint cimport int64_t, uint64_t
 from libc.math cimport NAN, sqrt
+from libc.float cimport DBL_MAX
 
 from typing import NamedTuple
 import operator
@@ -112,7 +113,7 @@ cdef class RingBuffer:
     @property
     def total(self) -> int:
         """Values pushed since construction, including those overwritten since."""
-        return self.state.total
+        return coh_load_i64(&self.state.total)
 
     def push(self, double x):
         """Append x (any float, NaN included: the ring stores, it does not judge)."""
@@ -126,10 +127,12 @@ cdef class RingBuffer:
         cdef uint64_t s
         cdef double v
         cdef int64_t total
+        cdef Py_ssize_t head
         while True:
             s = coh_read_begin(&self.state.seq)
-            total = self.state.total
-            v = self.state.data[(self.state.head if self.state.head > 0 else self.state.capacity) - 1]
+            total = coh_load_i64(&self.state.total)
+            head = coh_load_ssize(&self.state.head)
+            v = coh_load_double(&self.state.data[(head if head > 0 else self.state.capacity) - 1])
             if not coh_read_retry(&self.state.seq, s):
                 break
         if total == 0:
@@ -145,13 +148,14 @@ cdef class RingBuffer:
         while True:
             s = coh_read_begin(&self.state.seq)
             n = ring_len(&self.state)
-            head = self.state.head
+            head = coh_load_ssize(&self.state.head)
             first = head - n if head >= n else head - n + cap
             if first + n <= cap:
-                memcpy(&dst[0], &self.state.data[first], n * sizeof(double))
+                coh_words_load(&dst[0], &self.state.data[first], n * sizeof(double))
             else:
-                memcpy(&dst[0], &self.state.data[first], (cap - first) * sizeof(double))
-                memcpy(&dst[cap - first], &self.state.data[0], (n - (cap - first)) * sizeof(double))
+                coh_words_load(&dst[0], &self.state.data[first], (cap - first) * sizeof(double))
+                coh_words_load(&dst[cap - first], &self.state.data[0],
+                               (n - (cap - first)) * sizeof(double))
             if not coh_read_retry(&self.state.seq, s):
                 break
         return out[:n].copy() if n < cap else out
@@ -440,6 +444,7 @@ cdef class RatioWindow:
             raise MemoryError(f"cannot allocate a RatioWindow of window {n}")
         self.state.window = n
         self.state.min_denominator = m
+        self.state.max_delta = DBL_MAX / (2.0 * <double>n)
 
     def __dealloc__(self):
         free(self.state.num_ring)
@@ -453,9 +458,15 @@ cdef class RatioWindow:
     def min_denominator(self) -> float:
         return self.state.min_denominator
 
+    @property
+    def max_delta(self) -> float:
+        """The largest increment taken: DBL_MAX / (2 window), so the window's sum stays finite."""
+        return self.state.max_delta
+
     def update(self, double egress_delta, double ingress_delta) -> None:
-        """Add one interval's increments. NaN/inf are counted in `rejected` and ignored; a
-        negative increment raises ValueError (pass increments, not counter values)."""
+        """Add one interval's increments. NaN, inf and increments over `max_delta` are counted
+        in `rejected` and ignored; a negative increment raises ValueError (pass increments,
+        not counter values)."""
         cdef int rc = ratio_update(&self.state, egress_delta, ingress_delta)
         if rc == RATIO_NEGATIVE:
             raise ValueError(

@@ -15,7 +15,7 @@ from coherence._core cimport (
     AtomicCounter, EwmaRate, RatioWindow, RingBuffer, RollingStats,
     counter_t, ewma_t, ratio_t, ring_t, rolling_t,
     counter_value, ewma_update, ratio_update, ring_push, rolling_push,
-    coh_latch_publish, coh_latch_read,
+    coh_latch_publish, coh_latch_read, coh_load_i64, coh_store_i64,
 )
 
 cdef extern from *:
@@ -495,18 +495,18 @@ cdef class Engine:
             if n <= 0:
                 # The file went away (process exited, cgroup removed): stop reading it, once,
                 # and mark what it fed as lost, so that no detector judges frozen data.
-                f.errors += 1
-                f.lost = 1
+                coh_store_i64(&f.errors, f.errors + 1)
+                coh_store_flag(&f.lost, 1)
                 for k in range(f.first_field, f.first_field + f.nfields):
                     self._lose(self.fields[k].slot)
                 continue
-            f.reads += 1
+            coh_store_i64(&f.reads, f.reads + 1)
             for k in range(f.first_field, f.first_field + f.nfields):
                 fld = &self.fields[k]
                 if find_field(buf, n, fld, &v):
                     self._take(fld.slot, fld.coef * v, t)
                 else:
-                    f.parse_misses += 1
+                    coh_store_i64(&f.parse_misses, f.parse_misses + 1)
                     self.fresh[fld.slot] = 1
                     self.missing[fld.slot] = 1     # a partial sum is a wrong value, not a smaller one
         for i in range(self.nclocks):
@@ -618,13 +618,13 @@ cdef class Engine:
     cdef void _record_lateness(self, int64_t us) noexcept nogil:
         cdef int b = 0
         if us < LAT_LINEAR:
-            self.lat_hist[us] += 1
+            coh_store_i64(&self.lat_hist[us], self.lat_hist[us] + 1)
             return
         us //= LAT_LINEAR
         while us > 1 and b < LAT_LOG - 1:
             us >>= 1
             b += 1
-        self.lat_hist[LAT_LINEAR + b] += 1
+        coh_store_i64(&self.lat_hist[LAT_LINEAR + b], self.lat_hist[LAT_LINEAR + b] + 1)
 
     cdef void _publish_stats(self) noexcept nogil:
         coh_latch_publish(&self.stats_seq, self.stats_pub, &self.stats_priv, sizeof(stats_t))
@@ -646,19 +646,24 @@ cdef class Engine:
         """Counts of tick lateness: (upper bound in us, count) per non-empty bin. Counts only
         grow, so a copy taken while the loop runs is at worst a few ticks behind."""
         cdef int i
+        cdef int64_t n
         out = []
         for i in range(LAT_LINEAR):
-            if self.lat_hist[i]:
-                out.append((i + 1, self.lat_hist[i]))
+            n = coh_load_i64(&self.lat_hist[i])
+            if n:
+                out.append((i + 1, n))
         for i in range(LAT_LOG):
-            if self.lat_hist[LAT_LINEAR + i]:
-                out.append((LAT_LINEAR << (i + 1), self.lat_hist[LAT_LINEAR + i]))
+            n = coh_load_i64(&self.lat_hist[LAT_LINEAR + i])
+            if n:
+                out.append((LAT_LINEAR << (i + 1), n))
         return out
 
     def file_stats(self):
         """Per file added: reads, errors, parse misses, and whether it was lost."""
-        return [dict(reads=self.files[i].reads, errors=self.files[i].errors,
-                     parse_misses=self.files[i].parse_misses, lost=bool(self.files[i].lost))
+        return [dict(reads=coh_load_i64(&self.files[i].reads),
+                     errors=coh_load_i64(&self.files[i].errors),
+                     parse_misses=coh_load_i64(&self.files[i].parse_misses),
+                     lost=bool(coh_load_flag(&self.files[i].lost)))
                 for i in range(self.nfiles)]
 
     def slot_values(self):

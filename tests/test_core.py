@@ -210,6 +210,47 @@ def test_ewma_constant_rate_is_that_rate_whatever_the_sampling():
     assert r.rate_std == pytest.approx(0.0, abs=1e-6)
 
 
+def test_ewma_rate_var_is_the_exponentially_weighted_variance_of_the_rates():
+    # A rate switching between about 100/s and 900/s, sampled at irregular times. An interval
+    # of dt weighs alpha = 1 - 2**(-dt/h) and every older one shrinks by (1 - alpha): the
+    # smoothed rate and rate_var are that weighted mean and weighted variance, computed here
+    # from the weights directly rather than incrementally.
+    h = 2.0
+    rng = np.random.default_rng(11)
+    r = EwmaRate(half_life=h)
+    t = v = 0.0
+    r.update(t, v)
+    rates, alphas = [], []
+    for _ in range(400):
+        dt = rng.uniform(0.001, 1.0)
+        rate = rng.choice([100.0, 900.0]) * rng.uniform(0.9, 1.1)
+        t, v = t + dt, v + rate * dt
+        r.update(t, v)
+        rates.append(rate)
+        alphas.append(1.0 - 2.0 ** (-dt / h))
+    alphas[0] = 1.0                                   # the first interval is the first rate
+    a, x = np.array(alphas), np.array(rates)
+    later = np.concatenate([np.cumprod((1.0 - a)[::-1])[::-1][1:], [1.0]])
+    w = a * later                                     # weight of each interval's rate now
+    assert w.sum() == pytest.approx(1.0, rel=1e-12)
+    mean = float((w * x).sum())
+    var = float((w * (x - mean) ** 2).sum())
+    assert r.rate == pytest.approx(mean, rel=1e-12)
+    assert r.rate_var == pytest.approx(var, rel=1e-9)
+    assert r.rate_std == pytest.approx(np.sqrt(var), rel=1e-9)
+    assert 200.0 < r.rate_std < 450.0                 # a switching rate: far from 0
+
+
+def test_ewma_refuses_an_interval_whose_rate_overflows_and_recovers():
+    r = EwmaRate(half_life=1.0)
+    r.update(0.0, -1e308)
+    r.update(1.0, 1e308)          # +2e308 in a second: not a rate a double can hold
+    assert r.rejected == 1 and np.isnan(r.rate)
+    r.update(2.0, 10.0)           # back to a sane counter: counted from zero (a reset)
+    r.update(3.0, 30.0)
+    assert r.rate == pytest.approx(15.0) and np.isfinite(r.rate_var) and r.rejected == 1
+
+
 def test_ewma_alpha_is_time_aware():
     # After exactly one half-life, the old rate and the new one weigh the same.
     r = EwmaRate(half_life=10.0)

@@ -111,6 +111,13 @@ def test_ewma_snapshots_are_consistent(capi):
     assert len(seen - {0, 3_000_000}) >= 3, "readers never ran while the writer wrote"
 
 
+def ratio_fields_agree(snap, window):
+    """ratio_linear_loop's writer: total t, count c, window t-c+1..t (see capi_check)."""
+    t, c = snap.total, snap.count
+    return (c == min(t, window) and snap.denominator == c
+            and snap.numerator == c * (2 * t - c + 1) / 2)
+
+
 def test_ratio_snapshots_are_consistent(capi):
     w = RatioWindow(50)
     seen = set()
@@ -118,13 +125,74 @@ def test_ratio_snapshots_are_consistent(capi):
     def check():
         snap = w.snapshot()
         seen.add(snap.total)
-        assert snap.numerator == 3 * snap.denominator, snap
-        assert snap.denominator == snap.count, snap
+        assert ratio_fields_agree(snap, 50), snap
 
-    reads, errors = run_readers(check, lambda: capi.ratio_constant_loop(w, 3_000_000, 3.0, 1.0))
+    reads, errors = run_readers(check, lambda: capi.ratio_linear_loop(w, 3_000_000))
     assert not errors, errors[0]
-    assert w.ratio() == 3.0
+    assert ratio_fields_agree(w.snapshot(), 50) and w.total == 3_000_000
     assert len(seen - {0, 3_000_000}) >= 3, "readers never ran while the writer wrote"
+
+
+# ------------------------------------------------ readers without the GIL, as the C API has them
+# Python readers take microseconds a read and hold the GIL; these spin in C beside the writer,
+# reading every few nanoseconds, so a snapshot copied while the writer writes it would show.
+C_READERS = 2
+
+
+def run_c_readers(reader, writer):
+    """`reader()` in C_READERS threads (each releases the GIL and returns (reads, torn,
+    distinct totals)), against `writer()` in this thread; returns the readers' results."""
+    results = [None] * C_READERS
+
+    def run(k):
+        results[k] = reader()
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(C_READERS)]
+    for t in threads:
+        t.start()
+    writer()
+    for t in threads:
+        t.join()
+    return results
+
+
+def assert_never_torn(results):
+    for reads, torn, distinct in results:
+        assert torn == 0, f"{torn} torn snapshots of {reads} reads"
+        assert distinct >= 10, f"the reader saw only {distinct} updates: it never raced the writer"
+
+
+@pytest.mark.parametrize("window", [1, 5, 64, 1000])
+def test_rolling_push_many_against_nogil_readers(capi, window):
+    s = RollingStats(window)
+    n = 5_000_000
+    results = run_c_readers(lambda: capi.rolling_reader(s, n, 1000),
+                            lambda: s.push_many(np.arange(float(n))))
+    assert_never_torn(results)
+
+
+def test_rolling_push_publishing_every_value_against_nogil_readers(capi):
+    s = RollingStats(100)
+    n = 3_000_000
+    results = run_c_readers(lambda: capi.rolling_reader(s, n, 1000),
+                            lambda: capi.rolling_push_loop(s, np.arange(float(n))))
+    assert_never_torn(results)
+
+
+def test_ratio_against_nogil_readers(capi):
+    w = RatioWindow(50)
+    n = 3_000_000
+    results = run_c_readers(lambda: capi.ratio_reader(w, n, 1000),
+                            lambda: capi.ratio_linear_loop(w, n))
+    assert_never_torn(results)
+
+
+def test_ewma_against_nogil_readers(capi):
+    e = EwmaRate(half_life=0.5)
+    n = 3_000_000
+    results = run_c_readers(lambda: capi.ewma_reader(e, n, 1000, 0.001, 3000.0),
+                            lambda: capi.ewma_linear_loop(e, n, 0.001, 3.0))
+    assert_never_torn(results)
 
 
 def test_python_writers_cannot_overlap_a_push_many():

@@ -52,6 +52,32 @@ def test_counts_from_many_threads_add_up_exactly():
     assert hooks.EGRESS.value - egress == THREADS * CALLS * 0.5
 
 
+def test_counts_from_threads_without_the_gil_add_up_exactly(capi):
+    # Python threads take turns under the GIL, so they cannot tell an atomic add from `+=`.
+    # C threads that release it (as the StatsD listener's or a free-threaded interpreter's
+    # would) add at the same instant on both cores: a lost update would show in the total.
+    ingress = hooks.INGRESS.value
+    adds, step = 2_000_000, 0.5                        # exactly representable sums
+    start = threading.Barrier(THREADS)
+
+    def c_worker():
+        start.wait()
+        capi.counter_add_loop(hooks.INGRESS, adds, step)
+
+    def py_worker():
+        start.wait()
+        for _ in range(CALLS):
+            hooks.ingress()
+
+    threads = [threading.Thread(target=c_worker if k % 2 else py_worker) for k in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    half = THREADS // 2
+    assert hooks.INGRESS.value - ingress == half * adds * step + half * CALLS
+
+
 def test_count_ingress_counts_each_call_and_keeps_the_handler_intact():
     @hooks.count_ingress
     def handle(request, *, verbose=False):

@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -129,7 +130,12 @@ def test_cpu_buckets_are_utilization_of_the_cpus_available(tmp_path):
         os.close(ro)
     assert buckets.count >= 10
     assert buckets.mean == pytest.approx(75.0, abs=3.0)
-    assert history.to_array().min() > 60 and history.to_array().max() < 90
+    # The fake counter is written by a Python thread: when the machine holds it back for a few
+    # ms, the counter reads stale, one bucket reads low and the next as much high. Utilization
+    # is conserved (the mean above); most buckets read the 75 % exactly as it is.
+    values = history.to_array()
+    assert np.median(values) == pytest.approx(75.0, abs=2.0), values
+    assert np.mean(np.abs(values - 75.0) <= 5.0) >= 0.75, values
 
 
 def test_a_tick_that_overruns_skips_deadlines_instead_of_bursting():

@@ -8,6 +8,7 @@ any number of readers, each of which takes a consistent snapshot without a lock.
 """
 from libc.stdint cimport int64_t, uint64_t
 from libc.math cimport NAN, expm1, fabs, sqrt
+from libc.string cimport memset
 
 # --------------------------------------------------------------------------------------
 # Lock-free reading, two ways; fences as in Boehm, "Can seqlocks get along with programming
@@ -461,11 +462,13 @@ cdef inline void ewma_read(const ewma_t *e, ewma_snapshot_t *out) noexcept nogil
 
 # --------------------------------------------------------------------------------------
 # Sliding ratio of two counters' deltas (egress / ingress) over the last `window` updates.
-# Sums are Neumaier-compensated: a burst of 1e12 leaving a window of small counts leaves a
-# residue of order eps^2 * 1e12, not eps * 1e12; and a window whose deltas are all zero is
-# reset to exactly zero. A delta above max_delta = DBL_MAX / (2 window) is refused and
-# counted: a window of them could not be summed without overflowing to inf, and inf - inf
-# would leave the sum NaN long after the burst had left. No real counter moves by 1e300.
+# The sums are built as the window statistic above is: nothing is ever subtracted. Blocks of
+# B = window // 2 deltas are summed add-only (Neumaier-compensated); the window's sum is a
+# suffix of the oldest block (from a backward pass, one step per update), the complete blocks
+# between, and the current prefix. A burst of 1e100 requests leaving a window of small counts
+# leaves no residue (a running sum with subtraction reads 0 there, or NaN after inf - inf),
+# integer counts stay exact, and a window of zeros sums to exactly 0. A delta above
+# max_delta = DBL_MAX / (2 window) is refused and counted: a window of them would overflow.
 # --------------------------------------------------------------------------------------
 cdef enum:
     RATIO_OK = 0
@@ -474,7 +477,12 @@ cdef enum:
 
 ctypedef struct ksum_t:
     double s
-    double c
+    double c                 # Neumaier's compensation: what rounding took from s
+
+
+ctypedef struct pair_sum_t:
+    ksum_t num
+    ksum_t den
 
 
 ctypedef struct ratio_snapshot_t:
@@ -485,18 +493,25 @@ ctypedef struct ratio_snapshot_t:
 
 
 ctypedef struct ratio_t:
-    double *num_ring
+    # --- the writer's private state
+    double *num_ring         # the last `window` deltas
     double *den_ring
+    pair_sum_t *suffix       # 2 buffers of `block` entries: sums of suffix i..block-1
+    pair_sum_t blocks[4]     # sums of the last complete blocks, by block number % 4
+    pair_sum_t prefix        # the block being filled
+    pair_sum_t backward      # running sum of the backward (suffix) pass
     Py_ssize_t window
-    Py_ssize_t head
-    Py_ssize_t count
-    Py_ssize_t nonzero       # pairs in the window with a delta other than zero
-    ksum_t num
-    ksum_t den
+    Py_ssize_t block
+    Py_ssize_t head          # ring slot of the next write
+    Py_ssize_t pos           # deltas in the current block
+    Py_ssize_t pass_left     # backward steps left on the last complete block
+    Py_ssize_t pass_slot     # ring slot of the next delta of the backward pass
+    int64_t nblocks          # complete blocks
     double min_denominator
     double max_delta         # DBL_MAX / (2 window): the window's sum stays finite
     int64_t total
     int64_t rejected
+    # --- what readers see: a latch of two published snapshots
     ratio_snapshot_t pub[2]
     uint64_t seq
 
@@ -510,9 +525,78 @@ cdef inline void ksum_add(ksum_t *k, double x) noexcept nogil:
     k.s = t
 
 
-cdef inline int ratio_update(ratio_t *r, double num_delta, double den_delta) noexcept nogil:
-    cdef double old_num, old_den
+cdef inline void pair_add(pair_sum_t *p, double num, double den) noexcept nogil:
+    ksum_add(&p.num, num)
+    ksum_add(&p.den, den)
+
+
+cdef inline void pair_merge(pair_sum_t *acc, const pair_sum_t *b) noexcept nogil:
+    ksum_add(&acc.num, b.num.s)
+    acc.num.c += b.num.c
+    ksum_add(&acc.den, b.den.s)
+    acc.den.c += b.den.c
+
+
+cdef inline void ratio_step(ratio_t *r, double num_delta, double den_delta) noexcept nogil:
+    """Take one pair of deltas into the private state (as rolling_step does for values)."""
+    cdef Py_ssize_t buf
+    r.num_ring[r.head] = num_delta
+    r.den_ring[r.head] = den_delta
+    r.head += 1
+    if r.head == r.window:
+        r.head = 0
+    if r.pos == 0:
+        memset(&r.prefix, 0, sizeof(pair_sum_t))
+    pair_add(&r.prefix, num_delta, den_delta)
+    r.pos += 1
+    if r.pass_left > 0:
+        buf = <Py_ssize_t>((r.nblocks - 1) & 1)
+        pair_add(&r.backward, r.num_ring[r.pass_slot], r.den_ring[r.pass_slot])
+        r.pass_left -= 1
+        r.suffix[buf * r.block + r.pass_left] = r.backward
+        r.pass_slot = (r.pass_slot if r.pass_slot > 0 else r.window) - 1
+    if r.pos == r.block:
+        r.blocks[r.nblocks & 3] = r.prefix
+        r.nblocks += 1
+        r.pos = 0
+        memset(&r.backward, 0, sizeof(pair_sum_t))
+        r.pass_left = r.block
+        r.pass_slot = (r.head if r.head > 0 else r.window) - 1
+    r.total += 1
+
+
+cdef inline void ratio_compute(const ratio_t *r, ratio_snapshot_t *out) noexcept nogil:
+    """The window's sums from the block sums (writer side)."""
+    cdef int64_t start, j, j0
+    cdef Py_ssize_t off, count
+    cdef pair_sum_t acc
+    count = <Py_ssize_t>r.total if r.total < r.window else r.window
+    start = r.total - count
+    j0 = start // r.block
+    off = <Py_ssize_t>(start - j0 * r.block)
+    memset(&acc, 0, sizeof(pair_sum_t))
+    j = j0
+    while j < r.nblocks:
+        if j == j0 and off > 0:
+            pair_merge(&acc, &r.suffix[(j & 1) * r.block + off])
+        else:
+            pair_merge(&acc, &r.blocks[j & 3])
+        j += 1
+    if r.pos > 0:
+        pair_merge(&acc, &r.prefix)
+    out.numerator = acc.num.s + acc.num.c
+    out.denominator = acc.den.s + acc.den.c
+    out.count = count
+    out.total = r.total
+
+
+cdef inline void ratio_publish(ratio_t *r) noexcept nogil:
     cdef ratio_snapshot_t snap
+    ratio_compute(r, &snap)
+    coh_latch_publish(&r.seq, r.pub, &snap, sizeof(snap))
+
+
+cdef inline int ratio_update(ratio_t *r, double num_delta, double den_delta) noexcept nogil:
     if not (is_finite(num_delta) and is_finite(den_delta)):
         r.rejected += 1
         return RATIO_REJECTED
@@ -521,35 +605,8 @@ cdef inline int ratio_update(ratio_t *r, double num_delta, double den_delta) noe
     if num_delta > r.max_delta or den_delta > r.max_delta:
         r.rejected += 1
         return RATIO_REJECTED
-    if r.count == r.window:
-        old_num = r.num_ring[r.head]
-        old_den = r.den_ring[r.head]
-        if old_num != 0.0 or old_den != 0.0:
-            r.nonzero -= 1
-            ksum_add(&r.num, -old_num)
-            ksum_add(&r.den, -old_den)
-    else:
-        r.count += 1
-    r.num_ring[r.head] = num_delta
-    r.den_ring[r.head] = den_delta
-    r.head += 1
-    if r.head == r.window:
-        r.head = 0
-    if num_delta != 0.0 or den_delta != 0.0:
-        r.nonzero += 1
-        ksum_add(&r.num, num_delta)
-        ksum_add(&r.den, den_delta)
-    if r.nonzero == 0:
-        r.num.s = 0.0
-        r.num.c = 0.0
-        r.den.s = 0.0
-        r.den.c = 0.0
-    r.total += 1
-    snap.numerator = r.num.s + r.num.c
-    snap.denominator = r.den.s + r.den.c
-    snap.count = r.count
-    snap.total = r.total
-    coh_latch_publish(&r.seq, r.pub, &snap, sizeof(snap))
+    ratio_step(r, num_delta, den_delta)
+    ratio_publish(r)
     return RATIO_OK
 
 
@@ -627,6 +684,7 @@ cdef class EwmaRate:
 
 cdef class RatioWindow:
     cdef ratio_t state
+    cdef void _free(self) noexcept
 
 
 cdef class AtomicCounter:

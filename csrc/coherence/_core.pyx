@@ -15,9 +15,10 @@ import operator
 
 import numpy as np
 
-# push_many publishes a snapshot to readers every PUBLISH_CHUNK values (~7 us of work): fresh
-# enough for any reader, rare enough that computing the snapshot is noise next to the pushes.
-cdef Py_ssize_t PUBLISH_CHUNK = 1024
+# push_many publishes a snapshot to readers every PUBLISH_CHUNK values (~0.5 us of work): a
+# reader is never further behind than that, and assembling the snapshot (~30 ns) costs under
+# a tenth of the pushes it follows.
+cdef Py_ssize_t PUBLISH_CHUNK = 64
 
 
 class RollingSnapshot(NamedTuple):
@@ -434,21 +435,28 @@ cdef class RatioWindow:
         if not (m >= 0.0 and m - m == 0.0):
             raise ValueError(f"min_denominator must be a finite number >= 0, got {min_denominator!r}")
         memset(&self.state, 0, sizeof(ratio_t))
+        self.state.window = n
+        self.state.block = n // 2 if n >= 2 else 1
         self.state.num_ring = <double *>calloc(n, sizeof(double))
         self.state.den_ring = <double *>calloc(n, sizeof(double))
-        if self.state.num_ring == NULL or self.state.den_ring == NULL:
-            free(self.state.num_ring)
-            free(self.state.den_ring)
-            self.state.num_ring = NULL
-            self.state.den_ring = NULL
+        self.state.suffix = <pair_sum_t *>calloc(2 * self.state.block, sizeof(pair_sum_t))
+        if self.state.num_ring == NULL or self.state.den_ring == NULL or self.state.suffix == NULL:
+            self._free()
             raise MemoryError(f"cannot allocate a RatioWindow of window {n}")
-        self.state.window = n
         self.state.min_denominator = m
         self.state.max_delta = DBL_MAX / (2.0 * <double>n)
+        ratio_publish(&self.state)
 
     def __dealloc__(self):
+        self._free()
+
+    cdef void _free(self) noexcept:
         free(self.state.num_ring)
         free(self.state.den_ring)
+        free(self.state.suffix)
+        self.state.num_ring = NULL
+        self.state.den_ring = NULL
+        self.state.suffix = NULL
 
     @property
     def window(self) -> int:

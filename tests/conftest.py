@@ -25,9 +25,12 @@ def build_cython_module(pyx_path: str, build_dir: str):
                 include_path=[{coherence.get_include()!r}],
                 build_dir={build_dir!r}, quiet=True))
         """))
+    # Under tools/sanitize.sh the interpreter preloads a sanitizer's runtime: the compiler and
+    # the build's Python need not (CFLAGS still instruments what they build).
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     proc = subprocess.run(
         [sys.executable, setup_py, "build_ext", "--build-lib", build_dir, "--build-temp", build_dir],
-        cwd=build_dir, capture_output=True, text=True)
+        cwd=build_dir, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         pytest.fail(f"building {name} against coherence's .pxd failed:\n{proc.stdout}\n{proc.stderr}")
     for entry in os.listdir(build_dir):

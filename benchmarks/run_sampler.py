@@ -542,14 +542,20 @@ def classify(chain: Sequence[Tuple[str, str]]) -> str:
     return OTHER
 
 
+# Handlers that dispatch to a file's own (kernfs and cgroup files all pass through them).
+GENERIC_SHOW = ("kernfs_seq_show", "cgroup_seqfile_show")
+
+
 def pread_handler(chain: Sequence[Tuple[str, str]]) -> str:
     """Which file a pread sample read, by the kernel's handler of it (cpu_stat_show,
-    meminfo_proc_show, psi_show, snmp_seq_show, ...): the innermost *_show in the chain."""
-    for sym, _ in chain:
+    memory_stat_show, meminfo_proc_show, psi_cpu_show, snmp_seq_show, ...): the outermost
+    *_show in the chain that is not a dispatcher; "read path" when none is (syscall entry,
+    seq_file set-up, copy to user space)."""
+    for sym, _ in reversed(chain):
         name = sym.split("+", 1)[0]
-        if name.endswith("_show"):
+        if name.endswith("_show") and name not in GENERIC_SHOW:
             return name
-    return "other"
+    return "read path"
 
 
 def perf_samples(data: str) -> Tuple[Dict[str, int], Dict[str, int]]:

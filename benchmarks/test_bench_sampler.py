@@ -127,10 +127,13 @@ def test_profile_sorts_perf_samples():
 
 def test_classify_by_call_chain_then_by_object():
     sleep = [("hrtimer_nanosleep+0x9", "[kernel.kallsyms]"), ("clock_nanosleep@GLIBC", "libc.so.6")]
-    pread = [("cpu_stat_show+0x1", "[kernel.kallsyms]"), ("ksys_pread64+0x5", "[kernel.kallsyms]")]
+    pread = [("cgroup_base_stat_cputime_show+0x2", "[kernel.kallsyms]"),
+             ("cpu_stat_show+0x1", "[kernel.kallsyms]"), ("cgroup_seqfile_show+0x4", "[kernel.kallsyms]"),
+             ("ksys_pread64+0x5", "[kernel.kallsyms]"), ("__libc_pread64+0x3", "libc.so.6")]
     own = [("__pyx_f_tick+0x3", "_sampler.cpython-311-x86_64-linux-gnu.so")]
     assert rs.classify(sleep) == rs.CHAIN_BUCKETS[0][0]
     assert rs.classify(pread) == rs.CHAIN_BUCKETS[1][0]
     assert rs.pread_handler(pread) == "cpu_stat_show"
+    assert rs.pread_handler(pread[3:]) == "read path"
     assert rs.classify(own) == rs.LEAF_BUCKETS[0][0]
     assert rs.classify([]) == rs.OTHER

@@ -1,17 +1,24 @@
 """What the sampler costs at --hz 1000, beside a floor and a peer measured in the same run.
 
 Usage: python benchmarks/run_sampler.py [--duration S] [--repeats R] [--hz N] [--json [FILE]]
+       python benchmarks/run_sampler.py --profile [--duration S]   (perf record: where time goes)
        (always exits 0 when it ran to the end: the targets are informational)
 
-Three cases, each a separate process, run one after the other for --duration seconds, --repeats
-times, the cases taking turns (a noisy stretch of this shared VM falls on all of them alike):
+Four cases, each a separate process (programs/ beside this file), run one after the other for
+--duration seconds, --repeats times, the cases taking turns (a noisy stretch of this shared VM
+falls on all of them alike):
 
-  floor    a bare C loop (FLOOR_C below, built with gcc -O2 in a temp dir) that wakes --hz
-           times a second on absolute CLOCK_MONOTONIC deadlines and preads one counter file:
-           the one the sampler reads every tick. Same timer slack as the sampler (1 us).
-  sampler  coherence.sampler.Sampler(hz=--hz) with every source this host has.
-  psutil   a naive Python loop: psutil.cpu_percent(), virtual_memory(), net_io_counters() per
-           tick, time.sleep() to the next absolute deadline (default timer slack, 50 us).
+  floor         a bare C loop (programs/floor.c, built with gcc -O2 in a temp dir) that wakes
+                --hz times a second on absolute CLOCK_MONOTONIC deadlines and preads one counter
+                file: the one the sampler reads every tick. Same timer slack as the sampler (1 us).
+  sampler       coherence.sampler.Sampler(hz=--hz, slow_hz=Config's) with every source this host
+                has (programs/sampler_child.py).
+  psutil        the peer (programs/psutil_loop.py) on the sampler's schedule: psutil.cpu_percent()
+                every tick; virtual_memory() and net_io_counters() every N ticks, N the sampler's
+                own for its memory and request sources (20 Hz by default); time.sleep() to the next
+                absolute deadline of the monotonic clock (default timer slack, 50 us).
+  psutil-naive  the same loop calling all three every tick: what the peer used to be; a second
+                row for reference, not a target.
 
 CPU cost = the child's CPU time (sum over its threads of /proc/<pid>/task/*/schedstat, ns; or
 utime+stime of /proc/<pid>/stat where schedstat is missing) between two snapshots taken by this
@@ -20,6 +27,10 @@ second --duration s later. Python start-up and imports are outside the interval.
 (achieved Hz, ticks taken, lateness, overruns) are each child's own, over its whole run, in the
 sampler's bins and by the sampler's rules (a late tick skips to the next deadline, counted).
 Reported: medians over the repeats, and PASS/MISS against the targets of issue 3.
+
+--profile runs the floor and the sampler once each under `perf record -e cpu-clock -g -p PID`
+(the software clock: this VM has no hardware counters) for --duration seconds after "ready", and
+sorts the samples by call chain: sleeping and waking up, pread, the sampler's compiled code, ...
 """
 from __future__ import annotations
 
@@ -40,8 +51,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from _machine import cpu_model
 
-CASES = ("floor", "sampler", "psutil")
-LABELS = {"floor": "floor (C loop)", "sampler": "coherence sampler", "psutil": "psutil loop"}
+CASES = ("floor", "sampler", "psutil", "psutil-naive")
+LABELS = {"floor": "floor (C loop)", "sampler": "coherence sampler",
+          "psutil": "psutil loop, sampler's schedule",
+          "psutil-naive": "psutil loop, all at --hz (naive)"}
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROGRAMS = os.path.join(HERE, "programs")
+FLOOR_SRC = os.path.join(PROGRAMS, "floor.c")
+SAMPLER_CHILD = os.path.join(PROGRAMS, "sampler_child.py")
+PSUTIL_CHILD = os.path.join(PROGRAMS, "psutil_loop.py")
 TIMER_SLACK_NS = 1000          # what csrc/coherence/_sampler.pyx sets (prctl PR_SET_TIMERSLACK)
 FALLBACK_COUNTER = "/proc/self/schedstat"
 READY_TIMEOUT_S = 30.0         # start-up + imports + warm-up, on a loaded VM
@@ -52,232 +70,7 @@ SAMPLER_VS_FLOOR_MAX = 1.5
 TICKS_TAKEN_MIN_PCT = 99.5
 P99_LATENESS_MAX_US = 200.0
 PSUTIL_VS_SAMPLER_MIN = 3.0
-
-# --- the Python children ------------------------------------------------------------------
-# Both stop on SIGTERM (or after MAX_S, should their parent vanish) and print one JSON line.
-
-SAMPLER_CHILD = r"""
-import json, signal, sys, time
-HZ, MAX_S, WARMUP = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-# Block SIGTERM before the sampler's thread exists (it inherits the mask), then wait for it
-# here: the main thread sleeps in sigtimedwait, as an embedding service's idle thread would.
-signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-from coherence.sampler import Sampler
-s = Sampler(hz=HZ).start()
-time.sleep(WARMUP)
-print("ready", flush=True)
-signal.sigtimedwait({signal.SIGTERM, signal.SIGINT}, MAX_S)
-st = s.stats()
-hist = s.engine.lateness_histogram()
-files = s.engine.file_stats()
-paths = [r.path for c in s.chosen.values() if c.source is not None for r in c.source.readers]
-s.stop()
-print(json.dumps({
-    "ticks": st.ticks, "ticks_expected": st.ticks_expected, "overruns": st.overruns,
-    "elapsed_s": st.elapsed_s, "lateness_hist": hist,
-    "sampler_stats": st.__dict__,
-    "sources": {f: (c.source.name if c.source is not None else None) for f, c in s.chosen.items()},
-    "files": [dict(path=p, **f) for p, f in zip(paths, files)] if len(paths) == len(files) else files,
-    "hz": s.hz, "slow_hz": s.slow_hz, "ncpu": s.ncpu, "notes": s.notes,
-}), flush=True)
-"""
-
-PSUTIL_CHILD = r"""
-import json, signal, sys, time
-import psutil
-HZ, MAX_S, WARMUP = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-stop = False
-def on_signal(*_):
-    global stop
-    stop = True
-signal.signal(signal.SIGTERM, on_signal)
-signal.signal(signal.SIGINT, on_signal)
-LAT_LINEAR, LAT_LOG = 2048, 24                      # the sampler's lateness bins
-hist = [0] * (LAT_LINEAR + LAT_LOG)
-def record(us):
-    if us < LAT_LINEAR:
-        hist[us] += 1
-        return
-    us //= LAT_LINEAR
-    b = 0
-    while us > 1 and b < LAT_LOG - 1:
-        us >>= 1
-        b += 1
-    hist[LAT_LINEAR + b] += 1
-period = int(1e9 / HZ + 0.5)
-psutil.cpu_percent()                                 # prime: the next call is since this one
-ticks = overruns = 0
-start = last = deadline = time.monotonic_ns()
-end, ready_at, ready = start + int(MAX_S * 1e9), start + int(WARMUP * 1e9), False
-while not stop:
-    psutil.cpu_percent()
-    psutil.virtual_memory()
-    psutil.net_io_counters()
-    ticks += 1
-    deadline += period
-    now = time.monotonic_ns()
-    if now >= deadline:
-        skipped = (now - deadline) // period + 1
-        overruns += skipped
-        deadline += skipped * period
-    if not ready and now >= ready_at:
-        ready = True
-        print("ready", flush=True)
-    if now >= end:
-        break
-    time.sleep(max(0, deadline - time.monotonic_ns()) / 1e9)
-    now = time.monotonic_ns()
-    record(max(0, (now - deadline) // 1000))
-    last = now
-elapsed = (last - start) / 1e9
-try:
-    with open("/proc/self/timerslack_ns") as f:
-        slack = int(f.read())
-except (OSError, ValueError):
-    slack = None
-out = [[i + 1 if i < LAT_LINEAR else LAT_LINEAR << (i - LAT_LINEAR + 1), n]
-       for i, n in enumerate(hist) if n]
-print(json.dumps({"ticks": ticks, "ticks_expected": int(elapsed * HZ) + 1, "overruns": overruns,
-                  "elapsed_s": elapsed, "lateness_hist": out, "psutil": psutil.__version__,
-                  "timer_slack_ns": slack}), flush=True)
-"""
-
-
-# --- the floor: C, written out and compiled at run time --------------------------------------
-# (Kept here rather than in a .c file: this repository ignores *.c, generated by Cython.)
-
-FLOOR_C = r"""/* The floor of benchmarks/run_sampler.py: the cheapest loop that does what the sampler must do
- * at --hz 1000, and nothing else. It wakes on absolute deadlines of CLOCK_MONOTONIC
- * (clock_nanosleep TIMER_ABSTIME), preads one already-open counter file per tick, and keeps the
- * same books as coherence's tick loop (csrc/coherence/_sampler.pyx), so the two compare like
- * for like:
- *   - timer slack 1 us (prctl PR_SET_TIMERSLACK 1000), as the sampler sets it;
- *   - a tick that runs past its deadline skips to the next one (counted as overruns);
- *   - lateness = wake-up time - deadline, in whole us, in 1 us bins up to 2 ms, then powers of 2.
- *
- * Usage: floor_loop HZ COUNTER_FILE MAX_SECONDS [WARMUP_SECONDS]
- * Prints "ready" once it has ticked for WARMUP_SECONDS, runs until SIGTERM/SIGINT (or
- * MAX_SECONDS, a safety net if its parent vanished), then prints one JSON line of its figures.
- * Written out and built by run_sampler.py with `gcc -O2` into a temp dir.
- */
-#define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/prctl.h>
-#include <time.h>
-#include <unistd.h>
-
-#define NS 1000000000LL
-#define LAT_LINEAR 2048
-#define LAT_LOG 24
-
-static volatile sig_atomic_t stop_flag = 0;
-static int64_t lat_hist[LAT_LINEAR + LAT_LOG];
-
-static void on_signal(int sig) { (void)sig; stop_flag = 1; }
-
-static inline int64_t now_ns(clockid_t clk) {
-    struct timespec ts;
-    clock_gettime(clk, &ts);
-    return (int64_t)ts.tv_sec * NS + ts.tv_nsec;
-}
-
-static void record_lateness(int64_t us) {   /* as Engine._record_lateness */
-    int b = 0;
-    if (us < LAT_LINEAR) { lat_hist[us]++; return; }
-    us /= LAT_LINEAR;
-    while (us > 1 && b < LAT_LOG - 1) { us >>= 1; b++; }
-    lat_hist[LAT_LINEAR + b]++;
-}
-
-int main(int argc, char **argv) {
-    if (argc < 4) {
-        fprintf(stderr, "usage: %s HZ COUNTER_FILE MAX_SECONDS [WARMUP_SECONDS]\n", argv[0]);
-        return 2;
-    }
-    double hz = atof(argv[1]);
-    const char *path = argv[2];
-    double max_s = atof(argv[3]);
-    double warmup_s = argc > 4 ? atof(argv[4]) : 0.5;
-    if (!(hz >= 1.0 && hz <= 100000.0) || !(max_s > 0.0)) {
-        fprintf(stderr, "bad HZ or MAX_SECONDS\n");
-        return 2;
-    }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        fprintf(stderr, "cannot open %s: %s\n", path, strerror(errno));
-        return 1;
-    }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;          /* no SA_RESTART: clock_nanosleep returns EINTR */
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);   /* the sampler's slack: 1 us */
-
-    int64_t period = (int64_t)(NS / hz + 0.5);
-    char buf[4096];
-    int64_t ticks = 0, overruns = 0, read_errors = 0, bytes = 0;
-    int64_t start = now_ns(CLOCK_MONOTONIC), last = start, deadline = start;
-    int64_t end = start + (int64_t)(max_s * NS);
-    int64_t ready_at = start + (int64_t)(warmup_s * NS);
-    int ready = 0;
-    struct timespec ts;
-
-    while (!stop_flag) {
-        ssize_t n = pread(fd, buf, sizeof buf - 1, 0);   /* the tick's work: one counter read */
-        if (n <= 0) read_errors++; else bytes += n;
-        ticks++;
-        deadline += period;
-        int64_t now = now_ns(CLOCK_MONOTONIC);
-        if (now >= deadline) {
-            int64_t skipped = (now - deadline) / period + 1;
-            overruns += skipped;
-            deadline += skipped * period;
-        }
-        if (!ready && now >= ready_at) {
-            ready = 1;
-            fputs("ready\n", stdout);
-            fflush(stdout);
-        }
-        if (now >= end) break;
-        ts.tv_sec = deadline / NS;
-        ts.tv_nsec = deadline % NS;
-        if (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0 && stop_flag) {
-            last = now_ns(CLOCK_MONOTONIC);
-            break;                       /* interrupted: that wake-up is not a tick */
-        }
-        now = now_ns(CLOCK_MONOTONIC);
-        int64_t late = (now - deadline) / 1000;
-        record_lateness(late > 0 ? late : 0);
-        last = now;
-    }
-    double elapsed = (double)(last - start) / NS;
-    printf("{\"ticks\": %lld, \"ticks_expected\": %lld, \"overruns\": %lld, \"elapsed_s\": %.6f, "
-           "\"read_errors\": %lld, \"bytes_per_read\": %.1f, \"timer_slack_ns\": %d, "
-           "\"lateness_hist\": [",
-           (long long)ticks, (long long)(elapsed * hz) + 1, (long long)overruns, elapsed,
-           (long long)read_errors, ticks ? (double)bytes / ticks : 0.0,
-           prctl(PR_GET_TIMERSLACK, 0UL, 0UL, 0UL, 0UL));
-    int first = 1;
-    for (int i = 0; i < LAT_LINEAR + LAT_LOG; i++) {
-        if (!lat_hist[i]) continue;
-        long long upper = i < LAT_LINEAR ? (long long)i + 1 : (long long)LAT_LINEAR << (i - LAT_LINEAR + 1);
-        printf("%s[%lld, %lld]", first ? "" : ", ", upper, (long long)lat_hist[i]);
-        first = 0;
-    }
-    printf("]}\n");
-    fflush(stdout);
-    close(fd);
-    return 0;
-}
-"""
-
+PEER = "the psutil loop on the sampler's schedule"
 
 class CaseError(RuntimeError):
     pass
@@ -286,11 +79,9 @@ class CaseError(RuntimeError):
 # --- set-up ---------------------------------------------------------------------------------
 
 def build_floor(tmpdir: str, cc: str = "gcc") -> str:
-    """Write FLOOR_C into tmpdir and compile it with -O2; the executable's path, or CaseError."""
-    src, exe = os.path.join(tmpdir, "floor_loop.c"), os.path.join(tmpdir, "floor_loop")
-    with open(src, "w") as f:
-        f.write(FLOOR_C)
-    cmd = [cc, "-O2", "-std=gnu11", "-o", exe, src]
+    """Compile programs/floor.c into tmpdir with -O2; the executable's path, or CaseError."""
+    exe = os.path.join(tmpdir, "floor_loop")
+    cmd = [cc, "-O2", "-std=gnu11", "-o", exe, FLOOR_SRC]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -300,21 +91,37 @@ def build_floor(tmpdir: str, cc: str = "gcc") -> str:
     return exe
 
 
-def sampler_counter_file() -> Tuple[str, str]:
-    """The file the sampler preads every tick (its CPU source's first file), and that source's
-    name; /proc/self/schedstat when the CPU source reads no file (pid clock, psutil)."""
-    try:
-        from coherence.sources import close_all, select
-    except ImportError as err:
-        return FALLBACK_COUNTER, f"coherence not importable ({err})"
-    chosen = select()
-    try:
-        src = chosen["cpu"].source
-        if src is not None and src.readers:
-            return src.readers[0].path, src.name
-        return FALLBACK_COUNTER, (src.name if src is not None else "no CPU source") + " reads no file"
-    finally:
-        close_all(chosen)
+class Plan:
+    """What the sampler will do on this host, taken from coherence itself so that the floor and
+    the peer copy it rather than a second guess of it: the file it preads every tick (its CPU
+    source's first file; /proc/self/schedstat when that source reads no file) and how many ticks
+    apart it reads its memory and request sources (Config's slow_hz, rounded by the sampler)."""
+
+    def __init__(self, hz: float) -> None:
+        self.counter_file, self.counter_source = FALLBACK_COUNTER, "coherence not importable"
+        self.slow_hz: Optional[float] = None        # asked for (Config)
+        self.slow_every: Optional[int] = None       # ticks between two reads, as the sampler reads
+        try:
+            from coherence.config import SamplerConfig
+            from coherence.sampler import Sampler, SamplerError
+        except ImportError as err:
+            self.counter_source = f"coherence not importable ({err})"
+            return
+        self.slow_hz = SamplerConfig().slow_hz      # what `coherence --live` passes
+        try:
+            s = Sampler(hz=hz, slow_hz=self.slow_hz)           # built, never started
+        except (SamplerError, ValueError) as err:
+            self.counter_source = f"no sampler here ({err})"
+            return
+        try:
+            self.slow_every = int(round(s.hz / s.signals.slow_hz))
+            src = s.chosen["cpu"].source
+            if src is not None and src.readers:
+                self.counter_file, self.counter_source = src.readers[0].path, src.name
+            else:
+                self.counter_source = (src.name if src is not None else "no CPU source") + " reads no file"
+        finally:
+            s.stop()
 
 
 def machine() -> Dict[str, Any]:
@@ -546,10 +353,10 @@ def verdicts(summary: Dict[str, Dict[str, Any]]) -> List[Tuple[str, str, str]]:
         add(f"sampler p99 lateness < {P99_LATENESS_MAX_US:g} us", None, "no sampler row")
     if b and c and b["cpu_pct"] > 0:
         r = c["cpu_pct"] / b["cpu_pct"]
-        add(f"sampler >= {PSUTIL_VS_SAMPLER_MIN:g}x cheaper than the psutil loop",
+        add(f"sampler >= {PSUTIL_VS_SAMPLER_MIN:g}x cheaper than {PEER}",
             r >= PSUTIL_VS_SAMPLER_MIN, f"{r:.1f}x")
     else:
-        add(f"sampler >= {PSUTIL_VS_SAMPLER_MIN:g}x cheaper than the psutil loop", None, "needs both rows")
+        add(f"sampler >= {PSUTIL_VS_SAMPLER_MIN:g}x cheaper than {PEER}", None, "needs both rows")
     return out
 
 
@@ -594,8 +401,11 @@ def report_text(result: Dict[str, Any]) -> str:
         "CPU = the process's CPU time over the measured interval (schedstat of all its threads).",
         f"Floor: C loop (gcc -O2), clock_nanosleep TIMER_ABSTIME on CLOCK_MONOTONIC, one pread of "
         f"{cfg['counter_file']} ({cfg['counter_source']}) per tick, timer slack set to "
-        f"{TIMER_SLACK_NS} ns (prctl PR_SET_TIMERSLACK) as the sampler sets it. The psutil loop keeps "
-        "the default slack (50 us), as a naive loop would.",
+        f"{TIMER_SLACK_NS} ns (prctl PR_SET_TIMERSLACK) as the sampler sets it.",
+        f"Peer: psutil.cpu_percent() every tick; virtual_memory() and net_io_counters() every "
+        f"{cfg.get('slow_every')} ticks, as the sampler reads its memory and request sources "
+        f"(slow_hz {cfg.get('slow_hz')} in coherence's Config); default timer slack (50 us). "
+        "The naive row calls all three every tick.",
     ]
     busy = [r["host_busy_pct"] for rs_ in result["runs"].values() for r in rs_
             if "host_busy_pct" in r and not math.isnan(r["host_busy_pct"])]
@@ -610,6 +420,10 @@ def report_text(result: Dict[str, Any]) -> str:
     out += ["", table(result["summary"], result["runs"]), ""]
     for state, label, measured in result["verdicts"]:
         out.append(f"- {state}: {label} (measured {measured})")
+    s, naive = result["summary"].get("sampler"), result["summary"].get("psutil-naive")
+    if s and naive and s["cpu_pct"] > 0:
+        out.append(f"Reference, not a target: the naive psutil loop costs "
+                   f"{naive['cpu_pct'] / s['cpu_pct']:.1f}x the sampler.")
     if result.get("interrupted"):
         out.append("\nInterrupted: partial results.")
     return "\n".join(out)
@@ -618,13 +432,23 @@ def report_text(result: Dict[str, Any]) -> str:
 # --- the run --------------------------------------------------------------------------------
 
 def case_argv(case: str, hz: float, max_s: float, warmup: float,
-              floor_exe: Optional[str], counter_file: str) -> List[str]:
+              floor_exe: Optional[str], plan: Plan) -> List[str]:
+    tail = [f"{max_s:g}", f"{warmup:g}"]
     if case == "floor":
         if floor_exe is None:
             raise CaseError("floor loop not built")
-        return [floor_exe, f"{hz:g}", counter_file, f"{max_s:g}", f"{warmup:g}"]
-    code = {"sampler": SAMPLER_CHILD, "psutil": PSUTIL_CHILD}[case]
-    return [sys.executable, "-c", code, f"{hz:g}", f"{max_s:g}", f"{warmup:g}"]
+        return [floor_exe, f"{hz:g}", plan.counter_file, *tail]
+    if case == "sampler":
+        if plan.slow_hz is None:
+            raise CaseError(plan.counter_source)
+        return [sys.executable, SAMPLER_CHILD, f"{hz:g}", f"{plan.slow_hz:g}", *tail]
+    if case == "psutil":
+        if plan.slow_every is None:
+            raise CaseError(f"the sampler's schedule is unknown: {plan.counter_source}")
+        return [sys.executable, PSUTIL_CHILD, f"{hz:g}", str(plan.slow_every), *tail]
+    if case == "psutil-naive":
+        return [sys.executable, PSUTIL_CHILD, f"{hz:g}", "1", *tail]
+    raise ValueError(f"unknown case {case!r}")
 
 
 def run(duration: float = 10.0, repeats: int = 3, hz: float = 1000.0, warmup: float = 0.5,
@@ -634,12 +458,13 @@ def run(duration: float = 10.0, repeats: int = 3, hz: float = 1000.0, warmup: fl
     log = log or (lambda msg: None)
     tmpdir = tempfile.mkdtemp(prefix="coherence-bench-sampler-")
     runs: Dict[str, List[Dict[str, Any]]] = {c: [] for c in cases}
-    counter_file, counter_source = sampler_counter_file()
+    plan = Plan(hz)
     result: Dict[str, Any] = {
         "machine": machine(),
         "config": {"duration": duration, "repeats": repeats, "hz": hz, "warmup": warmup,
-                   "cases": list(cases), "counter_file": counter_file,
-                   "counter_source": counter_source, "timer_slack_ns": TIMER_SLACK_NS},
+                   "cases": list(cases), "counter_file": plan.counter_file,
+                   "counter_source": plan.counter_source, "slow_hz": plan.slow_hz,
+                   "slow_every": plan.slow_every, "timer_slack_ns": TIMER_SLACK_NS},
         "runs": runs,
     }
     # A child outlives a parent killed outright only until max_s: its own safety net.
@@ -658,7 +483,7 @@ def run(duration: float = 10.0, repeats: int = 3, hz: float = 1000.0, warmup: fl
                 try:
                     if case == "floor" and floor_err:
                         raise CaseError(floor_err)
-                    rep = measure(case_argv(case, hz, max_s, warmup, floor_exe, counter_file),
+                    rep = measure(case_argv(case, hz, max_s, warmup, floor_exe, plan),
                                   duration, cwd=tmpdir)
                     log(f"{rep['cpu_pct']:.2f} % CPU\n")
                 except CaseError as err:
@@ -675,6 +500,189 @@ def run(duration: float = 10.0, repeats: int = 3, hz: float = 1000.0, warmup: fl
     return result
 
 
+# --- --profile: where the time goes, by perf record -------------------------------------------
+
+PROFILE_CASES = ("floor", "sampler")
+# One sample per 10 us of the process's CPU time (software clock: this kind of VM exposes no
+# hardware counters; 10 us is perf_event_max_sample_rate's 100 kHz): ~5000 samples from a
+# process at 1 % of a core over 10 s, where 50 us gave ~900.
+PERF_PERIOD_NS = 10_000
+# A sample goes to the first bucket whose symbols appear anywhere in its call chain ...
+CHAIN_BUCKETS = (
+    ("sleeping and waking up (clock_nanosleep)", ("nanosleep",)),
+    ("pread of the counter files", ("pread",)),
+    ("main thread waiting for SIGTERM", ("sigtimedwait",)),
+)
+# ... else to the bucket of the object its innermost frame is in.
+LEAF_BUCKETS = (
+    ("compiled code (tick loop, parsing, statistics)", ("_sampler.", "_core.", "floor_loop")),
+    ("clock reads (vDSO clock_gettime)", ("[vdso]",)),
+    ("Python interpreter", ("python", "libpython")),
+    ("kernel, other (interrupts, syscall entry and exit)", ("[kernel.",)),
+)
+OTHER = "other (libc, unresolved)"
+PROFILE_ORDER = [b for b, _ in CHAIN_BUCKETS] + [b for b, _ in LEAF_BUCKETS] + [OTHER]
+
+
+def perf_command(pid: int, duration: float, out: str) -> List[str]:
+    """The perf record this runner runs on a case, printed beside its result."""
+    return ["perf", "record", "-e", "cpu-clock", "-c", str(PERF_PERIOD_NS), "-g", "-p", str(pid),
+            "-o", out, "--", "sleep", f"{duration:g}"]
+
+
+def classify(chain: Sequence[Tuple[str, str]]) -> str:
+    """The bucket of one sample: chain = [(symbol, object)], innermost frame first."""
+    for bucket, needles in CHAIN_BUCKETS:
+        if any(n in sym for sym, _ in chain for n in needles):
+            return bucket
+    dso = chain[0][1] if chain else ""
+    for bucket, needles in LEAF_BUCKETS:
+        if any(n in dso for n in needles):
+            return bucket
+    return OTHER
+
+
+# Handlers that dispatch to a file's own (kernfs and cgroup files all pass through them).
+GENERIC_SHOW = ("kernfs_seq_show", "cgroup_seqfile_show")
+
+
+def pread_handler(chain: Sequence[Tuple[str, str]]) -> str:
+    """Which file a pread sample read, by the kernel's handler of it (cpu_stat_show,
+    memory_stat_show, meminfo_proc_show, psi_cpu_show, snmp_seq_show, ...): the outermost
+    *_show in the chain that is not a dispatcher; "read path" when none is (syscall entry,
+    seq_file set-up, copy to user space)."""
+    for sym, _ in reversed(chain):
+        name = sym.split("+", 1)[0]
+        if name.endswith("_show") and name not in GENERIC_SHOW:
+            return name
+    return "read path"
+
+
+def perf_samples(data: str) -> Tuple[Dict[str, int], Dict[str, int]]:
+    """({bucket: samples}, {pread handler: samples}) from a perf.data file, by `perf script`."""
+    res = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym,dso"], capture_output=True,
+                         text=True, timeout=300, check=False)
+    if res.returncode != 0:
+        raise CaseError(f"perf script failed: {res.stderr.strip()[-500:]}")
+    counts: Dict[str, int] = {}
+    preads: Dict[str, int] = {}
+
+    def flush(chain):
+        if chain:
+            bucket = classify(chain)
+            counts[bucket] = counts.get(bucket, 0) + 1
+            if bucket == CHAIN_BUCKETS[1][0]:
+                handler = pread_handler(chain)
+                preads[handler] = preads.get(handler, 0) + 1
+
+    chain: List[Tuple[str, str]] = []
+    for line in res.stdout.splitlines():
+        if not line.strip():                  # a blank line ends a sample's call chain
+            flush(chain)
+            chain = []
+            continue
+        # "\t ffffffff8a2c1234 do_nanosleep+0x6d ([kernel.kallsyms])"
+        parts = line.split(None, 1)
+        if len(parts) < 2:
+            continue
+        rest = parts[1]
+        sym, _, dso = rest.rpartition(" (")
+        chain.append((sym, dso.rstrip(")")))
+    flush(chain)
+    return counts, preads
+
+
+def profile_case(argv: Sequence[str], duration: float, tmpdir: str, name: str) -> Dict[str, Any]:
+    """One case under perf record for duration s after its "ready": samples by bucket, and the
+    process's CPU time over the same interval (schedstat) to turn shares into µs per tick."""
+    data = os.path.join(tmpdir, f"{name}.perf.data")
+    with Child(argv, cwd=tmpdir) as child:
+        child.wait_ready()
+        pid = child.proc.pid
+        cmd = perf_command(pid, duration, data)
+        c0, _ = cpu_ns(pid)
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60,
+                                 check=False)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise CaseError(f"{' '.join(cmd)}: {err} (Debian: apt-get install linux-perf)") from err
+        c1, _ = cpu_ns(pid)
+        report = child.stop()
+    if res.returncode != 0:
+        raise CaseError(f"{' '.join(cmd)} failed: {res.stderr.strip()[-500:]}")
+    samples, preads = perf_samples(data)
+    return {"command": " ".join(cmd[:-4]), "samples": samples, "pread_by_handler": preads,
+            "cpu_ns": c1 - c0,
+            "ticks_per_s": report["ticks"] / report["elapsed_s"] if report["elapsed_s"] else 0.0}
+
+
+def profile(duration: float = 10.0, hz: float = 1000.0, warmup: float = 0.5,
+            log=None) -> Dict[str, Any]:
+    """The floor and the sampler, once each, under perf record; {case: profile_case()}."""
+    log = log or (lambda msg: None)
+    tmpdir = tempfile.mkdtemp(prefix="coherence-bench-profile-")
+    plan = Plan(hz)
+    out: Dict[str, Any] = {"hz": hz, "duration": duration, "period_ns": PERF_PERIOD_NS, "cases": {}}
+    try:
+        floor_exe = build_floor(tmpdir)
+        for case in PROFILE_CASES:
+            log(f"profiling {case} ... ")
+            argv = case_argv(case, hz, warmup + duration + 30.0, warmup, floor_exe, plan)
+            try:
+                out["cases"][case] = profile_case(argv, duration, tmpdir, case)
+                log("done\n")
+            except CaseError as err:
+                out["cases"][case] = {"error": str(err)}
+                log(f"failed: {str(err).splitlines()[0]}\n")
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return out
+
+
+def profile_text(prof: Dict[str, Any]) -> str:
+    cases = prof["cases"]
+    lines = [f"perf record -e cpu-clock -c {prof['period_ns']} -g -p PID -- sleep {prof['duration']:g}, "
+             f"on each case at {prof['hz']:g} Hz once it is ticking; samples sorted by call chain.",
+             "Share of the process's samples, and its CPU time per tick (share x schedstat CPU / ticks):",
+             "", "| where | " + " | ".join(LABELS[c] for c in cases) + " |",
+             "|---|" + "---:|" * len(cases)]
+    for bucket in PROFILE_ORDER:
+        row = []
+        for c in cases:
+            r = cases[c]
+            total = sum(r.get("samples", {}).values())
+            n = r.get("samples", {}).get(bucket, 0)
+            ticks = r.get("ticks_per_s", 0.0) * prof["duration"]
+            if "error" in r or not total or not ticks:
+                row.append("n/a")
+                continue
+            us = n / total * r["cpu_ns"] / ticks / 1000.0
+            row.append(f"{100.0 * n / total:.0f} % ({us:.2f} µs)")
+        if any(x not in ("0 % (0.00 µs)", "n/a") for x in row):
+            lines.append(f"| {bucket} | " + " | ".join(row) + " |")
+    row = []
+    for c in cases:
+        r = cases[c]
+        ticks = r.get("ticks_per_s", 0.0) * prof["duration"]
+        row.append("n/a" if "error" in r or not ticks else
+                   f"{sum(r['samples'].values())} samples, {r['cpu_ns'] / ticks / 1000.0:.2f} µs/tick")
+    lines.append("| total | " + " | ".join(row) + " |")
+    lines.append("")
+    for c in cases:
+        r = cases[c]
+        if "error" in r:
+            lines.append(f"{LABELS[c]}: {r['error']}")
+            continue
+        total = sum(r["samples"].values())
+        by = sorted(r["pread_by_handler"].items(), key=lambda kv: -kv[1])
+        if total and by:
+            lines.append(f"{LABELS[c]}, pread by the file's kernel handler (share of all samples): "
+                         + ", ".join(f"{h} {100.0 * n / total:.1f} %" for h, n in by))
+    lines.append("µs per tick = share x the process's CPU time under perf (schedstat) / ticks; "
+                 "sampling adds to that CPU time.")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run (10)")
@@ -685,6 +693,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", nargs="?", const="-", metavar="FILE",
                         help="dump the raw results as JSON to FILE; bare --json: JSON on stdout, "
                              "the table on stderr")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the table: the floor and the sampler once each under "
+                             "perf record, samples sorted by where the time goes")
     args = parser.parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     bad = [c for c in cases if c not in CASES]
@@ -697,6 +708,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def log(msg):
         sys.stderr.write(msg)
         sys.stderr.flush()
+
+    if args.profile:
+        prof = profile(args.duration, args.hz, args.warmup, log=log)
+        print(profile_text(prof), file=text_out)
+        if args.json:
+            dump = json.dumps(prof, default=str)
+            if args.json == "-":
+                print(dump)
+            else:
+                with open(args.json, "w") as f:
+                    f.write(dump + "\n")
+        return 0
 
     result = run(args.duration, args.repeats, args.hz, args.warmup, cases, log=log)
     print(report_text(result), file=text_out)

@@ -1,11 +1,14 @@
-"""Smoke test of benchmarks/run_sampler.py: its machinery (build the floor, start each case,
-measure, stop, report) runs for a fraction of a second per case, so CI keeps it working.
+"""Smoke test of benchmarks/run_sampler.py: its machinery (build the floor from
+programs/floor.c, start each case from programs/, measure, stop, report; --profile) runs for a
+fraction of a second per case, so CI keeps it working.
 
 No timing is asserted: the figures of a 0.3 s run on a shared VM mean nothing. Run the runner
 itself for the numbers: python benchmarks/run_sampler.py
 """
 import json
+import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -13,6 +16,7 @@ import pytest
 import run_sampler as rs
 
 HAVE_CC = shutil.which("gcc") is not None
+HAVE_PERF = shutil.which("perf") is not None
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,7 @@ def result():
 def test_each_case_measures_and_reports(result, case):
     if case == "floor" and not HAVE_CC:
         pytest.skip("no gcc: the floor loop cannot be built")
-    if case == "psutil":
+    if case.startswith("psutil"):
         pytest.importorskip("psutil")
     (rep,) = result["runs"][case]
     assert "error" not in rep, rep.get("error")
@@ -42,6 +46,34 @@ def test_each_case_measures_and_reports(result, case):
         assert rep["sampler_stats"]["ticks"] == rep["ticks"]
 
 
+def test_the_peer_keeps_the_samplers_schedule(result):
+    """The peer reads memory and network as many ticks apart as the sampler reads its memory and
+    request sources, both taken from coherence's Config; the naive row reads them every tick."""
+    pytest.importorskip("psutil")
+    every = result["config"]["slow_every"]
+    (sampler,) = result["runs"]["sampler"]
+    (peer,) = result["runs"]["psutil"]
+    (naive,) = result["runs"]["psutil-naive"]
+    from coherence.config import SamplerConfig
+    assert result["config"]["slow_hz"] == SamplerConfig().slow_hz
+    assert every == round(sampler["hz"] / sampler["slow_hz_read"]) > 1
+    assert peer["slow_every"] == every
+    assert peer["slow_reads"] == len(range(1, peer["ticks"], every))
+    assert naive["slow_every"] == 1 and naive["slow_reads"] == naive["ticks"]
+
+
+def test_the_children_are_files_of_the_checkout():
+    for path in (rs.FLOOR_SRC, rs.SAMPLER_CHILD, rs.PSUTIL_CHILD):
+        assert os.path.isfile(path), path
+        assert os.path.dirname(path) == rs.PROGRAMS
+    if shutil.which("git"):
+        # .gitignore drops benchmarks/*.c (Cython's output): the floor's source must not match it.
+        # check-ignore: 0 ignored, 1 not ignored, 128 not a git checkout.
+        ignored = subprocess.run(["git", "check-ignore", "-q", rs.FLOOR_SRC], cwd=rs.HERE,
+                                 capture_output=True, check=False)
+        assert ignored.returncode != 0, "programs/floor.c is ignored by git"
+
+
 def test_report_has_every_row_and_target(result):
     text = rs.report_text(result)
     assert text.startswith("Machine: ")
@@ -49,6 +81,7 @@ def test_report_has_every_row_and_target(result):
         assert f"| {label} |" in text
     verdicts = [line for line in text.splitlines() if line.startswith("- ")]
     assert len(verdicts) == 4
+    assert any(rs.PEER in line for line in verdicts)
     assert all(line.split(":")[0][2:] in ("PASS", "MISS", "SKIP") for line in verdicts)
     json.dumps(result, default=str)          # what --json writes
 
@@ -74,3 +107,33 @@ def test_main_writes_json_and_exits_0(tmp_path, capsys):
     raw = json.loads(out.read_text())
     assert raw["config"]["cases"] == ["sampler"] and len(raw["runs"]["sampler"]) == 1
     assert "| coherence sampler |" in capsys.readouterr().out
+
+
+def test_profile_sorts_perf_samples():
+    if not (HAVE_PERF and HAVE_CC):
+        pytest.skip("no perf or no gcc")
+    prof = rs.profile(duration=0.3, warmup=0.1)
+    errors = [r["error"] for r in prof["cases"].values() if "error" in r]
+    if errors and all("perf" in e for e in errors):
+        pytest.skip(f"perf cannot record here: {errors[0].splitlines()[0]}")
+    assert not errors, errors
+    for case in rs.PROFILE_CASES:
+        r = prof["cases"][case]
+        assert sum(r["samples"].values()) > 0 and r["cpu_ns"] > 0
+        assert set(r["samples"]) <= set(rs.PROFILE_ORDER)
+    text = rs.profile_text(prof)
+    assert "| total |" in text and "perf record -e cpu-clock" in text
+
+
+def test_classify_by_call_chain_then_by_object():
+    sleep = [("hrtimer_nanosleep+0x9", "[kernel.kallsyms]"), ("clock_nanosleep@GLIBC", "libc.so.6")]
+    pread = [("cgroup_base_stat_cputime_show+0x2", "[kernel.kallsyms]"),
+             ("cpu_stat_show+0x1", "[kernel.kallsyms]"), ("cgroup_seqfile_show+0x4", "[kernel.kallsyms]"),
+             ("ksys_pread64+0x5", "[kernel.kallsyms]"), ("__libc_pread64+0x3", "libc.so.6")]
+    own = [("__pyx_f_tick+0x3", "_sampler.cpython-311-x86_64-linux-gnu.so")]
+    assert rs.classify(sleep) == rs.CHAIN_BUCKETS[0][0]
+    assert rs.classify(pread) == rs.CHAIN_BUCKETS[1][0]
+    assert rs.pread_handler(pread) == "cpu_stat_show"
+    assert rs.pread_handler(pread[3:]) == "read path"
+    assert rs.classify(own) == rs.LEAF_BUCKETS[0][0]
+    assert rs.classify([]) == rs.OTHER

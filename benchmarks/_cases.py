@@ -115,7 +115,6 @@ PUSH = {
     "river-Rolling(Var)": river_rolling_var,
     "runstats-ExponentialStatistics(not-windowed)": runstats_exp,
 }
-OPTIONAL = {"river-Rolling(Var)": "river", "runstats-ExponentialStatistics(not-windowed)": "runstats"}
 
 
 # ---- push_many 1e6: each factory returns run() that takes all of ARRAY once --------------

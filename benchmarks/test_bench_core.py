@@ -16,8 +16,6 @@ WARM_CALLS = 200
 @pytest.mark.benchmark(group="push (per value, from Python)")
 @pytest.mark.parametrize("name", list(cases.PUSH))
 def test_push(benchmark, name):
-    if name in cases.OPTIONAL:
-        pytest.importorskip(cases.OPTIONAL[name])
     push = cases.PUSH[name](capi)
     for _ in range(WARM_CALLS):
         push(cases.X)

@@ -2,14 +2,12 @@
 import mmap
 import os
 import subprocess
-import sys
 
 import pytest
 
 from coherence import sources
 from coherence.sources import cpu, memory
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux /proc and /sys")
 
 PAGE = mmap.PAGESIZE
 MIB = 1 << 20

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
 from coherence.config import AmplificationConfig, FeverConfig, SeizureConfig
+from coherence.snapshot import PUSHED, Snapshot
 
 # What a finding can say about its condition; the verdict engine turns these into states.
 WARMUP, UNAVAILABLE, CLEAR, FIRING = "warmup", "unavailable", "clear", "firing"
@@ -69,23 +70,23 @@ class Seizure:
     def __init__(self, config: SeizureConfig) -> None:
         self.c = config
 
-    def evaluate(self, snap: Mapping[str, Any], now: float) -> Finding:
-        cpu, c = snap["cpu"], self.c
-        std, mean, n = cpu["util_std_pct"], cpu["util_mean_pct"], cpu["buckets"]
-        if not cpu.get("available", True):
+    def evaluate(self, snap: Snapshot, now: float) -> Finding:
+        cpu, c = snap.cpu, self.c
+        std, mean, n = cpu.util_std_pct, cpu.util_mean_pct, cpu.buckets
+        if not cpu.available:
             return Finding(detector=self.name, condition=UNAVAILABLE, value=math.nan,
                            limit=c.std_limit_pct, unit=self.unit, veto="SHED_LOAD",
                            reason="no CPU source (lost: the watched process exited?)")
-        crossings = swings(cpu["history_pct"][-n:]) if n else 0
+        crossings = swings(cpu.history_pct[-n:]) if n else 0
         evidence = {"mean_pct": mean, "std_pct": std, "buckets": n, "swings": crossings,
                     "resolution_s": c.resolution_s, "window_s": c.window_s,
-                    "pressure_cpu_some_pct": snap["pressure"]["cpu_some_pct"]}
+                    "pressure_cpu_some_pct": snap.pressure.cpu_some_pct}
         base = dict(detector=self.name, value=std, limit=c.std_limit_pct, unit=self.unit,
                     evidence=evidence, veto="SHED_LOAD")
         # Half a window of buckets is enough to see a swing; less would judge on noise.
-        if n < max(2, cpu["buckets_per_window"] // 2) or _nan(std):
+        if n < max(2, cpu.buckets_per_window // 2) or _nan(std):
             return Finding(condition=WARMUP, reason=f"collecting CPU buckets ({n} of "
-                           f"{cpu['buckets_per_window'] // 2} needed)", **base)
+                           f"{cpu.buckets_per_window // 2} needed)", **base)
         if std > c.std_limit_pct and mean < c.mean_ceiling_pct and crossings >= c.min_swings:
             return Finding(condition=FIRING, reason=(
                 f"CPU swings {crossings} times by ±{std:.0f} points around a mean of {mean:.0f} % "
@@ -110,21 +111,21 @@ class Fever:
     def __init__(self, config: FeverConfig) -> None:
         self.c = config
 
-    def evaluate(self, snap: Mapping[str, Any], now: float) -> Finding:
-        m, c = snap["memory"], self.c
-        churn = m["churn_bytes_per_s"] / MB
-        resident, total, growth = m["resident_bytes"], m["total_bytes"], m["resident_growth_bytes_per_s"]
-        evidence = {"alloc_rate_mb_s": churn, "minor_faults_per_s": m["minor_faults_per_s"],
-                    "pgalloc_mb_s": m["pgalloc_bytes_per_s"] / MB,
+    def evaluate(self, snap: Snapshot, now: float) -> Finding:
+        m, c = snap.memory, self.c
+        churn = m.churn_bytes_per_s / MB
+        resident, total, growth = m.resident_bytes, m.total_bytes, m.resident_growth_bytes_per_s
+        evidence = {"alloc_rate_mb_s": churn, "minor_faults_per_s": m.minor_faults_per_s,
+                    "pgalloc_mb_s": m.pgalloc_bytes_per_s / MB,
                     "resident_mb": resident / MB, "total_mb": total / MB,
                     "resident_growth_mb_s": growth / MB if not _nan(growth) else math.nan,
-                    "pressure_memory_some_pct": snap["pressure"]["memory_some_pct"]}
+                    "pressure_memory_some_pct": snap.pressure.memory_some_pct}
         base = dict(detector=self.name, value=churn, limit=c.churn_limit_mb_s, unit=self.unit,
                     evidence=evidence, veto="THROTTLE")
-        if not m.get("available", True):
+        if not m.available:
             return Finding(condition=UNAVAILABLE, reason="no memory source on this host "
                            "(see `coherence sources`)", **base)
-        if _nan(churn) or _nan(growth) or m["trend_points"] < m["trend_points_needed"] // 2:
+        if _nan(churn) or _nan(growth) or m.trend_points < m.trend_points_needed // 2:
             return Finding(condition=WARMUP, reason="collecting memory samples", **base)
         flat = _nan(total) or abs(growth) * c.window_s < c.flat_pct / 100.0 * total
         if churn > c.churn_limit_mb_s and flat:
@@ -132,7 +133,7 @@ class Fever:
                 f"allocating {churn:.0f} MB/s while resident memory stays flat at "
                 f"{resident / MB:.0f} MB: garbage-collection death-spiral risk; throttle"), **base)
         # a forecast needs a trend that stands well above the noise (t > 3), not any slope
-        if not _nan(total) and growth > 0 and m.get("resident_growth_t", math.inf) > TREND_T_MIN:
+        if not _nan(total) and growth > 0 and m.resident_growth_t > TREND_T_MIN:
             eta = (total - resident) / growth
             evidence["exhaustion_eta_s"] = eta
             if eta < c.horizon_h * 3600:
@@ -172,17 +173,17 @@ class Amplification:
             self.baseline += alpha * (ratio - self.baseline)
         self._last = now
 
-    def evaluate(self, snap: Mapping[str, Any], now: float) -> Finding:
-        r, c = snap["requests"], self.c
-        ratio, ingress = r["ratio"], r["ingress_per_s"]
+    def evaluate(self, snap: Snapshot, now: float) -> Finding:
+        r, c = snap.requests, self.c
+        ratio, ingress = r.ratio, r.ingress_per_s
         evidence = {"ratio": ratio, "baseline": self.baseline, "ingress_per_s": ingress,
-                    "egress_per_s": r["egress_per_s"], "source": r["source"],
+                    "egress_per_s": r.egress_per_s, "source": r.source,
                     "window_s": c.window_s,
-                    "pressure_cpu_some_pct": snap["pressure"]["cpu_some_pct"]}
+                    "pressure_cpu_some_pct": snap.pressure.cpu_some_pct}
         limit = max(c.ratio_limit, (self.baseline or 0.0) * c.baseline_factor)
         base = dict(detector=self.name, value=ratio, limit=limit, unit=self.unit,
                     evidence=evidence, veto="CAP_RETRIES")
-        label = "" if r["source"] == "pushed" else " (TCP connections, a proxy)"
+        label = "" if r.source == PUSHED else " (TCP connections, a proxy)"
         if _nan(ingress) or _nan(ratio) or ingress < c.min_ingress_per_s:
             self._traffic_since = None
             shown = 0.0 if _nan(ingress) else ingress

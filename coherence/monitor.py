@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, Optional
 
 from coherence.config import Config
 from coherence.detectors import Finding, make_detectors
+from coherence.snapshot import Snapshot
 from coherence.verdict import OK, Verdict, VerdictEngine
 
 DETECTORS = ("seizure", "fever", "amplification")
@@ -19,7 +20,7 @@ class Report:
     elapsed_s: float                   # since the monitor started
     verdict: Verdict
     findings: Dict[str, Finding]
-    snapshot: Dict[str, Any]           # the signals judged (history arrays included)
+    snapshot: Snapshot                 # the signals judged (history arrays included)
     sampler: Optional[Dict[str, Any]]  # the sampler's own figures; None when simulated
 
     @property
@@ -73,7 +74,7 @@ class Monitor:
     ``step(now, wall)`` judges one instant; ``now`` is monotonic (or simulated) seconds.
     """
 
-    def __init__(self, config: Config, snapshot: Callable[[], Dict[str, Any]],
+    def __init__(self, config: Config, snapshot: Callable[[], Snapshot],
                  sampler_stats: Optional[Callable[[], Optional[Dict[str, Any]]]] = None) -> None:
         self.config = config
         self.detectors = make_detectors(config)

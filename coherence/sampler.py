@@ -3,19 +3,20 @@ background thread without the GIL, feeding the core's accumulators; readers take
 
 >>> with Sampler(hz=1000) as s:          # doctest: +SKIP
 ...     time.sleep(2)
-...     s.stats().achieved_hz, s.snapshot()["cpu"]["util_std_pct"]
+...     s.stats().achieved_hz, s.snapshot().cpu.util_std_pct
 """
 from __future__ import annotations
 
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from coherence import hooks
 from coherence._core import AtomicCounter
 from coherence._sampler import Engine, Slot
 from coherence.signals import Signals
+from coherence.snapshot import Snapshot
 from coherence.sources import Choice, Row, Source, close_all, cpu_capacity, describe, select
 from coherence.sources._base import SourceUnavailable, pid_dir, positive_pid
 from coherence.sources.cpu import PidClockCpu
@@ -157,10 +158,11 @@ class Sampler:
         except Exception:
             close_all(self.chosen)
             raise
+        # counters only grow: once anything was pushed, requests are the pushed counts
+        self._pushed = lambda: ingress.value > 0 or egress.value > 0
         self._make_feeds(half_life, history, _positive("ratio_window", ratio_window_s),
                          _positive("trend_window", trend_window_s))
         self._thread: Optional[threading.Thread] = None
-        self._ingress, self._egress = ingress, egress
 
     # ------------------------------------------------------------------ wiring
     def _every(self, rate_hz: float) -> int:
@@ -212,7 +214,7 @@ class Sampler:
                                slow_hz=slow_hz, rate_half_life_s=half_life,
                                ratio_window_s=ratio_window_s, trend_window_s=trend_window_s,
                                history=history, ncpu=self.ncpu, gauges=self.engine.slot_values,
-                               lost=lambda: self.engine.slot_state()[2],
+                               lost=lambda: self.engine.slot_state()[2], pushed=self._pushed,
                                available=[f for f, c in self.chosen.items() if c.source is not None])
         sig = self.signals
         self.engine.feed_cpu(sig.cpu_buckets, sig.cpu_history)
@@ -266,10 +268,8 @@ class Sampler:
             elapsed_s=elapsed,
         )
 
-    def snapshot(self) -> Dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         """Every signal's current figures, each read without a lock (see Signals.snapshot)."""
-        if not self.signals.requests_pushed:
-            self.signals.requests_pushed = self._ingress.value > 0 or self._egress.value > 0
         return self.signals.snapshot()
 
     def sources(self) -> List[Row]:

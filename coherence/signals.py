@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from coherence._core import EwmaRate, RatioWindow, RingBuffer, RollingStats
 from coherence._sampler import Slot
+from coherence.snapshot import (PUSHED, TCP_PROXY, CpuSignals, MemorySignals, PressureSignals,
+                                 RequestSignals, Snapshot)
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 RATE_SLOTS = (Slot.MINOR_FAULTS, Slot.PGALLOC, Slot.PGFREE, Slot.PSI_CPU_US, Slot.PSI_MEMORY_US,
@@ -41,8 +43,9 @@ def trend_per_s(values: np.ndarray, interval_s: float) -> Tuple[float, float]:
 class Signals:
     """CPU buckets, fault and request rates, resident memory and request ratios.
 
-    ``gauges()`` returns the last value of each slot (resident, memory total and limit) and
-    ``lost()`` whether its source became unreadable: the sampler's engine, or the simulator.
+    ``gauges()`` returns the last value of each slot (resident, memory total and limit),
+    ``lost()`` whether its source became unreadable (the sampler's engine, or the simulator),
+    and ``pushed()`` whether the application pushes request counts.
     ``slow_hz`` is the rate the memory and request counters are really read at.
     """
 
@@ -52,6 +55,7 @@ class Signals:
                  history: int = 600, ncpu: float = 1.0,
                  gauges: Optional[Callable[[], List[float]]] = None,
                  lost: Optional[Callable[[], List[bool]]] = None,
+                 pushed: Callable[[], bool] = lambda: False,
                  available: Sequence[str] = ("cpu", "memory", "pressure", "requests")) -> None:
         self.resolution_s, self.window_s, self.slow_hz, self.ncpu = resolution_s, window_s, slow_hz, ncpu
         self.cpu_buckets = RollingStats(max(2, int(round(window_s / resolution_s))))
@@ -66,7 +70,9 @@ class Signals:
         self.gauges = gauges or (lambda: [math.nan] * int(Slot.NSLOTS))
         self.lost = lost or (lambda: [False] * int(Slot.NSLOTS))
         self.interval_s = 1.0 / slow_hz
-        self.requests_pushed = False   # set once anything was pushed (StatsD, hooks)
+        # whether the application pushes its request counts (StatsD, hooks): then they are
+        # judged, else TCP connection opens stand in for them
+        self.pushed = pushed
         # families with a source: a family without one is UNAVAILABLE, not warming up
         self.available = frozenset(available)
 
@@ -74,7 +80,7 @@ class Signals:
     def buckets_per_window(self) -> int:
         return self.cpu_buckets.window
 
-    def snapshot(self) -> Dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         """Every signal's current figures; NaN where a signal has no value yet."""
         values, lost = self.gauges(), self.lost()
         cpu = self.cpu_buckets.snapshot()
@@ -84,35 +90,32 @@ class Signals:
             total = limit
         recent = self.resident_history.to_array()[-self.trend_points:]
         growth, growth_t = trend_per_s(recent, self.interval_s)
-        pushed = self.requests_pushed
+        pushed = self.pushed()
         req = (self.pushed_ratio if pushed else self.proxy_ratio).snapshot()
-        return {
-            "cpu": {"available": "cpu" in self.available and not lost[Slot.CPU_NS],
-                    "util_mean_pct": cpu.mean, "util_std_pct": _sqrt(cpu.var),
-                    "buckets": cpu.count, "buckets_per_window": self.buckets_per_window,
-                    "ncpu": self.ncpu, "history_pct": self.cpu_history.to_array()},
-            "memory": {
-                "available": "memory" in self.available and not (
+        return Snapshot(
+            cpu=CpuSignals(
+                available="cpu" in self.available and not lost[Slot.CPU_NS],
+                util_mean_pct=cpu.mean, util_std_pct=_sqrt(cpu.var), buckets=cpu.count,
+                buckets_per_window=self.buckets_per_window, ncpu=self.ncpu,
+                history_pct=self.cpu_history.to_array()),
+            memory=MemorySignals(
+                available="memory" in self.available and not (
                     lost[Slot.RESIDENT_BYTES] or lost[Slot.MINOR_FAULTS]),
-                "resident_bytes": values[Slot.RESIDENT_BYTES],
-                "resident_growth_bytes_per_s": growth,
-                "resident_growth_t": growth_t,
-                "trend_points": len(recent), "trend_points_needed": self.trend_points,
-                "total_bytes": total,
-                "minor_faults_per_s": rate[Slot.MINOR_FAULTS],
-                "churn_bytes_per_s": rate[Slot.MINOR_FAULTS] * PAGE_SIZE,
-                "pgalloc_bytes_per_s": rate[Slot.PGALLOC] * PAGE_SIZE,
-            },
-            "pressure": {  # us stalled per second / 1e4 = % of the time
-                "cpu_some_pct": rate[Slot.PSI_CPU_US] / 1e4,
-                "memory_some_pct": rate[Slot.PSI_MEMORY_US] / 1e4,
-            },
-            "requests": {
-                "source": "pushed" if pushed else "tcp_proxy",
-                "ingress_per_s": rate[Slot.INGRESS if pushed else Slot.TCP_PASSIVE],
-                "egress_per_s": rate[Slot.EGRESS if pushed else Slot.TCP_ACTIVE],
-                "ratio": req.ratio, "ingress_in_window": req.denominator,
-                "egress_in_window": req.numerator, "window_points": req.count,
-                "window_capacity": self.pushed_ratio.window,
-            },
-        }
+                resident_bytes=values[Slot.RESIDENT_BYTES],
+                resident_growth_bytes_per_s=growth, resident_growth_t=growth_t,
+                trend_points=len(recent), trend_points_needed=self.trend_points,
+                total_bytes=total,
+                minor_faults_per_s=rate[Slot.MINOR_FAULTS],
+                churn_bytes_per_s=rate[Slot.MINOR_FAULTS] * PAGE_SIZE,
+                pgalloc_bytes_per_s=rate[Slot.PGALLOC] * PAGE_SIZE),
+            # PSI: microseconds stalled per second / 1e4 = % of the time
+            pressure=PressureSignals(cpu_some_pct=rate[Slot.PSI_CPU_US] / 1e4,
+                                     memory_some_pct=rate[Slot.PSI_MEMORY_US] / 1e4),
+            requests=RequestSignals(
+                source=PUSHED if pushed else TCP_PROXY,
+                ingress_per_s=rate[Slot.INGRESS if pushed else Slot.TCP_PASSIVE],
+                egress_per_s=rate[Slot.EGRESS if pushed else Slot.TCP_ACTIVE],
+                ratio=req.ratio, ingress_in_window=req.denominator,
+                egress_in_window=req.numerator, window_points=req.count,
+                window_capacity=self.pushed_ratio.window),
+        )

@@ -322,7 +322,8 @@ def make_signals(config: Config, gauges: Callable[[], List[float]]) -> Signals:
                    slow_hz=config.sampler.slow_hz,
                    rate_half_life_s=config.sampler.rate_half_life_s,
                    ratio_window_s=config.amplification.window_s,
-                   trend_window_s=config.fever.window_s, ncpu=NCPU, gauges=gauges)
+                   trend_window_s=config.fever.window_s, ncpu=NCPU, gauges=gauges,
+                   pushed=lambda: True)   # as an application pushing StatsD counters
 
 
 def run(config: Optional[Config] = None, scenario: str = "story", seed: int = 0,
@@ -342,7 +343,6 @@ def run(config: Optional[Config] = None, scenario: str = "story", seed: int = 0,
     duration = timeline[-1].end_s
     host = Host(timeline, random.Random(seed))
     signals = make_signals(config, host.gauges)
-    signals.requests_pushed = True             # as the application pushing StatsD counters
     monitor = Monitor(config, signals.snapshot)
     slow_dt, res = 1.0 / config.sampler.slow_hz, config.seizure.resolution_s
     classic = Classic(res, slow_dt)

@@ -2,6 +2,7 @@
 on random and hostile data, after long runs; and a hypothesis state machine."""
 from collections import deque
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import pytest
@@ -127,7 +128,7 @@ def test_no_drift_over_a_long_run_where_add_remove_designs_drift():
     probes = np.arange(period - 1, n, period)
     s = RollingStats(window)
     ours, done = [], 0
-    for p in probes:
+    for p in probes.tolist():
         s.push_many(x[done:p + 1])
         done = p + 1
         ours.append(s.var())
@@ -230,7 +231,7 @@ hostile = st.one_of(finite, clustered,
 class RollingModel(RuleBasedStateMachine):
     """RollingStats against a deque and exact rational statistics."""
 
-    make = RollingStats
+    make: Any = RollingStats
 
     def __init__(self):
         super().__init__()

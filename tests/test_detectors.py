@@ -14,9 +14,10 @@ CFG = Config().validate()
 GB = 1 << 30
 
 
-def signals(gauges=None):
+def signals(gauges=None, pushed=False):
     return Signals(resolution_s=0.1, window_s=10.0, slow_hz=20.0, ratio_window_s=5.0,
-                   trend_window_s=10.0, ncpu=2.0, gauges=lambda: gauges or [math.nan] * int(Slot.NSLOTS))
+                   trend_window_s=10.0, ncpu=2.0, gauges=lambda: gauges or [math.nan] * int(Slot.NSLOTS),
+                   pushed=lambda: pushed)
 
 
 def cpu_snapshot(buckets):
@@ -108,8 +109,7 @@ def test_fever_unavailable_without_a_memory_source_and_warming_up_before_its_fir
 
 # ------------------------------------------------------------------ amplification
 def request_snapshot(ratio, rate=200.0, seconds=6.0, pushed=True):
-    s = signals()
-    s.requests_pushed = pushed
+    s = signals(pushed=pushed)
     ing = eg = 0.0
     for i in range(int(seconds * 20)):
         t = i / 20

@@ -33,12 +33,12 @@ def play(scenario: str, seed: int = 0) -> Played:
     def sink(report: Report) -> None:
         lines.append(json.dumps(report.to_json(), sort_keys=True))
         s = report.snapshot
-        snaps.append({"t": report.elapsed_s, "cpu_mean": s["cpu"]["util_mean_pct"],
-                      "cpu_std": s["cpu"]["util_std_pct"],
-                      "churn_mb_s": s["memory"]["churn_bytes_per_s"] / 1e6,
-                      "resident_pct": 100 * s["memory"]["resident_bytes"] / s["memory"]["total_bytes"],
-                      "ratio": s["requests"]["ratio"], "ingress": s["requests"]["ingress_per_s"],
-                      "source": s["requests"]["source"]})
+        snaps.append({"t": report.elapsed_s, "cpu_mean": s.cpu.util_mean_pct,
+                      "cpu_std": s.cpu.util_std_pct,
+                      "churn_mb_s": s.memory.churn_bytes_per_s / 1e6,
+                      "resident_pct": 100 * s.memory.resident_bytes / s.memory.total_bytes,
+                      "ratio": s.requests.ratio, "ingress": s.requests.ingress_per_s,
+                      "source": s.requests.source})
 
     result = run(Config(), scenario, seed=seed, speed=MAX_SPEED, on_report=sink)
     return Played(result, tuple(lines), tuple(snaps))

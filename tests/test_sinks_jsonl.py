@@ -21,6 +21,7 @@ import pytest
 from coherence.config import Config, VerdictConfig
 from coherence.monitor import Monitor, Report
 from coherence.sinks.jsonl import EARLY_FRACTION, Cadence, JsonLinesSink, SinkClosed
+from coherence.snapshot import CpuSignals, MemorySignals, PressureSignals, RequestSignals, Snapshot
 
 MB = 1e6
 WALL0 = 1_795_000_000.0        # a fixed Unix time for scripted reports
@@ -37,7 +38,7 @@ SAMPLER_FIGURES: Dict[str, Any] = {
 }
 
 
-def snapshot_at(t: float) -> Dict[str, Any]:
+def snapshot_at(t: float) -> Snapshot:
     """The signals of a scripted incident: warm-up, a seizure that comes, goes and comes back
     (flapping), a fever and a retry storm on top of it (a cascade), then a memory leak."""
     seizing = 5 <= t < 9 or 13 <= t < 30
@@ -46,25 +47,26 @@ def snapshot_at(t: float) -> Dict[str, Any]:
     leaking = 32 <= t < 36
     resident = (12_000 if leaking else 4_000) * MB
     history = np.array([0.0, 100.0] * 16 if seizing else [30.0, 31.0] * 16)
-    return {
-        "cpu": {"util_mean_pct": 40.0 if seizing else 30.0,
-                "util_std_pct": 35.0 if seizing else 1.1,
-                "buckets": min(100, int(t * 10)), "buckets_per_window": 100, "ncpu": 2.0,
-                "history_pct": history},
-        "memory": {"resident_bytes": resident, "resident_mean_bytes": resident,
-                   "resident_std_bytes": 0.0,
-                   "resident_growth_bytes_per_s": 50 * MB if leaking else 0.0,
-                   "trend_points": min(200, int(t * 20)), "trend_points_needed": 200,
-                   "total_bytes": 16_000 * MB, "minor_faults_per_s": 1000.0,
-                   "churn_bytes_per_s": (900 if churning else 14) * MB,
-                   "pgalloc_bytes_per_s": math.nan, "pgfree_bytes_per_s": math.nan},
-        "pressure": {"cpu_some_pct": 2.0, "memory_some_pct": 0.5, "io_some_pct": 0.0},
-        "requests": {"source": "pushed",
-                     "ingress_per_s": 0.0 if t < 2 else 100.0,
-                     "egress_per_s": 0.0 if t < 2 else (300.0 if storm else 100.0),
-                     "ratio": math.nan if t < 2 else (3.0 if storm else 1.0),
-                     "ingress_in_window": 0.0, "egress_in_window": 0.0, "window_points": 0},
-    }
+    return Snapshot(
+        cpu=CpuSignals(available=True, util_mean_pct=40.0 if seizing else 30.0,
+                       util_std_pct=35.0 if seizing else 1.1,
+                       buckets=min(100, int(t * 10)), buckets_per_window=100, ncpu=2.0,
+                       history_pct=history),
+        memory=MemorySignals(available=True, resident_bytes=resident,
+                             resident_growth_bytes_per_s=50 * MB if leaking else 0.0,
+                             resident_growth_t=math.inf if leaking else 0.0,
+                             trend_points=min(200, int(t * 20)), trend_points_needed=200,
+                             total_bytes=16_000 * MB, minor_faults_per_s=1000.0,
+                             churn_bytes_per_s=(900 if churning else 14) * MB,
+                             pgalloc_bytes_per_s=math.nan),
+        pressure=PressureSignals(cpu_some_pct=2.0, memory_some_pct=0.5),
+        requests=RequestSignals(source="pushed",
+                                ingress_per_s=0.0 if t < 2 else 100.0,
+                                egress_per_s=0.0 if t < 2 else (300.0 if storm else 100.0),
+                                ratio=math.nan if t < 2 else (3.0 if storm else 1.0),
+                                ingress_in_window=0.0, egress_in_window=0.0, window_points=0,
+                                window_capacity=100),
+    )
 
 
 def scripted_reports(until: float = 40.0, step: float = STEP_S,

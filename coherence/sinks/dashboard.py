@@ -187,7 +187,7 @@ class _View:
 
     def _spark(self, name: str) -> str:
         if name == "seizure":
-            history = self.report.snapshot.get("cpu", {}).get("history_pct", ())
+            history = self.report.snapshot.cpu.history_pct
             return sparkline(list(history[-SPARK_POINTS:]), 0.0, 100.0)
         f = self.report.findings[name]
         values = list(self.history.get(name) or [f.value])[-SPARK_POINTS:]

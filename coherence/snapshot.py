@@ -1,0 +1,63 @@
+"""What the detectors judge: one reading of every signal, as frozen dataclasses with the unit in
+each field's name. Built by coherence.signals (live or simulated); read by the detectors and
+the dashboard. NaN marks a figure that has no value yet."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Where amplification's request counts come from (JSON `evidence.source`): counters pushed by
+# the application (StatsD, coherence.hooks), or TCP connection opens standing in for them.
+PUSHED, TCP_PROXY = "pushed", "tcp_proxy"
+
+
+@dataclass(frozen=True)
+class CpuSignals:
+    available: bool                # a CPU source is read (False: none, or it was lost)
+    util_mean_pct: float           # mean of the buckets in the window, % of the CPUs available
+    util_std_pct: float            # their standard deviation, points of %
+    buckets: int                   # buckets in the window so far
+    buckets_per_window: int
+    ncpu: float                    # CPUs the utilization is normalized to
+    history_pct: np.ndarray        # the recent buckets, oldest first
+
+
+@dataclass(frozen=True)
+class MemorySignals:
+    available: bool
+    resident_bytes: float
+    resident_growth_bytes_per_s: float   # least-squares trend over the fever window
+    resident_growth_t: float             # that trend over its standard error
+    trend_points: int
+    trend_points_needed: int
+    total_bytes: float                   # memory available to what is watched (limit or host)
+    minor_faults_per_s: float
+    churn_bytes_per_s: float             # minor faults x page size: allocation churn
+    pgalloc_bytes_per_s: float
+
+
+@dataclass(frozen=True)
+class PressureSignals:
+    cpu_some_pct: float            # PSI: share of time some task waited for a CPU
+    memory_some_pct: float
+
+
+@dataclass(frozen=True)
+class RequestSignals:
+    source: str                    # PUSHED or TCP_PROXY
+    ingress_per_s: float
+    egress_per_s: float
+    ratio: float                   # egress / ingress over the window; NaN under the minimum
+    ingress_in_window: float
+    egress_in_window: float
+    window_points: int
+    window_capacity: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    cpu: CpuSignals
+    memory: MemorySignals
+    pressure: PressureSignals
+    requests: RequestSignals

@@ -138,11 +138,7 @@ class Sentinel:
             from coherence.statsd import StatsdListener
             self.listener = StatsdListener(host=statsd[0], port=statsd[1], prefix=statsd_prefix)
         try:
-            s, z = config.sampler, config.seizure
-            self.sampler = Sampler(s.hz, pid=pid, resolution_s=z.resolution_s, window_s=z.window_s,
-                                   slow_hz=s.slow_hz, rate_half_life_s=s.rate_half_life_s,
-                                   ratio_window_s=config.amplification.window_s,
-                                   trend_window_s=config.fever.window_s)
+            self.sampler = Sampler.from_config(config, pid=pid)
         except BaseException:
             if self.listener is not None:
                 self.listener.stop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from coherence import hooks
 from coherence._core import AtomicCounter
@@ -20,6 +20,9 @@ from coherence.snapshot import Snapshot
 from coherence.sources import Choice, Row, Source, close_all, cpu_capacity, describe, select
 from coherence.sources._base import SourceUnavailable, pid_dir, positive_pid
 from coherence.sources.cpu import PidClockCpu
+
+if TYPE_CHECKING:
+    from coherence.config import Config
 
 # --hz bounds: below 1 Hz there is no variance to see in 10 s; above 2000 Hz the wake-ups
 # alone cost more than a few % of a core on a 2-vCPU VM (DESIGN.md, "Sampler").
@@ -163,6 +166,20 @@ class Sampler:
         self._make_feeds(half_life, history, _positive("ratio_window", ratio_window_s),
                          _positive("trend_window", trend_window_s))
         self._thread: Optional[threading.Thread] = None
+
+    @classmethod
+    def from_config(cls, config: "Config", *, pid: Optional[int] = None,
+                    ingress: AtomicCounter = hooks.INGRESS, egress: AtomicCounter = hooks.EGRESS,
+                    proc_root: str = "/proc", sys_root: str = "/sys") -> "Sampler":
+        """The sampler the settings describe: its rates, the seizure's buckets and window, the
+        amplification's ratio window and the fever's trend window."""
+        s = config.sampler
+        return cls(s.hz, pid=pid, resolution_s=config.seizure.resolution_s,
+                   window_s=config.seizure.window_s, slow_hz=s.slow_hz,
+                   rate_half_life_s=s.rate_half_life_s,
+                   ratio_window_s=config.amplification.window_s,
+                   trend_window_s=config.fever.window_s, proc_root=proc_root,
+                   sys_root=sys_root, ingress=ingress, egress=egress)
 
     # ------------------------------------------------------------------ wiring
     def _every(self, rate_hz: float) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -12,6 +12,9 @@ from coherence._core import EwmaRate, RatioWindow, RingBuffer, RollingStats
 from coherence._sampler import Slot
 from coherence.snapshot import (PUSHED, TCP_PROXY, CpuSignals, MemorySignals, PressureSignals,
                                  RequestSignals, Snapshot)
+
+if TYPE_CHECKING:
+    from coherence.config import Config
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 RATE_SLOTS = (Slot.MINOR_FAULTS, Slot.PGALLOC, Slot.PGFREE, Slot.PSI_CPU_US, Slot.PSI_MEMORY_US,
@@ -75,6 +78,17 @@ class Signals:
         self.pushed = pushed
         # families with a source: a family without one is UNAVAILABLE, not warming up
         self.available = frozenset(available)
+
+    @classmethod
+    def from_config(cls, config: "Config", *, ncpu: float, slow_hz: Optional[float] = None,
+                    **wiring: Any) -> "Signals":
+        """Signals shaped by the settings; ``slow_hz`` is the rate the slow counters are really
+        read at (default: the configured one); ``wiring`` is gauges, lost, pushed, available."""
+        return cls(resolution_s=config.seizure.resolution_s, window_s=config.seizure.window_s,
+                   slow_hz=config.sampler.slow_hz if slow_hz is None else slow_hz,
+                   rate_half_life_s=config.sampler.rate_half_life_s,
+                   ratio_window_s=config.amplification.window_s,
+                   trend_window_s=config.fever.window_s, ncpu=ncpu, **wiring)
 
     @property
     def buckets_per_window(self) -> int:

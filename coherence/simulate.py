@@ -318,12 +318,8 @@ def _check_speed(speed: Optional[float]) -> float:
 
 def make_signals(config: Config, gauges: Callable[[], List[float]]) -> Signals:
     """Signals shaped exactly as the live sampler's for this config."""
-    return Signals(resolution_s=config.seizure.resolution_s, window_s=config.seizure.window_s,
-                   slow_hz=config.sampler.slow_hz,
-                   rate_half_life_s=config.sampler.rate_half_life_s,
-                   ratio_window_s=config.amplification.window_s,
-                   trend_window_s=config.fever.window_s, ncpu=NCPU, gauges=gauges,
-                   pushed=lambda: True)   # as an application pushing StatsD counters
+    # requests are pushed, as by an application sending StatsD counters
+    return Signals.from_config(config, ncpu=NCPU, gauges=gauges, pushed=lambda: True)
 
 
 def run(config: Optional[Config] = None, scenario: str = "story", seed: int = 0,

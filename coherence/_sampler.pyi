@@ -18,8 +18,7 @@ class Slot(enum.IntEnum):
     EGRESS = 10
     TCP_PASSIVE = 11
     TCP_ACTIVE = 12
-    MEM_LIMIT_BYTES = 13
-    NSLOTS = 14
+    NSLOTS = 13
 
 # (prefix, index, occurrence, after_last, slot, coef)
 _FieldSpec = Tuple[bytes, int, int, bytes, int, float]
@@ -29,6 +28,8 @@ def parse_fields_c(data: bytes, fields: List[Tuple[bytes, int, int, bytes]]) -> 
 class Engine:
     def __init__(self, hz: float, resolution: float, ncpu: float) -> None: ...
     def add_file(self, fd: int, every: int, phase: int, fields: List[_FieldSpec]) -> int: ...
+    def set_rule(self, slot: int, floor: float = ..., hold: bool = ...,
+                 take_min: bool = ...) -> None: ...
     def add_counter(self, counter: AtomicCounter, slot: int, every: int, phase: int) -> None: ...
     def add_clock(self, clock: int, slot: int, every: int, phase: int) -> None: ...
     def add_callback(self, every: int, phase: int, fn: Callable[[], Mapping[str, float]],

@@ -17,9 +17,18 @@ from coherence._core import AtomicCounter
 from coherence._sampler import Engine, Slot
 from coherence.signals import Signals
 from coherence.snapshot import Snapshot
-from coherence.sources import Choice, Row, Source, close_all, cpu_capacity, describe, select
-from coherence.sources._base import SourceUnavailable, pid_dir, positive_pid
-from coherence.sources.cpu import PidClockCpu
+from coherence.sources import (
+    Choice,
+    Row,
+    Source,
+    SourceUnavailable,
+    close_all,
+    cpu_capacity,
+    describe,
+    pid_dir,
+    positive_pid,
+    select,
+)
 
 if TYPE_CHECKING:
     from coherence.config import Config
@@ -30,45 +39,22 @@ MIN_HZ, MAX_HZ = 1.0, 2000.0
 # /proc/vmstat, /proc/meminfo, /proc/net/snmp cost 5-20 us a read (DESIGN.md): tens of Hz.
 SLOW_HZ = 20.0
 
-# Which field of which source feeds which slot, with what coefficient: linear combinations
-# only (derived signals such as resident = MemTotal - MemAvailable). Non-linear parts (the
-# smaller of a cgroup limit and MemTotal) are done by the readers, from separate slots.
-_CPU = {"cpu_usage_ns_total": [(Slot.CPU_NS, 1.0)]}
-_FAULTS = {"pgfault_total": [(Slot.MINOR_FAULTS, 1.0)], "pgmajfault_total": [(Slot.MINOR_FAULTS, -1.0)]}
-_CGROUP_MEMORY = {
-    "mem_usage_bytes": [(Slot.RESIDENT_BYTES, 1.0)],
-    "mem_inactive_file_bytes": [(Slot.RESIDENT_BYTES, -1.0)],
-    "mem_limit_bytes": [(Slot.MEM_LIMIT_BYTES, 1.0)],
-    "host_mem_total_bytes": [(Slot.MEM_TOTAL_BYTES, 1.0)],
-    **_FAULTS,
+# The engine's slot for each derived signal a source's recipe names (coherence.sources): the
+# vocabulary the sampler speaks; which fields feed them, and how, is each source's to declare.
+SLOTS: Dict[str, Slot] = {
+    "cpu_usage_ns_total": Slot.CPU_NS,
+    "minor_faults_total": Slot.MINOR_FAULTS,
+    "pgalloc_total": Slot.PGALLOC,
+    "pgfree_total": Slot.PGFREE,
+    "mem_resident_bytes": Slot.RESIDENT_BYTES,
+    "mem_total_bytes": Slot.MEM_TOTAL_BYTES,
+    "psi_cpu_some_us_total": Slot.PSI_CPU_US,
+    "psi_memory_some_us_total": Slot.PSI_MEMORY_US,
+    "psi_io_some_us_total": Slot.PSI_IO_US,
+    "tcp_passive_opens_total": Slot.TCP_PASSIVE,
+    "tcp_active_opens_total": Slot.TCP_ACTIVE,
 }
-RECIPES: Dict[str, Dict[str, List[Tuple[int, float]]]] = {
-    "cpu.pidclock": _CPU, "cpu.pid": _CPU, "cpu.pidstat": _CPU, "cpu.cgroup2": _CPU,
-    "cpu.cgroup1": _CPU, "cpu.procstat": _CPU, "cpu.psutil": _CPU,
-    "memory.host": {
-        "mem_total_bytes": [(Slot.RESIDENT_BYTES, 1.0), (Slot.MEM_TOTAL_BYTES, 1.0)],
-        "mem_available_bytes": [(Slot.RESIDENT_BYTES, -1.0)],
-        "pgalloc_total": [(Slot.PGALLOC, 1.0)],
-        "pgfree_total": [(Slot.PGFREE, 1.0)],
-        **_FAULTS,
-    },
-    "memory.pid": {
-        "minor_faults_total": [(Slot.MINOR_FAULTS, 1.0)],
-        "mem_resident_bytes": [(Slot.RESIDENT_BYTES, 1.0)],
-        "mem_total_bytes": [(Slot.MEM_TOTAL_BYTES, 1.0)],
-    },
-    "memory.cgroup2": _CGROUP_MEMORY,
-    "memory.cgroup1": _CGROUP_MEMORY,
-    "pressure.psi": {
-        "psi_cpu_some_us_total": [(Slot.PSI_CPU_US, 1.0)],
-        "psi_memory_some_us_total": [(Slot.PSI_MEMORY_US, 1.0)],
-        "psi_io_some_us_total": [(Slot.PSI_IO_US, 1.0)],
-    },
-    "requests.tcp_snmp": {
-        "tcp_active_opens_total": [(Slot.TCP_ACTIVE, 1.0)],
-        "tcp_passive_opens_total": [(Slot.TCP_PASSIVE, 1.0)],
-    },
-}
+
 
 class SamplerError(Exception):
     """The sampler cannot run as asked; ``str(err)`` is one line for the user."""
@@ -185,22 +171,33 @@ class Sampler:
     def _every(self, rate_hz: float) -> int:
         return max(1, int(round(self.hz / min(self.hz, rate_hz))))
 
+    def _targets(self, source: Source) -> Dict[str, List[Tuple[int, float]]]:
+        """The source's recipe in slots: {parsed signal: [(slot, coefficient)]}."""
+        try:
+            return {parsed: [(int(SLOTS[derived]), coef) for derived, coef in targets]
+                    for parsed, targets in source.recipe.items()}
+        except KeyError as err:
+            raise SamplerError(f"source {source.name} feeds {err.args[0]}, which the sampler "
+                               "has no slot for") from None
+
     def _add_source(self, source: Source, every: int, phase: int) -> None:
-        recipe = RECIPES.get(source.name)
-        if recipe is None:
-            raise SamplerError(f"source {source.name} has no recipe in coherence.sampler")
-        if isinstance(source, PidClockCpu):
-            self.engine.add_clock(source.clock, Slot.CPU_NS, every, phase)
+        targets = self._targets(source)
+        for derived, rule in source.rules.items():
+            if derived in SLOTS:
+                self.engine.set_rule(SLOTS[derived], rule.floor, rule.hold, rule.take_min)
+        if source.clock is not None:
+            for slot, _coef in targets.get(source.clock_signal, ()):
+                self.engine.add_clock(source.clock, slot, every, phase)
         elif source.readers:
             for reader in source.readers:
                 fields = [(f.prefix, f.index, f.occurrence, f.after_last, slot, coef * f.scale)
-                          for f in reader.fields for slot, coef in recipe.get(f.signal, ())]
+                          for f in reader.fields for slot, coef in targets.get(f.signal, ())]
                 if fields:
                     self.engine.add_file(reader.fd, every, phase, fields)
                     self._files.append((source.name, reader.path))
         else:
             # No file (psutil): called back with the GIL, at its own rate.
-            self.engine.add_callback(every, phase, source.read, recipe)
+            self.engine.add_callback(every, phase, source.read, targets)
 
     def _wire(self, cpu: Source, ingress: AtomicCounter, egress: AtomicCounter) -> None:
         self._files: List[Tuple[str, str]] = []     # (source, path) per engine file, in order
@@ -297,8 +294,8 @@ class Sampler:
             if f["lost"]:
                 lost.setdefault(name, path)
         cpu = self.chosen["cpu"].source
-        if isinstance(cpu, PidClockCpu) and self.engine.slot_state()[2][Slot.CPU_NS]:
-            lost[cpu.name] = f"the CPU clock of process {cpu.pid}"
+        if cpu is not None and cpu.clock is not None and self.engine.slot_state()[2][Slot.CPU_NS]:
+            lost[cpu.name] = f"the CPU clock of process {self.pid}"
         return [row._replace(available=False, reason=f"lost while running: {lost[row.name]} "
                                                      "became unreadable (process exited?)")
                 if row.name in lost else row for row in describe(self.chosen)]

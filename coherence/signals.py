@@ -99,9 +99,6 @@ class Signals:
         values, lost = self.gauges(), self.lost()
         cpu = self.cpu_buckets.snapshot()
         rate = {slot: r.rate for slot, r in self.rates.items()}
-        total, limit = values[Slot.MEM_TOTAL_BYTES], values[Slot.MEM_LIMIT_BYTES]
-        if not math.isnan(limit) and (math.isnan(total) or limit < total):
-            total = limit
         recent = self.resident_history.to_array()[-self.trend_points:]
         growth, growth_t = trend_per_s(recent, self.interval_s)
         pushed = self.pushed()
@@ -118,7 +115,7 @@ class Signals:
                 resident_bytes=values[Slot.RESIDENT_BYTES],
                 resident_growth_bytes_per_s=growth, resident_growth_t=growth_t,
                 trend_points=len(recent), trend_points_needed=self.trend_points,
-                total_bytes=total,
+                total_bytes=values[Slot.MEM_TOTAL_BYTES],
                 minor_faults_per_s=rate[Slot.MINOR_FAULTS],
                 churn_bytes_per_s=rate[Slot.MINOR_FAULTS] * PAGE_SIZE,
                 pgalloc_bytes_per_s=rate[Slot.PGALLOC] * PAGE_SIZE),

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from coherence import RingBuffer, RollingStats
 from coherence._sampler import Engine, Slot, parse_fields_c
-from coherence.sampler import RECIPES, Sampler, SamplerError
+from coherence.sampler import SLOTS, Sampler, SamplerError
 from coherence.sources import Field, parse_fields, select
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -68,12 +68,38 @@ def test_c_parser_on_every_real_file_the_sources_read():
                 s.close()
 
 
-def test_every_source_has_a_recipe_for_its_required_signals():
+@pytest.mark.parametrize("where", ["host", "cgroup2", "cgroup1", "nopsi"])
+def test_every_source_declares_how_its_fields_feed_the_sampler(where):
     from coherence.sources import discover
-    for family, candidates in discover().items():
+    for family, candidates in discover(**({} if where == "host" else tree(where))).items():
         for source in candidates:
-            assert source.name in RECIPES, source.name
+            derived = {t for targets in source.recipe.values() for t, _ in targets}
+            assert derived <= set(SLOTS), (source.name, derived - set(SLOTS))
+            assert set(source.required) <= derived | set(source.recipe), source.name
+            assert set(source.rules) <= derived, source.name
             source.close()
+
+
+@pytest.mark.parametrize("name", ["cgroup2", "cgroup1", "nopsi"])
+def test_the_compiled_engine_derives_what_the_sources_derive(name):
+    # One declaration (recipe, rules), two implementations: the engine's slots on a fake tree
+    # hold what Source.read() derives from the same files.
+    expected = {}
+    chosen = select(**tree(name))
+    for choice in chosen.values():
+        if choice.source is not None:
+            expected.update(choice.source.read())
+        for source in choice.tried:
+            source.close()
+    with Sampler(hz=200, **tree(name)) as s:
+        assert wait_for(lambda: s.stats().ticks > 50)
+        values = s.engine.slot_values()
+    checked = 0
+    for signal, slot in SLOTS.items():
+        if signal in expected and slot != Slot.CPU_NS:    # CPU is published as buckets
+            assert values[slot] == pytest.approx(expected[signal], rel=1e-12), signal
+            checked += 1
+    assert checked >= 4, expected
 
 
 # ------------------------------------------------------------------ the tick loop

@@ -10,7 +10,17 @@ from __future__ import annotations
 from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from coherence.sources import cpu, memory, netsnmp, pressure
-from coherence.sources._base import Field, FileReader, Source, SourceUnavailable, parse_fields
+from coherence.sources._base import (
+    Field,
+    FileReader,
+    Recipe,
+    Rule,
+    Source,
+    SourceUnavailable,
+    parse_fields,
+    pid_dir,
+    positive_pid,
+)
 from coherence.sources.cpu import cpu_capacity
 
 __all__ = [
@@ -18,7 +28,9 @@ __all__ = [
     "Choice",
     "Field",
     "FileReader",
+    "Recipe",
     "Row",
+    "Rule",
     "Source",
     "SourceUnavailable",
     "close_all",
@@ -26,6 +38,8 @@ __all__ = [
     "describe",
     "discover",
     "parse_fields",
+    "pid_dir",
+    "positive_pid",
     "select",
 ]
 

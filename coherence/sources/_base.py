@@ -10,7 +10,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 log = logging.getLogger("coherence.sources")
 
@@ -125,6 +125,60 @@ def parse_fields(data: bytes, fields: Iterable[Field]) -> Dict[str, float]:
     return out
 
 
+@dataclass(frozen=True)
+class Rule:
+    """How a derived signal is made from the parsed fields that feed it (see Source.recipe)."""
+
+    floor: float = -math.inf   # a value under it reads as it: usage - inactive_file is never < 0
+    hold: bool = False         # never below the highest value seen: faults - major faults, read
+    #                            apart, can step back by a few, which would read as a reset
+    take_min: bool = False     # the smallest term present instead of the sum: a cgroup's limit
+    #                            beside the host's memory ("max", no limit, is simply absent)
+
+
+PLAIN = Rule()
+# parsed signal -> ((derived signal, coefficient), ...): linear combinations, in units
+Recipe = Mapping[str, Tuple[Tuple[str, float], ...]]
+
+
+def identity(*signals: str) -> Dict[str, Tuple[Tuple[str, float], ...]]:
+    """A recipe passing each signal through as itself."""
+    return {s: ((s, 1.0),) for s in signals}
+
+
+def combine(recipe: Recipe, rules: Mapping[str, Rule], values: Mapping[str, float],
+            held: Dict[str, float]) -> Dict[str, float]:
+    """The derived signals of ``recipe`` from parsed ``values``, by ``rules``: what the compiled
+    sampler computes from the same declaration on every tick. A derived signal one of whose
+    terms is missing is absent (a partial sum is a wrong value), unless it takes the minimum;
+    ``held`` keeps the highest value of each held signal between calls."""
+    out: Dict[str, float] = {}
+    missing = set()
+    for parsed, targets in recipe.items():
+        value = values.get(parsed)
+        for target, coef in targets:
+            rule = rules.get(target, PLAIN)
+            if value is None:
+                if not rule.take_min:
+                    missing.add(target)
+                continue
+            term = coef * value
+            if target not in out:
+                out[target] = term
+            else:
+                out[target] = min(out[target], term) if rule.take_min else out[target] + term
+    for target in missing:
+        out.pop(target, None)
+    for target, value in out.items():
+        rule = rules.get(target, PLAIN)
+        value = max(value, rule.floor)
+        if rule.hold:
+            value = max(value, held.get(target, value))
+            held[target] = value
+        out[target] = value
+    return out
+
+
 class SourceUnavailable(Exception):
     """A source cannot read what it needs; ``str(err)`` is the one-line reason shown to the user."""
 
@@ -197,12 +251,22 @@ class Source:
 
     Subclasses set ``name``, ``family``, ``max_hz`` and ``required`` and call ``_probe(build)``,
     where ``build`` opens readers with ``_add`` and returns the one-line description of what is read.
+
+    What the fields mean is declared once, here, and nowhere else: ``recipe`` says which parsed
+    signal feeds which derived signal with which sign and scale, ``rules`` how each derived
+    signal is bounded. ``read()`` applies them in Python; the compiled sampler is wired from the
+    same two attributes. A source with no file to read sets ``clock`` (a CPU-time clock read as
+    ``clock_signal`` in ns) or has no readers (called back, like psutil).
     """
 
     name = ""
     family = ""
     max_hz = 0.0
     required: Tuple[str, ...] = ()
+    recipe: Recipe = {}
+    rules: Mapping[str, Rule] = {}
+    clock: Optional[int] = None
+    clock_signal = ""
 
     def __init__(self) -> None:
         self.readers: List[FileReader] = []
@@ -243,18 +307,8 @@ class Source:
         return values
 
     def derive(self, values: Dict[str, float]) -> Dict[str, float]:
-        """Add signals computed from the parsed ones (e.g. minor faults); the default adds none."""
-        return values
-
-    def _monotonic(self, signal: str, value: float) -> float:
-        # A difference of two counters read at slightly different instants (pgfault is counted
-        # before pgmajfault within one fault) can step back by a few; holding it avoids a false
-        # "counter reset", which downstream would read as a huge rate.
-        held = self._held.get(signal, value)
-        if value < held:
-            return held
-        self._held[signal] = value
-        return value
+        """The parsed values with the derived signals of ``recipe`` and ``rules`` added."""
+        return {**values, **combine(self.recipe, self.rules, values, self._held)}
 
     def read(self) -> Dict[str, float]:
         """Every reader's pread parsed and merged, plus derived signals; {} once unavailable.

@@ -19,6 +19,7 @@ from coherence.sources._base import (
     cgroup2_mount,
     cgroup_membership,
     check_pid,
+    identity,
     parse_fields,
     pid_dir,
     positive_pid,
@@ -26,6 +27,7 @@ from coherence.sources._base import (
 )
 
 SIGNAL = "cpu_usage_ns_total"
+RECIPE = identity(SIGNAL)
 # A ~1 µs pread of an ns/µs counter: the sampler's --hz ceiling.
 FINE_HZ = 2000.0
 # USER_HZ ticks (10 ms): more reads per second only repeat the same value.
@@ -41,6 +43,7 @@ class Cgroup2Cpu(Source):
     """cgroup v2 ``cpu.stat`` usage_usec of the visible hierarchy's root (the container, or the host)."""
 
     name, family, max_hz, required = "cpu.cgroup2", "cpu", FINE_HZ, (SIGNAL,)
+    recipe = RECIPE
 
     def __init__(self, proc_root: str = "/proc", sys_root: str = "/sys") -> None:
         super().__init__()
@@ -59,6 +62,7 @@ class Cgroup1Cpu(Source):
     """cgroup v1 ``cpuacct.usage`` (ns) of the visible hierarchy's root."""
 
     name, family, max_hz, required = "cpu.cgroup1", "cpu", FINE_HZ, (SIGNAL,)
+    recipe = RECIPE
 
     def __init__(self, proc_root: str = "/proc", sys_root: str = "/sys") -> None:
         super().__init__()
@@ -82,6 +86,7 @@ class PidCpu(Source):
     """``/proc/<pid>/schedstat`` run time in ns: exact, but of the process's main thread only."""
 
     name, family, max_hz, required = "cpu.pid", "cpu", FINE_HZ, (SIGNAL,)
+    recipe = RECIPE
 
     def __init__(self, pid: int, proc_root: str = "/proc") -> None:
         super().__init__()
@@ -114,11 +119,13 @@ class PidClockCpu(Source):
     """The CPU-time clock of one process: every thread, in ns (clock_gettime, no file to read)."""
 
     name, family, max_hz, required = "cpu.pidclock", "cpu", FINE_HZ, (SIGNAL,)
+    recipe = RECIPE
 
     def __init__(self, pid: int, proc_root: str = "/proc") -> None:
         super().__init__()
         self.pid = positive_pid(pid)
         self.clock = process_cpu_clock(self.pid)
+        self.clock_signal = SIGNAL
         self._probe(lambda: self._build(proc_root))
 
     def _build(self, proc_root: str) -> str:
@@ -139,6 +146,7 @@ class PidStatCpu(Source):
     """``/proc/<pid>/stat`` utime + stime: the whole process, every thread, in 10 ms ticks."""
 
     name, family, max_hz, required = "cpu.pidstat", "cpu", TICK_HZ, (SIGNAL,)
+    recipe = RECIPE
 
     def __init__(self, pid: int, proc_root: str = "/proc") -> None:
         super().__init__()
@@ -156,6 +164,7 @@ class ProcStatCpu(Source):
     """``/proc/stat`` busy time of the whole host: user+nice+system+irq+softirq+steal."""
 
     name, family, max_hz, required = "cpu.procstat", "cpu", TICK_HZ, (SIGNAL,)
+    recipe = RECIPE
 
     def __init__(self, proc_root: str = "/proc", sys_root: str = "/sys") -> None:
         super().__init__()
@@ -171,6 +180,7 @@ class PsutilCpu(Source):
     """psutil's CPU times (any OS): busy fields of the host, or user+system of ``pid``; no readers."""
 
     name, family, max_hz, required = "cpu.psutil", "cpu", TICK_HZ, (SIGNAL,)
+    recipe = RECIPE
     HOST_BUSY = ("user", "nice", "system", "irq", "softirq", "steal")
 
     def __init__(self, pid: Optional[int] = None) -> None:

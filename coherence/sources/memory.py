@@ -6,16 +6,19 @@ allocates pages (pgalloc) but raises almost none, so churn stays flat while a fi
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from coherence.sources._base import (
     PAGE_SIZE,
     Field,
+    Recipe,
+    Rule,
     Source,
     SourceUnavailable,
     cgroup1_mount,
     cgroup2_mount,
     check_pid,
+    identity,
     pid_dir,
     positive_pid,
 )
@@ -34,31 +37,38 @@ def _gauge(signal: str, prefix: bytes, scale: float = 1.0) -> Field:
 HOST_MEM_TOTAL = _gauge("host_mem_total_bytes", b"MemTotal:", KIB)
 
 
+# Minor faults = all faults - major ones: anonymous memory touched (the churn evidence).
+MINOR = {"pgfault_total": (("minor_faults_total", 1.0),),
+         "pgmajfault_total": (("minor_faults_total", -1.0),)}
+# The working set of a cgroup, as the kubelet computes it: usage less inactive page cache, so a
+# file streamed once does not read as resident growth; its memory, the limit or the host's.
+CGROUP: Recipe = {
+    "mem_usage_bytes": (("mem_resident_bytes", 1.0),),
+    "mem_inactive_file_bytes": (("mem_resident_bytes", -1.0),),
+    "mem_limit_bytes": (("mem_total_bytes", 1.0),),
+    "host_mem_total_bytes": (("mem_total_bytes", 1.0),),
+    **MINOR,
+}
+
+
 class _Memory(Source):
     family, max_hz, required = "memory", MEMORY_HZ, REQUIRED
-
-    def _minor(self, values: Dict[str, float], faults: str, major: str) -> None:
-        if faults in values and major in values:
-            minor = max(0.0, values[faults] - values[major])
-            values["minor_faults_total"] = self._monotonic("minor_faults_total", minor)
-
-    def _cgroup_derive(self, values: Dict[str, float]) -> Dict[str, float]:
-        # Working set, as the kubelet computes it: usage less inactive page cache, so a file
-        # streamed once does not read as resident growth.
-        if "mem_usage_bytes" in values:
-            inactive = values.get("mem_inactive_file_bytes", 0.0)
-            values["mem_resident_bytes"] = max(0.0, values["mem_usage_bytes"] - inactive)
-        limits = [values[k] for k in ("mem_limit_bytes", "host_mem_total_bytes") if k in values]
-        if limits:
-            values["mem_total_bytes"] = min(limits)
-        self._minor(values, "pgfault_total", "pgmajfault_total")
-        return values
+    rules = {"minor_faults_total": Rule(floor=0.0, hold=True),
+             "mem_resident_bytes": Rule(floor=0.0),
+             "mem_total_bytes": Rule(take_min=True)}
 
 
 class HostMemory(_Memory):
     """Host: ``/proc/meminfo`` MemTotal - MemAvailable, ``/proc/vmstat`` faults, pgalloc_*, pgfree."""
 
     name = "memory.host"
+    recipe: Recipe = {
+        "mem_total_bytes": (("mem_resident_bytes", 1.0), ("mem_total_bytes", 1.0)),
+        "mem_available_bytes": (("mem_resident_bytes", -1.0),),
+        "pgalloc_total": (("pgalloc_total", 1.0),),
+        "pgfree_total": (("pgfree_total", 1.0),),
+        **MINOR,
+    }
 
     def __init__(self, proc_root: str = "/proc", sys_root: str = "/sys") -> None:
         super().__init__()
@@ -79,17 +89,11 @@ class HostMemory(_Memory):
         return (f"{meminfo} MemTotal-MemAvailable; {vmstat.path} pgfault-pgmajfault "
                 f"(pgalloc_total, pgfree_total in pages of {PAGE_SIZE} bytes)")
 
-    def derive(self, values: Dict[str, float]) -> Dict[str, float]:
-        if "mem_total_bytes" in values and "mem_available_bytes" in values:
-            values["mem_resident_bytes"] = max(0.0, values["mem_total_bytes"] - values["mem_available_bytes"])
-        self._minor(values, "pgfault_total", "pgmajfault_total")
-        return values
-
-
 class PidMemory(_Memory):
     """One process: ``/proc/<pid>/stat`` minflt/majflt (all threads) and ``/proc/<pid>/status`` VmRSS."""
 
     name = "memory.pid"
+    recipe = identity("minor_faults_total", "mem_resident_bytes", "mem_total_bytes")
 
     def __init__(self, pid: int, proc_root: str = "/proc") -> None:
         super().__init__()
@@ -109,7 +113,7 @@ class PidMemory(_Memory):
 class Cgroup2Memory(_Memory):
     """cgroup v2 root: ``memory.current`` less inactive_file, ``memory.stat`` faults, ``memory.max``."""
 
-    name = "memory.cgroup2"
+    name, recipe = "memory.cgroup2", CGROUP
 
     def __init__(self, proc_root: str = "/proc", sys_root: str = "/sys") -> None:
         super().__init__()
@@ -129,14 +133,11 @@ class Cgroup2Memory(_Memory):
         self._add(os.path.join(proc_root, "meminfo"), [HOST_MEM_TOTAL])
         return f"{mount}/memory.current - inactive_file, memory.stat pgfault-pgmajfault (cgroup root)"
 
-    def derive(self, values: Dict[str, float]) -> Dict[str, float]:
-        return self._cgroup_derive(values)
-
 
 class Cgroup1Memory(_Memory):
     """cgroup v1 root: ``memory.usage_in_bytes`` less total_inactive_file, hierarchical faults and limit."""
 
-    name = "memory.cgroup1"
+    name, recipe = "memory.cgroup1", CGROUP
 
     def __init__(self, proc_root: str = "/proc", sys_root: str = "/sys") -> None:
         super().__init__()
@@ -156,9 +157,6 @@ class Cgroup1Memory(_Memory):
         self._add(os.path.join(proc_root, "meminfo"), [HOST_MEM_TOTAL])
         return (f"{mount}/memory.usage_in_bytes - total_inactive_file, "
                 f"memory.stat total_pgfault-total_pgmajfault (cgroup root)")
-
-    def derive(self, values: Dict[str, float]) -> Dict[str, float]:
-        return self._cgroup_derive(values)
 
 
 def discover(pid: Optional[int] = None, proc_root: str = "/proc", sys_root: str = "/sys") -> List[Source]:

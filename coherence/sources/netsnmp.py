@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
-from coherence.sources._base import Field, Source, SourceUnavailable, check_pid
+from coherence.sources._base import Field, Source, SourceUnavailable, check_pid, identity
 
 # /proc/net/snmp costs ~12 µs a read; connection rates need only tens of Hz.
 SNMP_HZ = 50.0
@@ -20,6 +20,7 @@ class TcpSnmp(Source):
 
     name, family, max_hz = "requests.tcp_snmp", "requests", SNMP_HZ
     required = tuple(COLUMNS)
+    recipe = identity(*COLUMNS)
 
     def __init__(self, proc_root: str = "/proc", sys_root: str = "/sys") -> None:
         super().__init__()

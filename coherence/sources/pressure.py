@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
-from coherence.sources._base import Field, FileReader, Source, SourceUnavailable, check_pid
+from coherence.sources._base import Field, FileReader, Source, SourceUnavailable, check_pid, identity
 
 RESOURCES = ("cpu", "memory", "io")
 # A ~2 µs pread of µs totals that the kernel aggregates at read time.
@@ -37,6 +37,7 @@ class Psi(Source):
     def __init__(self, proc_root: str = "/proc", sys_root: str = "/sys") -> None:
         super().__init__()
         self.required = tuple(f"psi_{r}_some_us_total" for r in RESOURCES)
+        self.recipe = identity(*self.required)        # "full" is parsed, not used
         self._probe(lambda: self._build(proc_root))
 
     def _build(self, proc_root: str) -> str:

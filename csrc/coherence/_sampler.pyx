@@ -8,7 +8,7 @@ them. Sources without a file (psutil) are called back with the GIL at their own 
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
-from libc.math cimport NAN, isnan
+from libc.math cimport INFINITY, NAN, isnan
 from posix.unistd cimport pread
 
 from coherence._core cimport (
@@ -45,7 +45,8 @@ cdef extern from "<sys/prctl.h>" nogil:
 cdef extern from "<errno.h>" nogil:
     int errno
 
-# --- signals the engine knows; coherence.sampler maps source fields onto them ---------------
+# --- signals the engine knows; each source declares which of its fields feed which slot, and
+# with what sign and scale, and how a slot's value is bounded (coherence.sources: recipe, rules)
 cpdef enum Slot:
     CPU_NS = 0              # CPU time used, ns (counter)
     MINOR_FAULTS = 1        # minor page faults: the allocation-churn evidence (counter)
@@ -60,8 +61,7 @@ cpdef enum Slot:
     EGRESS = 10
     TCP_PASSIVE = 11        # the labelled proxy: TCP PassiveOpens (ingress) ...
     TCP_ACTIVE = 12         # ... and ActiveOpens (egress)
-    MEM_LIMIT_BYTES = 13    # a cgroup's memory limit (gauge; absent when unlimited)
-    NSLOTS = 14
+    NSLOTS = 13
 
 cdef enum:
     MAX_FILES = 32
@@ -271,7 +271,11 @@ cdef class Engine:
     cdef double work_t[NSLOTS]           # monotonic seconds of the read
     cdef int fresh[NSLOTS]               # some field of the slot was read this tick
     cdef int missing[NSLOTS]             # ... and one was absent: the sum is not a value
-    cdef double minor_faults_held        # the highest minor-fault count seen (see _after_reads)
+    # each slot's rules, as its source declares them (set_rule)
+    cdef double floor[NSLOTS]            # a value under it reads as it (-inf: none)
+    cdef int hold[NSLOTS]                # a value under the highest seen reads as that
+    cdef int take_min[NSLOTS]            # the smallest field present, not the sum
+    cdef double held[NSLOTS]
     # what the slots hold between ticks, and the copy readers see (a latch)
     cdef slots_t slots
     cdef slots_t slots_pub[2]
@@ -313,6 +317,8 @@ cdef class Engine:
         for k in range(<int>NSLOTS):
             self.slots.value[k] = NAN
             self.slots.t[k] = NAN
+            self.floor[k] = -INFINITY
+            self.held[k] = -INFINITY
         self._publish_slots()
 
     # ------------------------------------------------------------------ configuration
@@ -336,6 +342,18 @@ cdef class Engine:
             f.nfields += 1
         self.nfiles += 1
         return self.nfiles - 1
+
+    def set_rule(self, int slot, double floor=-INFINITY, bint hold=False, bint take_min=False):
+        """How a slot's value is made from its fields, each tick: the sum of coef x field (or,
+        with take_min, the smallest field present: a limit beside the host's memory), then
+        raised to `floor`, then, with `hold`, never below the highest value seen (a difference
+        of counters read at slightly different instants can step back by a few)."""
+        _check_slot(slot)
+        if floor != floor:
+            raise ValueError("floor must be a number (-inf: none)")
+        self.floor[slot] = floor
+        self.hold[slot] = hold
+        self.take_min[slot] = take_min
 
     def add_counter(self, AtomicCounter counter, int slot, int every, int phase):
         if self.ncounters >= MAX_COUNTERS:
@@ -466,9 +484,19 @@ cdef class Engine:
     cdef inline void _take(self, int slot, double v, double t) noexcept nogil:
         if not self.fresh[slot]:
             self.fresh[slot] = 1
-            self.work[slot] = 0.0
-        self.work[slot] += v
+            self.work[slot] = v
+        elif self.take_min[slot]:
+            if v < self.work[slot]:
+                self.work[slot] = v
+        else:
+            self.work[slot] += v
         self.work_t[slot] = t
+
+    cdef inline void _miss(self, int slot) noexcept nogil:
+        # a partial sum is a wrong value, not a smaller one; a minimum just has one term less
+        if not self.take_min[slot]:
+            self.fresh[slot] = 1
+            self.missing[slot] = 1
 
     cdef void _lose(self, int slot) noexcept nogil:
         if not self.slots.lost[slot]:
@@ -507,8 +535,7 @@ cdef class Engine:
                     self._take(fld.slot, fld.coef * v, t)
                 else:
                     coh_store_i64(&f.parse_misses, f.parse_misses + 1)
-                    self.fresh[fld.slot] = 1
-                    self.missing[fld.slot] = 1     # a partial sum is a wrong value, not a smaller one
+                    self._miss(fld.slot)
         for i in range(self.nclocks):
             if self.clocks[i].lost or tick % self.clocks[i].every != self.clocks[i].phase:
                 continue
@@ -538,8 +565,7 @@ cdef class Engine:
                     v = values.get(signal)
                     for slot, coef in targets:
                         if v is None:
-                            self.fresh[slot] = 1
-                            self.missing[slot] = 1
+                            self._miss(slot)
                         else:
                             self._take(slot, coef * float(v), t)
             except Exception:
@@ -553,14 +579,12 @@ cdef class Engine:
             if not self.fresh[k] or self.missing[k]:
                 continue
             v, t = self.work[k], self.work_t[k]
-            if k == MINOR_FAULTS:
-                # pgfault - pgmajfault, read at slightly different instants, can step back by
-                # a few: hold it (as coherence.sources does) rather than read a counter reset.
-                if v < self.minor_faults_held:
-                    v = self.minor_faults_held
-                self.minor_faults_held = v
-            elif k == RESIDENT_BYTES and v < 0.0:
-                v = 0.0                          # usage - inactive_file, read apart: never < 0
+            if v < self.floor[k]:
+                v = self.floor[k]
+            if self.hold[k]:
+                if v < self.held[k]:
+                    v = self.held[k]
+                self.held[k] = v
             if k != CPU_NS:                      # CPU is published as buckets, not as a value
                 self.slots.value[k] = v
                 self.slots.t[k] = t

@@ -31,7 +31,8 @@ lib=$(gcc -print-file-name="$runtime")
 # Modules the tests compile themselves (tests/capi) are instrumented too; the compiler they
 # run does not load the runtime (conftest drops LD_PRELOAD for it).
 export CFLAGS="-fsanitize=$kind -g" LDFLAGS="-fsanitize=$kind"
-export TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1 ${TSAN_OPTIONS:-}"
+# reports go to files (pytest captures the test's stderr, and the first report ends the run)
+export TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1 log_path=$work/report ${TSAN_OPTIONS:-}"
 export COHERENCE_SANITIZED=$kind
 # the instrumented build is the one imported, and the runtime is loaded: else this proves nothing
 (cd / && PYTHONPATH="$work/lib" LD_PRELOAD="$lib" "$python" -c '
@@ -40,4 +41,12 @@ assert core.__file__.startswith(sys.argv[1]), "imported " + core.__file__
 maps = open("/proc/self/maps").read()
 assert "'"$runtime"'" in maps, "the sanitizer runtime is not loaded"
 ' "$work/lib")
-PYTHONPATH="$work/lib" LD_PRELOAD="$lib" "$pytest" -p no:cacheprovider -q "$@"
+rc=0
+PYTHONPATH="$work/lib" LD_PRELOAD="$lib" "$pytest" -p no:cacheprovider -q "$@" || rc=$?
+for report in "$work"/report.*; do
+  [ -e "$report" ] || continue
+  echo "--- $kind sanitizer report ($report) ---" >&2
+  cat "$report" >&2
+  rc=${rc/#0/1}
+done
+exit "$rc"

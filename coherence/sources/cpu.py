@@ -124,7 +124,7 @@ class PidClockCpu(Source):
     def __init__(self, pid: int, proc_root: str = "/proc") -> None:
         super().__init__()
         self.pid = positive_pid(pid)
-        self.clock = process_cpu_clock(self.pid)
+        self.clock = self._clock_id = process_cpu_clock(self.pid)
         self.clock_signal = SIGNAL
         self._probe(lambda: self._build(proc_root))
 
@@ -137,7 +137,7 @@ class PidClockCpu(Source):
 
     def _collect(self) -> Dict[str, float]:
         try:
-            return {SIGNAL: float(time.clock_gettime_ns(self.clock))}
+            return {SIGNAL: float(time.clock_gettime_ns(self._clock_id))}
         except (OSError, AttributeError) as err:
             raise SourceUnavailable(f"process {self.pid} CPU clock: {err}") from err
 

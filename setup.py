@@ -31,20 +31,22 @@ if SANITIZE:
 
 extensions = [
     Extension(f"coherence.{name}", sources=[os.path.join(CSRC, f"{name}.pyx")],
+              include_dirs=["csrc"],    # "coherence/coh_atomic.h", as users include it
               extra_compile_args=compile_args, extra_link_args=link_args)
     for name in ("_core", "_sampler")
 ]
 
 
 class build_py_with_pxd(build_py):
-    """Ship the .pxd files beside the extension so other Cython code can cimport them."""
+    """Ship the .pxd files and the C header beside the extension, so that other Cython code
+    can cimport them."""
 
     def run(self):
         super().run()
         target = os.path.join(self.build_lib, "coherence")
         os.makedirs(target, exist_ok=True)
         for name in sorted(os.listdir(CSRC)):
-            if name.endswith(".pxd"):
+            if name.endswith((".pxd", ".h")):
                 shutil.copy2(os.path.join(CSRC, name), os.path.join(target, name))
 
 

@@ -47,7 +47,8 @@ def build_capi_bench(tmpdir):
         with open(log_path, "w") as log, _output_to(log):
             from Cython.Build import cythonize
             from setuptools import Distribution, Extension
-            ext = Extension("_capi_bench", [src], extra_compile_args=COMPILE_ARGS)
+            ext = Extension("_capi_bench", [src], extra_compile_args=COMPILE_ARGS,
+                            include_dirs=[coherence.get_include()])
             dist = Distribution({"ext_modules": cythonize(
                 [ext], include_path=[coherence.get_include()], quiet=True,
                 compiler_directives={"language_level": 3})})

@@ -42,7 +42,8 @@ __all__ = [
 
 
 def get_include() -> str:
-    """The directory to add to Cython's include path for ``from coherence._core cimport ...``.
+    """The directory to add to Cython's include path for ``from coherence._core cimport ...``,
+    and to the C compiler's (``include_dirs``) for the header ``coherence/coh_atomic.h``.
 
     >>> import coherence, os
     >>> os.path.exists(os.path.join(coherence.get_include(), "coherence", "_core.pxd"))

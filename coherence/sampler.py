@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from coherence.config import Config
 
 # --hz bounds: below 1 Hz there is no variance to see in 10 s; above 2000 Hz the wake-ups
-# alone cost more than a few % of a core on a 2-vCPU VM (DESIGN.md, "Sampler").
+# alone cost more than a few % of a core on a 2-vCPU VM (README, "The sampler").
 MIN_HZ, MAX_HZ = 1.0, 2000.0
-# /proc/vmstat, /proc/meminfo, /proc/net/snmp cost 5-20 us a read (DESIGN.md): tens of Hz.
+# /proc/vmstat, /proc/meminfo, /proc/net/snmp cost 5-20 us a read on a 2-vCPU VM: tens of Hz.
 SLOW_HZ = 20.0
 
 # The engine's slot for each derived signal a source's recipe names (coherence.sources): the

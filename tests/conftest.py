@@ -21,7 +21,8 @@ def build_cython_module(pyx_path: str, build_dir: str):
             from setuptools import setup, Extension
             from Cython.Build import cythonize
             setup(ext_modules=cythonize(
-                [Extension({name!r}, [{pyx_path!r}], extra_compile_args=["-O2"])],
+                [Extension({name!r}, [{pyx_path!r}], extra_compile_args=["-O2"],
+                           include_dirs=[{coherence.get_include()!r}])],
                 include_path=[{coherence.get_include()!r}],
                 build_dir={build_dir!r}, quiet=True))
         """))

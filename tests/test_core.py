@@ -16,9 +16,9 @@ def test_public_api_is_explicit():
     assert {"RingBuffer", "RollingStats", "EwmaRate", "RatioWindow"} <= set(coherence.__all__)
 
 
-def test_pxd_and_stubs_ship_with_the_package():
+def test_pxd_header_and_stubs_ship_with_the_package():
     pkg = coherence.get_include() + "/coherence/"
-    for name in ("_core.pxd", "__init__.pxd", "_core.pyi", "py.typed"):
+    for name in ("_core.pxd", "__init__.pxd", "coh_atomic.h", "_core.pyi", "py.typed"):
         with open(pkg + name, "rb"):
             pass
 

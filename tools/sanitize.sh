@@ -23,7 +23,7 @@ mkdir -p "$work/lib"
 # the package's Python files and .pxd, then the instrumented extensions beside them
 cp -rL coherence "$work/lib/"
 find "$work/lib/coherence" -name '*.so' -delete
-cp csrc/coherence/*.pxd "$work/lib/coherence/"
+cp csrc/coherence/*.pxd csrc/coherence/*.h "$work/lib/coherence/"
 COHERENCE_SANITIZE=$kind "$python" setup.py -q build_ext --build-lib "$work/lib" \
   --build-temp "$work/tmp" >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
 

@@ -28,103 +28,7 @@ from libc.string cimport memset
 # model, and what ThreadSanitizer reports. On x86 and arm64 a relaxed 8-byte access compiles
 # to a plain move. Published structs are 8-aligned and copy word by word.
 # --------------------------------------------------------------------------------------
-cdef extern from *:
-    """
-    #include <stdint.h>
-    #include <stddef.h>
-    #define COH_EWMA_MAX_RATE 1e150
-    static inline void coh_write_begin(uint64_t *seq) {
-        uint64_t s = __atomic_load_n(seq, __ATOMIC_RELAXED);
-        __atomic_store_n(seq, s + 1, __ATOMIC_RELAXED);
-        __atomic_thread_fence(__ATOMIC_RELEASE);
-    }
-    static inline void coh_write_end(uint64_t *seq) {
-        uint64_t s = __atomic_load_n(seq, __ATOMIC_RELAXED);
-        __atomic_store_n(seq, s + 1, __ATOMIC_RELEASE);
-    }
-    static inline uint64_t coh_read_begin(const uint64_t *seq) {
-        uint64_t s;
-        while ((s = __atomic_load_n(seq, __ATOMIC_ACQUIRE)) & 1u) {
-    #if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-    #endif
-        }
-        return s;
-    }
-    static inline int coh_read_retry(const uint64_t *seq, uint64_t start) {
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        return __atomic_load_n(seq, __ATOMIC_RELAXED) != start;
-    }
-    /* one shared double, written by one thread and read by others */
-    static inline void coh_store_double(double *p, double v) {
-        __atomic_store(p, &v, __ATOMIC_RELAXED);
-    }
-    static inline double coh_load_double(const double *p) {
-        double v;
-        __atomic_load((double *)p, &v, __ATOMIC_RELAXED);
-        return v;
-    }
-    static inline void coh_store_ssize(Py_ssize_t *p, Py_ssize_t v) {
-        __atomic_store_n(p, v, __ATOMIC_RELAXED);
-    }
-    static inline Py_ssize_t coh_load_ssize(const Py_ssize_t *p) {
-        return __atomic_load_n(p, __ATOMIC_RELAXED);
-    }
-    static inline void coh_store_i64(int64_t *p, int64_t v) {
-        __atomic_store_n(p, v, __ATOMIC_RELAXED);
-    }
-    static inline int64_t coh_load_i64(const int64_t *p) {
-        return __atomic_load_n(p, __ATOMIC_RELAXED);
-    }
-    /* `size` bytes of an 8-aligned struct, a word at a time (bytes for a tail under 8):
-       into shared memory, and out of it. The words alias the struct's doubles and ints:
-       may_alias keeps the compiler from assuming they cannot (strict aliasing). */
-    typedef uint64_t __attribute__((__may_alias__)) coh_word_t;
-    static inline void coh_words_store(void *shared, const void *private_, size_t size) {
-        coh_word_t *dst = (coh_word_t *)shared;
-        const coh_word_t *src = (const coh_word_t *)private_;
-        size_t i, words = size / 8;
-        for (i = 0; i < words; i++)
-            __atomic_store_n(&dst[i], src[i], __ATOMIC_RELAXED);
-        for (i = words * 8; i < size; i++)
-            __atomic_store_n((uint8_t *)shared + i, ((const uint8_t *)private_)[i], __ATOMIC_RELAXED);
-    }
-    static inline void coh_words_load(void *private_, const void *shared, size_t size) {
-        coh_word_t *dst = (coh_word_t *)private_;
-        const coh_word_t *src = (const coh_word_t *)shared;
-        size_t i, words = size / 8;
-        for (i = 0; i < words; i++)
-            dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
-        for (i = words * 8; i < size; i++)
-            ((uint8_t *)private_)[i] = __atomic_load_n((const uint8_t *)shared + i, __ATOMIC_RELAXED);
-    }
-    /* latch: flip to the other copy; stores before stay before, stores after stay after */
-    static inline void coh_latch_flip(uint64_t *seq) {
-        uint64_t s = __atomic_load_n(seq, __ATOMIC_RELAXED);
-        __atomic_thread_fence(__ATOMIC_RELEASE);
-        __atomic_store_n(seq, s + 1, __ATOMIC_RELAXED);
-        __atomic_thread_fence(__ATOMIC_RELEASE);
-    }
-    static inline uint64_t coh_latch_begin(const uint64_t *seq) {
-        return __atomic_load_n(seq, __ATOMIC_ACQUIRE);
-    }
-    /* publish `size` bytes of `value` into copies[0] and copies[1] (two adjacent copies) */
-    static inline void coh_latch_publish(uint64_t *seq, void *copies, const void *value, size_t size) {
-        coh_latch_flip(seq);                          /* readers move to copy 1 */
-        coh_words_store(copies, value, size);
-        coh_latch_flip(seq);                          /* readers move to copy 0 */
-        coh_words_store((char *)copies + size, value, size);
-    }
-    /* the copy the writer is not touching; again if the writer began a publish meanwhile */
-    static inline void coh_latch_read(const uint64_t *seq, const void *copies, void *out, size_t size) {
-        uint64_t s;
-        do {
-            s = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
-            coh_words_load(out, (const char *)copies + (s & 1u) * size, size);
-            __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        } while (__atomic_load_n(seq, __ATOMIC_RELAXED) != s);
-    }
-    """
+cdef extern from "coherence/coh_atomic.h":
     double COH_EWMA_MAX_RATE
     void coh_write_begin(uint64_t *seq) noexcept nogil
     void coh_write_end(uint64_t *seq) noexcept nogil
@@ -626,25 +530,7 @@ cdef inline double ratio_of(const ratio_t *r, const ratio_snapshot_t *snap) noex
 # sampler reads: a double updated by compare-and-swap on its bits, so no lock and no torn
 # value; fractional increments are allowed because StatsD sample rates (|@0.1) scale counts.
 # --------------------------------------------------------------------------------------
-cdef extern from *:
-    """
-    #include <string.h>
-    static inline void coh_atomic_add_double(uint64_t *bits, double v) {
-        uint64_t old = __atomic_load_n(bits, __ATOMIC_RELAXED), upd;
-        double d;
-        do {
-            memcpy(&d, &old, sizeof d);
-            d += v;
-            memcpy(&upd, &d, sizeof d);
-        } while (!__atomic_compare_exchange_n(bits, &old, upd, 1, __ATOMIC_RELEASE, __ATOMIC_RELAXED));
-    }
-    static inline double coh_atomic_load_double(const uint64_t *bits) {
-        uint64_t b = __atomic_load_n(bits, __ATOMIC_ACQUIRE);
-        double d;
-        memcpy(&d, &b, sizeof d);
-        return d;
-    }
-    """
+cdef extern from "coherence/coh_atomic.h":
     void coh_atomic_add_double(uint64_t *bits, double v) noexcept nogil
     double coh_atomic_load_double(const uint64_t *bits) noexcept nogil
 

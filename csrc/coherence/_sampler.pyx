@@ -18,11 +18,7 @@ from coherence._core cimport (
     coh_latch_publish, coh_latch_read, coh_load_i64, coh_store_i64,
 )
 
-cdef extern from *:
-    """
-    static inline int coh_load_flag(const int *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
-    static inline void coh_store_flag(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
-    """
+cdef extern from "coherence/coh_atomic.h":
     int coh_load_flag(const int *p) noexcept nogil
     void coh_store_flag(int *p, int v) noexcept nogil
 

@@ -227,10 +227,10 @@ class Sampler:
         self.signals = Signals(resolution_s=self.resolution_s, window_s=self.window_s,
                                slow_hz=slow_hz, rate_half_life_s=half_life,
                                ratio_window_s=ratio_window_s, trend_window_s=trend_window_s,
-                               history=history, ncpu=self.ncpu, gauges=self.engine.slot_values,
-                               lost=lambda: self.engine.slot_state()[2], pushed=self._pushed,
+                               history=history, ncpu=self.ncpu, pushed=self._pushed,
                                available=[f for f, c in self.chosen.items() if c.source is not None])
         sig = self.signals
+        self.engine.feed_gauges(sig.gauges)
         self.engine.feed_cpu(sig.cpu_buckets, sig.cpu_history)
         for slot, rate in sig.rates.items():
             self.engine.feed_rate(slot, rate)
@@ -294,7 +294,7 @@ class Sampler:
             if f["lost"]:
                 lost.setdefault(name, path)
         cpu = self.chosen["cpu"].source
-        if cpu is not None and cpu.clock is not None and self.engine.slot_state()[2][Slot.CPU_NS]:
+        if cpu is not None and cpu.clock is not None and self.signals.gauges.state()[2][Slot.CPU_NS]:
             lost[cpu.name] = f"the CPU clock of process {self.pid}"
         return [row._replace(available=False, reason=f"lost while running: {lost[row.name]} "
                                                      "became unreadable (process exited?)")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from coherence._core import EwmaRate, RatioWindow, RingBuffer, RollingStats
-from coherence._sampler import Slot
+from coherence._sampler import Gauges, Slot
 from coherence.snapshot import (PUSHED, TCP_PROXY, CpuSignals, MemorySignals, PressureSignals,
                                  RequestSignals, Snapshot)
 
@@ -46,9 +46,9 @@ def trend_per_s(values: np.ndarray, interval_s: float) -> Tuple[float, float]:
 class Signals:
     """CPU buckets, fault and request rates, resident memory and request ratios.
 
-    ``gauges()`` returns the last value of each slot (resident, memory total and limit),
-    ``lost()`` whether its source became unreadable (the sampler's engine, or the simulator),
-    and ``pushed()`` whether the application pushes request counts.
+    ``gauges`` holds the last value of each slot (resident memory, memory total) and whether its
+    source became unreadable: written by the sampler's engine (or the simulator), like every
+    other accumulator here. ``pushed()`` says whether the application pushes request counts.
     ``slow_hz`` is the rate the memory and request counters are really read at.
     """
 
@@ -56,8 +56,6 @@ class Signals:
                  slow_hz: float = 20.0, rate_half_life_s: float = 1.0,
                  ratio_window_s: float = 5.0, trend_window_s: float = 10.0,
                  history: int = 600, ncpu: float = 1.0,
-                 gauges: Optional[Callable[[], List[float]]] = None,
-                 lost: Optional[Callable[[], List[bool]]] = None,
                  pushed: Callable[[], bool] = lambda: False,
                  available: Sequence[str] = ("cpu", "memory", "pressure", "requests")) -> None:
         self.resolution_s, self.window_s, self.slow_hz, self.ncpu = resolution_s, window_s, slow_hz, ncpu
@@ -70,8 +68,7 @@ class Signals:
         ratio_points = max(2, int(round(ratio_window_s * slow_hz)))
         self.pushed_ratio = RatioWindow(ratio_points, min_denominator=1.0)
         self.proxy_ratio = RatioWindow(ratio_points, min_denominator=1.0)
-        self.gauges = gauges or (lambda: [math.nan] * int(Slot.NSLOTS))
-        self.lost = lost or (lambda: [False] * int(Slot.NSLOTS))
+        self.gauges = Gauges()
         self.interval_s = 1.0 / slow_hz
         # whether the application pushes its request counts (StatsD, hooks): then they are
         # judged, else TCP connection opens stand in for them
@@ -83,7 +80,7 @@ class Signals:
     def from_config(cls, config: "Config", *, ncpu: float, slow_hz: Optional[float] = None,
                     **wiring: Any) -> "Signals":
         """Signals shaped by the settings; ``slow_hz`` is the rate the slow counters are really
-        read at (default: the configured one); ``wiring`` is gauges, lost, pushed, available."""
+        read at (default: the configured one); ``wiring`` is pushed and available."""
         return cls(resolution_s=config.seizure.resolution_s, window_s=config.seizure.window_s,
                    slow_hz=config.sampler.slow_hz if slow_hz is None else slow_hz,
                    rate_half_life_s=config.sampler.rate_half_life_s,
@@ -96,7 +93,7 @@ class Signals:
 
     def snapshot(self) -> Snapshot:
         """Every signal's current figures; NaN where a signal has no value yet."""
-        values, lost = self.gauges(), self.lost()
+        values, _, lost = self.gauges.state()
         cpu = self.cpu_buckets.snapshot()
         rate = {slot: r.rate for slot, r in self.rates.items()}
         recent = self.resident_history.to_array()[-self.trend_points:]

@@ -215,12 +215,6 @@ class Host:
         for i, pct in enumerate(PSI_SOME_PCT[key]):
             self.psi_us[i] += pct / 100.0 * dt * 1e6
 
-    def gauges(self) -> List[float]:
-        values = [math.nan] * int(Slot.NSLOTS)
-        values[Slot.RESIDENT_BYTES] = self.resident
-        values[Slot.MEM_TOTAL_BYTES] = self.total
-        return values
-
 
 class Classic:
     """The threshold alerts of a classic dashboard, on the same simulated host."""
@@ -316,10 +310,10 @@ def _check_speed(speed: Optional[float]) -> float:
     return float(speed)
 
 
-def make_signals(config: Config, gauges: Callable[[], List[float]]) -> Signals:
+def make_signals(config: Config) -> Signals:
     """Signals shaped exactly as the live sampler's for this config."""
     # requests are pushed, as by an application sending StatsD counters
-    return Signals.from_config(config, ncpu=NCPU, gauges=gauges, pushed=lambda: True)
+    return Signals.from_config(config, ncpu=NCPU, pushed=lambda: True)
 
 
 def run(config: Optional[Config] = None, scenario: str = "story", seed: int = 0,
@@ -338,7 +332,7 @@ def run(config: Optional[Config] = None, scenario: str = "story", seed: int = 0,
     timeline = _PHASES[scenario]
     duration = timeline[-1].end_s
     host = Host(timeline, random.Random(seed))
-    signals = make_signals(config, host.gauges)
+    signals = make_signals(config)
     monitor = Monitor(config, signals.snapshot)
     slow_dt, res = 1.0 / config.sampler.slow_hz, config.seizure.resolution_s
     classic = Classic(res, slow_dt)
@@ -353,6 +347,8 @@ def run(config: Optional[Config] = None, scenario: str = "story", seed: int = 0,
         signals.rates[Slot.INGRESS].update(t, host.ingress)
         signals.rates[Slot.EGRESS].update(t, host.egress)
         signals.resident_history.push(host.resident)
+        signals.gauges.set(Slot.RESIDENT_BYTES, host.resident, t)
+        signals.gauges.set(Slot.MEM_TOTAL_BYTES, host.total, t)
 
     steps: List[Step] = []
     fired: List[Tuple[str, ...]] = []          # the classic alerts firing at each step

@@ -1,6 +1,5 @@
 """Each detector on scripted signals: what fires, what must not, and the evidence it gives.
 Signals go through the real accumulators (coherence.signals), as the sampler feeds them."""
-import math
 
 import numpy as np
 import pytest
@@ -14,10 +13,9 @@ CFG = Config().validate()
 GB = 1 << 30
 
 
-def signals(gauges=None, pushed=False):
+def signals(pushed=False):
     return Signals(resolution_s=0.1, window_s=10.0, slow_hz=20.0, ratio_window_s=5.0,
-                   trend_window_s=10.0, ncpu=2.0, gauges=lambda: gauges or [math.nan] * int(Slot.NSLOTS),
-                   pushed=lambda: pushed)
+                   trend_window_s=10.0, ncpu=2.0, pushed=lambda: pushed)
 
 
 def cpu_snapshot(buckets):
@@ -61,9 +59,8 @@ def test_seizure_warms_up_on_too_few_buckets():
 
 # ------------------------------------------------------------------ fever
 def memory_snapshot(churn_mb_s, resident_fn, total=16 * GB, seconds=12.0):
-    gauges = [math.nan] * int(Slot.NSLOTS)
-    gauges[Slot.MEM_TOTAL_BYTES] = total
-    s = signals(gauges)
+    s = signals()
+    s.gauges.set(Slot.MEM_TOTAL_BYTES, total)
     faults = 0.0
     for i in range(int(seconds * 20)):
         t = i / 20
@@ -71,7 +68,7 @@ def memory_snapshot(churn_mb_s, resident_fn, total=16 * GB, seconds=12.0):
         s.rates[Slot.MINOR_FAULTS].update(t, faults)
         resident = resident_fn(t)
         s.resident_history.push(resident)
-        gauges[Slot.RESIDENT_BYTES] = resident
+        s.gauges.set(Slot.RESIDENT_BYTES, resident, t)
     return s.snapshot()
 
 

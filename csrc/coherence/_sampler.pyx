@@ -244,6 +244,52 @@ cdef int _check_slot(int slot) except -1:
     return 0
 
 
+cdef class Gauges:
+    """The last value of every slot, when it was read and whether its source was lost: written
+    by one writer (the engine's tick loop, or the simulator), read by any thread without a lock
+    (a latch). Signals owns one; the engine is fed it, as it is fed the other accumulators."""
+
+    cdef slots_t slots                   # the writer's copy
+    cdef slots_t pub[2]
+    cdef uint64_t seq
+
+    def __cinit__(self):
+        cdef int k
+        for k in range(<int>NSLOTS):
+            self.slots.lost[k] = 0
+        self.publish()
+
+    cdef void publish(self) noexcept nogil:
+        coh_latch_publish(&self.seq, self.pub, &self.slots, sizeof(slots_t))
+
+    cdef void read(self, slots_t *out) noexcept nogil:
+        coh_latch_read(&self.seq, self.pub, out, sizeof(slots_t))
+
+    def set(self, int slot, double value, double t=NAN, bint lost=False):
+        """Write one slot and publish (a writer without an engine: the simulator)."""
+        _check_slot(slot)
+        self.slots.value[slot] = value
+        self.slots.t[slot] = t
+        self.slots.lost[slot] = lost
+        self.publish()
+
+    def values(self):
+        """The last complete value of each slot (NaN: never read), one consistent copy."""
+        cdef slots_t snap
+        cdef int k
+        self.read(&snap)
+        return [snap.value[k] for k in range(<int>NSLOTS)]
+
+    def state(self):
+        """(values, monotonic times of the reads, lost flags) per slot, one consistent copy."""
+        cdef slots_t snap
+        cdef int k
+        self.read(&snap)
+        return ([snap.value[k] for k in range(<int>NSLOTS)],
+                [snap.t[k] for k in range(<int>NSLOTS)],
+                [bool(snap.lost[k]) for k in range(<int>NSLOTS)])
+
+
 cdef class Engine:
     """The tick loop. Configure with add_file/add_counter/add_callback and the feed_* methods,
     then call run() from a dedicated thread; stop() from any thread. One run per Engine."""
@@ -272,10 +318,8 @@ cdef class Engine:
     cdef int hold[NSLOTS]                # a value under the highest seen reads as that
     cdef int take_min[NSLOTS]            # the smallest field present, not the sum
     cdef double held[NSLOTS]
-    # what the slots hold between ticks, and the copy readers see (a latch)
-    cdef slots_t slots
-    cdef slots_t slots_pub[2]
-    cdef uint64_t slots_seq
+    # what the slots hold between ticks (published through a latch)
+    cdef Gauges gauges
     cdef bint slots_dirty
     # feeds: borrowed pointers into accumulators kept alive in _keep (NULL: not fed)
     cdef rolling_t *cpu_buckets
@@ -311,11 +355,9 @@ cdef class Engine:
         self._callbacks = []
         cdef int k
         for k in range(<int>NSLOTS):
-            self.slots.value[k] = NAN
-            self.slots.t[k] = NAN
             self.floor[k] = -INFINITY
             self.held[k] = -INFINITY
-        self._publish_slots()
+        self.gauges = Gauges()
 
     # ------------------------------------------------------------------ configuration
     def add_file(self, int fd, int every, int phase, list fields):
@@ -406,6 +448,11 @@ cdef class Engine:
         self._keep.append(history)
         self.gauge_history[slot] = &history.state
 
+    def feed_gauges(self, Gauges gauges):
+        """Where each slot's last value, read time and lost flag go (Signals owns it)."""
+        self._keep.append(gauges)
+        self.gauges = gauges
+
     def feed_ratios(self, RatioWindow pushed, RatioWindow proxy):
         """Egress/ingress deltas: from pushed counters, and from the TCP proxy."""
         self._keep += [pushed, proxy]
@@ -495,8 +542,8 @@ cdef class Engine:
             self.missing[slot] = 1
 
     cdef void _lose(self, int slot) noexcept nogil:
-        if not self.slots.lost[slot]:
-            self.slots.lost[slot] = 1
+        if not self.gauges.slots.lost[slot]:
+            self.gauges.slots.lost[slot] = 1
             self.slots_dirty = True
 
     cdef void _tick(self, int64_t tick) noexcept nogil:
@@ -582,8 +629,8 @@ cdef class Engine:
                     v = self.held[k]
                 self.held[k] = v
             if k != CPU_NS:                      # CPU is published as buckets, not as a value
-                self.slots.value[k] = v
-                self.slots.t[k] = t
+                self.gauges.slots.value[k] = v
+                self.gauges.slots.t[k] = t
                 self.slots_dirty = True
             if k == CPU_NS:
                 if self.cpu_buckets == NULL:
@@ -611,14 +658,8 @@ cdef class Engine:
             self._feed_ratio(EGRESS, INGRESS, self.pushed_ratio)
             self._feed_ratio(TCP_ACTIVE, TCP_PASSIVE, self.proxy_ratio)
         if self.slots_dirty:
-            self._publish_slots()
+            self.gauges.publish()
             self.slots_dirty = False
-
-    cdef void _publish_slots(self) noexcept nogil:
-        coh_latch_publish(&self.slots_seq, self.slots_pub, &self.slots, sizeof(slots_t))
-
-    cdef void _read_slots(self, slots_t *out) noexcept nogil:
-        coh_latch_read(&self.slots_seq, self.slots_pub, out, sizeof(slots_t))
 
     cdef void _feed_ratio(self, int eg, int ing, ratio_t *r) noexcept nogil:
         cdef double de, di
@@ -685,19 +726,3 @@ cdef class Engine:
                      parse_misses=coh_load_i64(&self.files[i].parse_misses),
                      lost=bool(coh_load_flag(&self.files[i].lost)))
                 for i in range(self.nfiles)]
-
-    def slot_values(self):
-        """The last complete value of each slot (NaN: never read), one consistent copy."""
-        cdef slots_t snap
-        cdef int k
-        self._read_slots(&snap)
-        return [snap.value[k] for k in range(<int>NSLOTS)]
-
-    def slot_state(self):
-        """(values, monotonic times of the reads, lost flags) per slot, one consistent copy."""
-        cdef slots_t snap
-        cdef int k
-        self._read_slots(&snap)
-        return ([snap.value[k] for k in range(<int>NSLOTS)],
-                [snap.t[k] for k in range(<int>NSLOTS)],
-                [bool(snap.lost[k]) for k in range(<int>NSLOTS)])

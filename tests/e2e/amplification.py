@@ -22,7 +22,7 @@ from typing import IO, Any, Callable, Dict, Iterator, List, Optional
 
 from harness import DETECTORS, LOADS, Line, Load, Sentinel, kill_group, seconds_in, \
     warning_starts
-from host import MayShow, fault_violations
+from host import MayShow, fault_violations, not_ok_reasons
 
 DETECTOR = "amplification"
 DEADLINE_S = 10.0          # the issue's bar: CRITICAL within 10 s of the fault starting
@@ -55,6 +55,7 @@ class CaseResult:
     others: Dict[str, List[str]] = field(default_factory=dict)   # the other detectors', there
     warning_s: float = 0.0                    # seconds amplification spent in WARNING there
     warning_starts: List[str] = field(default_factory=list)   # what raised each WARNING (unit)
+    reasons: List[str] = field(default_factory=list)   # reasons on lines not OK (host.py)
     may_show: Optional[MayShow] = None        # controls: what they are allowed to show
     max_ratio: Optional[float] = None         # highest ratio reported at or after fault_start
     median_ratio: Optional[float] = None      # ... and its median there
@@ -206,6 +207,8 @@ def _judge(result: CaseResult, sentinel: Sentinel, log: ServiceLog, t0: float, t
     result.others = {det: [l.state(det) for l in after] for det in DETECTORS if det != DETECTOR}
     result.warning_s = seconds_in(lines, DETECTOR, "WARNING", t0, t1)
     result.warning_starts = warning_starts(lines, DETECTOR, t0, t1)
+    result.reasons = ([] if result.fault else not_ok_reasons(lines, DETECTOR, t0, t1)) \
+        + not_ok_reasons(lines, DETECTOR, t0, t1, others=True)
     result.critical_before_fault = any(l.state(DETECTOR) == "CRITICAL"
                                        for l in lines if l.received < t0)
     crit = next((l for l in after if l.state(DETECTOR) == "CRITICAL"), None)

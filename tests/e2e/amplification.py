@@ -3,9 +3,9 @@
 `coherence --live --json` subprocess, or through coherence.hooks with the sentinel embedded in the
 service. Judged from the JSON lines as they arrive; every process started is killed on the way out.
 
-Fault cases return when amplification is CRITICAL and its ratio has passed 2, or 10 s after the
-fault started (by the receipt time of the line: state changes are written at once); controls watch
-a learned, steady service for 12 s and record every state seen.
+Fault cases watch the 10 s after the fault started (by the receipt time of the line: state changes
+are written at once); controls watch a learned, steady service for 12 s and record every state
+seen. The cases run one at a time, each with the machine to itself.
 """
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional
 
-from harness import LOADS, Line, Load, Sentinel, kill_group
+from harness import DETECTORS, LOADS, Line, Load, Sentinel, kill_group, seconds_in, \
+    warning_starts
+from host import MayShow, fault_violations, not_ok_reasons
 
 DETECTOR = "amplification"
 DEADLINE_S = 10.0          # the issue's bar: CRITICAL within 10 s of the fault starting
@@ -28,7 +30,11 @@ STORM_RATIO = 2.0          # the issue's bar: the ratio climbs above 2 (the serv
 CONTROL_S = 12.0           # longer than `for` (5 s) + margin: a control that would go CRITICAL does
 HEALTHY_S = 11.0           # healthy traffic before a storm: 5 s seed the baseline, then 6 s judged
 LEARN_S = 8.0              # steady traffic before a control's observation starts
-ERROR_ALERT = 0.05         # the classic alert compared against: error rate > 5 %
+# The classic alert compared against: the frontend's 5xx rate over 5 %, computed from the
+# service's own per-second counts (never from the sentinel). The rules users write wrap it in a
+# rate[1m] and a `for` (awesome-prometheus-alerts' NginxHighHttp5xxErrorRate: > 5 %, for 1m); the
+# time reported is when the condition first held, one second's counts.
+ERROR_ALERT = 0.05
 RATE = 60.0                # client requests per second (the detector judges from 1/s)
 START_TIMEOUT_S = 10.0     # for a subprocess to print its first line
 SERVICE = os.path.join(LOADS, "http_service.py")
@@ -45,14 +51,19 @@ class CaseResult:
     time_to_critical: Optional[float] = None  # seconds after fault_start (receipt of the line)
     critical_before_fault: bool = False
     critical_in_control: bool = False
-    states: List[str] = field(default_factory=list)    # amplification's state, line by line
+    states: List[str] = field(default_factory=list)    # amplification's, from fault_start
+    others: Dict[str, List[str]] = field(default_factory=dict)   # the other detectors', there
+    warning_s: float = 0.0                    # seconds amplification spent in WARNING there
+    warning_starts: List[str] = field(default_factory=list)   # what raised each WARNING (unit)
+    reasons: List[str] = field(default_factory=list)   # reasons on lines not OK (host.py)
+    may_show: Optional[MayShow] = None        # controls: what they are allowed to show
     max_ratio: Optional[float] = None         # highest ratio reported at or after fault_start
     median_ratio: Optional[float] = None      # ... and its median there
     baseline: Optional[float] = None          # the learned baseline at the last line
     sources: List[str] = field(default_factory=list)   # evidence.source values after fault_start
     observed_s: float = 0.0                   # seconds of lines after fault_start
     classic_alert_after: Optional[float] = None   # when the frontend's error rate first > 5 %
-    classic_alert: str = "error rate > 5 %"
+    classic_alert: str = f"5xx rate > {ERROR_ALERT:.0%}"
     wall_s: float = 0.0
     notes: Dict[str, float] = field(default_factory=dict)
     diagnostics: str = ""                     # the tail of both stderr streams, for a failure
@@ -188,11 +199,16 @@ def _amp(line: Line) -> Dict[str, Any]:
     return line.report["detectors"][DETECTOR]
 
 
-def _judge(result: CaseResult, sentinel: Sentinel, log: ServiceLog, t0: float) -> None:
+def _judge(result: CaseResult, sentinel: Sentinel, log: ServiceLog, t0: float, t1: float) -> None:
     lines = list(sentinel.lines)
-    after = [l for l in lines if l.received >= t0]
+    after = [l for l in lines if t0 <= l.received < t1]
     result.fault_start = t0
-    result.states = [l.state(DETECTOR) for l in lines]
+    result.states = [l.state(DETECTOR) for l in after]
+    result.others = {det: [l.state(det) for l in after] for det in DETECTORS if det != DETECTOR}
+    result.warning_s = seconds_in(lines, DETECTOR, "WARNING", t0, t1)
+    result.warning_starts = warning_starts(lines, DETECTOR, t0, t1)
+    result.reasons = ([] if result.fault else not_ok_reasons(lines, DETECTOR, t0, t1)) \
+        + not_ok_reasons(lines, DETECTOR, t0, t1, others=True)
     result.critical_before_fault = any(l.state(DETECTOR) == "CRITICAL"
                                        for l in lines if l.received < t0)
     crit = next((l for l in after if l.state(DETECTOR) == "CRITICAL"), None)
@@ -202,7 +218,8 @@ def _judge(result: CaseResult, sentinel: Sentinel, log: ServiceLog, t0: float) -
     result.median_ratio = statistics.median(ratios) if ratios else None
     result.baseline = _amp(lines[-1])["evidence"].get("baseline") if lines else None
     result.sources = sorted({_amp(l)["evidence"].get("source") for l in after})
-    result.observed_s = after[-1].received - t0 if after else 0.0
+    seen = [l.received for l in lines if l.received >= t0]
+    result.observed_s = seen[-1] - t0 if seen else 0.0
     result.classic_alert_after = log.first_error_alert(t0)
     if crit is not None:
         result.notes["ratio_at_critical"] = _amp(crit)["value"]
@@ -213,21 +230,17 @@ def _judge(result: CaseResult, sentinel: Sentinel, log: ServiceLog, t0: float) -
 
 
 def _storm(result: CaseResult, sentinel: Sentinel, log: ServiceLog) -> None:
-    """Wait for the fault, then for CRITICAL with the ratio above 2, until fault + 10 s."""
+    """Wait for the fault, then watch the 10 s after it (the other detectors must stay quiet
+    through all of them, after CRITICAL too)."""
     t0 = log.wait(lambda: log.fault, HEALTHY_S + START_TIMEOUT_S)
     assert t0 is not None, f"the service never started its storm:\n{log.tail()}"
-    deadline = t0 + DEADLINE_S
-    _first_after(sentinel, t0, deadline, lambda l: l.state(DETECTOR) == "CRITICAL")
-    _first_after(sentinel, t0, deadline, lambda l: (_amp(l)["value"] or 0.0) > STORM_RATIO)
-    _judge(result, sentinel, log, t0)
+    _watch_until(sentinel, t0 + DEADLINE_S)
+    _judge(result, sentinel, log, t0, t0 + DEADLINE_S)
 
 
-def _first_after(sentinel: Sentinel, t0: float, deadline: float,
-                 reached: Callable[[Line], bool]) -> Optional[Line]:
-    """The first line received in [t0, deadline] where reached() holds, waiting for it."""
-    line = sentinel.wait_for(lambda l: l.received > deadline or (l.received >= t0 and reached(l)),
-                             max(0.0, deadline - time.monotonic()))
-    return line if line is not None and line.received <= deadline else None
+def _watch_until(sentinel: Sentinel, end: float) -> None:
+    """Return once a line received at or after `end` is in (or 2 s after it, if none comes)."""
+    sentinel.wait_for(lambda l: l.received >= end, max(0.0, end - time.monotonic()) + 2.0)
 
 
 def _control(result: CaseResult, sentinel: Sentinel, log: ServiceLog) -> None:
@@ -235,16 +248,16 @@ def _control(result: CaseResult, sentinel: Sentinel, log: ServiceLog) -> None:
     marks = log.wait(lambda: log.phases[1:], LEARN_S + START_TIMEOUT_S)
     assert marks, f"the service never finished its learning phase:\n{log.tail()}"
     t0 = marks[0][1]
-    end = t0 + CONTROL_S
-    sentinel.wait_for(lambda l: l.received >= end, max(0.0, end - time.monotonic()) + 2.0)
-    _judge(result, sentinel, log, t0)
+    _watch_until(sentinel, t0 + CONTROL_S)
+    _judge(result, sentinel, log, t0, t0 + CONTROL_S)
     result.critical_in_control = "CRITICAL" in result.states
 
 
 def _run(case: str, fault: bool, counting: str, mode: str, healthy_s: float,
-         judge: Callable[[CaseResult, Sentinel, ServiceLog], None], rate: float) -> CaseResult:
+         judge: Callable[[CaseResult, Sentinel, ServiceLog], None], rate: float,
+         may_show: Optional[MayShow] = None) -> CaseResult:
     started = time.monotonic()
-    result = CaseResult(case, DETECTOR, fault=fault, counting=counting)
+    result = CaseResult(case, DETECTOR, fault=fault, counting=counting, may_show=may_show)
     result.notes["rate"] = rate
     observe = DEADLINE_S if fault else CONTROL_S
     seconds = healthy_s + observe + 2.0       # the service stops by itself after this
@@ -289,15 +302,30 @@ def storm_in_process(rate: float = RATE) -> CaseResult:
                 HEALTHY_S, _storm, rate)
 
 
+# What each control may show (host.MayShow): the tightest rule that held in every run measured.
+CONTROLS_MAY_SHOW = {"control_fanout3": MayShow(), "control_one_to_one": MayShow()}
+
+
 def control_fanout3(rate: float = RATE) -> CaseResult:
     """3 backend calls per request, steady: learned as the baseline, then 12 s never CRITICAL."""
     return _run("amplification control: steady fan-out x3", False, "statsd", "fanout3", LEARN_S,
-                _control, rate)
+                _control, rate, CONTROLS_MAY_SHOW["control_fanout3"])
 
 
 def control_one_to_one(rate: float = RATE) -> CaseResult:
     """One backend call per request, steady: never CRITICAL."""
-    return _run("amplification control: steady 1:1", False, "statsd", "ok", LEARN_S, _control, rate)
+    return _run("amplification control: steady 1:1", False, "statsd", "ok", LEARN_S, _control,
+                rate, CONTROLS_MAY_SHOW["control_one_to_one"])
+
+
+def storm_violations(result: CaseResult) -> List[str]:
+    """host.fault_violations, and the storm's own: its ratio above 2, on the pushed counts."""
+    bad = fault_violations(result)
+    if result.max_ratio is None or result.max_ratio <= STORM_RATIO:
+        bad.append(f"ratio never above {STORM_RATIO:g} (max {result.max_ratio})")
+    if result.sources != ["pushed"]:
+        bad.append(f"judged on {result.sources}, not the pushed counts")
+    return bad
 
 
 FAULTS = {"storm_via_statsd": storm_via_statsd, "storm_in_process": storm_in_process}

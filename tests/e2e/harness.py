@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 COHERENCE = os.path.join(os.path.dirname(sys.executable), "coherence")
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOADS = os.path.join(HERE, "loads")
+DETECTORS = ("seizure", "fever", "amplification")
 
 
 @dataclass
@@ -161,6 +162,44 @@ def first_critical_after(lines: Sequence[Line], detector: str, t: float) -> Opti
 
 def states_between(lines: Sequence[Line], detector: str, t0: float, t1: float) -> List[str]:
     return [line.state(detector) for line in lines if t0 <= line.received < t1]
+
+
+def seconds_in(lines: Sequence[Line], detector: str, state: str, t0: float, t1: float) -> float:
+    """Seconds of [t0, t1) during which detector's last reported state was `state` (a state
+    holds from the line that reports it to the next line)."""
+    total, current, since = 0.0, None, t0
+    for line in lines:
+        if line.received >= t1:
+            break
+        if line.received > t0 and current == state:
+            total += line.received - since
+        if line.received >= t0:
+            since = line.received
+        current = line.state(detector)
+    if current == state:
+        total += t1 - max(since, t0)
+    return total
+
+
+def warning_starts(lines: Sequence[Line], detector: str, t0: float, t1: float) -> List[str]:
+    """For each WARNING episode in effect during [t0, t1), the unit of the finding on the line
+    where it began (e.g. fever's "MB/s growth", its resident-growth forecast, against "MB/s", its
+    churn): what raised the WARNING, even when the episode began before t0. A state holds from the
+    line that reports it to the next line."""
+    episodes: List[List[Any]] = []      # [unit at the start, in effect during [t0, t1)]
+    previous = None
+    for line in lines:
+        if line.received >= t1:
+            break
+        state = line.state(detector)
+        if state == "WARNING" and previous != "WARNING":
+            episodes.append([line.report["detectors"][detector]["unit"], False])
+        if episodes and line.received > t0 and (state == "WARNING" or previous == "WARNING"):
+            episodes[-1][1] = True
+        previous = state
+    if episodes and previous == "WARNING":
+        episodes[-1][1] = True
+    return [unit for unit, in_effect in episodes if in_effect]
 
 
 def tmpdir() -> str:

@@ -1,5 +1,5 @@
-"""Fever on real memory load: the fault CRITICAL within 10 s of starting and not before; the
-controls never CRITICAL. The amplification cases start in the background here."""
+"""Fever on real memory load: the fault CRITICAL within 10 s of starting and not before, and
+nothing else (not a seizure); the controls show no more than they may."""
 import pytest
 
 import host
@@ -7,14 +7,18 @@ import host
 pytestmark = pytest.mark.e2e
 
 
-def test_fever_churn_with_flat_resident_memory(build, amplification_runs):
+def test_fever_churn_with_flat_resident_memory(build):
     r = host.fever_fault(build)
-    assert not r.critical_before_fault, r.states
-    assert r.time_to_critical is not None and r.time_to_critical <= host.DEADLINE_S, r
+    print(host.summary(r))
+    # CRITICAL within 10 s and not before; seizure and amplification OK throughout (a fever is
+    # not also a seizure)
+    assert host.fault_violations(r) == [], r
     assert r.notes["value_at_critical"] > 512
-    assert r.classic_alert_after is None      # resident memory flat: no "memory > 90 %" alert
 
 
-def test_fever_controls_never_critical(build):
-    for r in host.fever_controls(build):
-        assert not r.critical_in_control, (r.case, r.states)
+def test_fever_controls_show_no_more_than_they_may(build):
+    results = host.fever_controls(build)
+    for r in results:
+        print(host.summary(r))
+    assert {r.case: host.control_violations(r) for r in results} == \
+        {r.case: [] for r in results}

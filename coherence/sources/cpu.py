@@ -1,7 +1,7 @@
 """CPU usage counters in nanoseconds (signal ``cpu_usage_ns_total``) and the CPUs they are shared by.
 
-Best first: a process's CPU-time clock, cgroup ns/µs counters, ``/proc/<pid>/schedstat``; then the 10 ms tick counters of
-``/proc/<pid>/stat`` and ``/proc/stat``; psutil last, for any OS.
+Best first: a process's CPU-time clock, cgroup ns/µs counters, ``/proc/<pid>/schedstat``; then the 10 ms
+tick counters of ``/proc/<pid>/stat`` and ``/proc/stat``; psutil last, for any OS.
 """
 from __future__ import annotations
 

@@ -182,7 +182,7 @@ def _statsd_sentinel(duration: float) -> Iterator[tuple]:
     """`coherence --live --json --statsd 127.0.0.1:PORT` on a free port, once its first line is
     out (the listener is bound by then). A port taken between the probe and the bind (cases run
     in parallel) is retried on another."""
-    for attempt in range(3):
+    for _attempt in range(3):
         port = _free_udp_port()
         with Sentinel("--statsd", f"127.0.0.1:{port}", duration=duration) as sentinel:
             if sentinel.wait_for(lambda line: True, START_TIMEOUT_S) is not None:

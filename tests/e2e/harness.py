@@ -92,7 +92,9 @@ class Sentinel:
         return line
 
     def stderr_now(self) -> str:
-        return "" if self.proc is None or self.proc.poll() is None else (self.proc.stderr.read() if self.proc.stderr else "")
+        if self.proc is None or self.proc.poll() is None or self.proc.stderr is None:
+            return ""
+        return self.proc.stderr.read()
 
     def since(self, t: float) -> Iterator[Line]:
         return (line for line in list(self.lines) if line.received >= t)

@@ -164,10 +164,10 @@ def _controls(detector: str, phases: List[tuple]) -> List[CaseResult]:
             result = CaseResult(name, detector, fault=False, may_show=may_show)
             t0 = probe.mark()
             if cmd is None:
-                sentinel.wait_for(lambda l: l.received >= t0 + seconds, timeout=seconds + 3)
+                sentinel.wait_for(lambda l, end=t0 + seconds: l.received >= end, timeout=seconds + 3)
             else:
                 with Load(*cmd) as load:
-                    sentinel.wait_for(lambda l: l.received >= t0 + seconds, timeout=seconds + 3)
+                    sentinel.wait_for(lambda l, end=t0 + seconds: l.received >= end, timeout=seconds + 3)
                     assert load.alive() or load.proc.returncode == 0, f"{cmd} failed"
             t1 = probe.mark()
             lines = list(sentinel.lines)

@@ -347,8 +347,7 @@ def run(config: Optional[Config] = None, scenario: str = "story", seed: int = 0,
         signals.rates[Slot.INGRESS].update(t, host.ingress)
         signals.rates[Slot.EGRESS].update(t, host.egress)
         signals.resident_history.push(host.resident)
-        signals.gauges.set(Slot.RESIDENT_BYTES, host.resident, t)
-        signals.gauges.set(Slot.MEM_TOTAL_BYTES, host.total, t)
+        signals.gauges.update({Slot.RESIDENT_BYTES: host.resident, Slot.MEM_TOTAL_BYTES: host.total}, t)
 
     steps: List[Step] = []
     fired: List[Tuple[str, ...]] = []          # the classic alerts firing at each step

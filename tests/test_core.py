@@ -249,6 +249,14 @@ def test_ewma_refuses_an_interval_whose_rate_overflows_and_recovers():
     r.update(2.0, 10.0)           # back to a sane counter: counted from zero (a reset)
     r.update(3.0, 30.0)
     assert r.rate == pytest.approx(15.0) and np.isfinite(r.rate_var) and r.rejected == 1
+    # the other way round: a counter "reset" to a huge negative value is refused as well
+    r = EwmaRate(half_life=1.0)
+    r.update(0.0, 1e308)
+    r.update(1.0, -1e308)
+    assert r.rejected == 1 and r.resets == 0 and np.isnan(r.rate)
+    for t, v in ((2.0, 5.0), (3.0, 10.0), (4.0, 15.0)):
+        r.update(t, v)
+    assert r.rate == pytest.approx(5.0) and r.rate_var == pytest.approx(0.0)
 
 
 def test_ewma_alpha_is_time_aware():

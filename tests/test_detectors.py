@@ -60,7 +60,7 @@ def test_seizure_warms_up_on_too_few_buckets():
 # ------------------------------------------------------------------ fever
 def memory_snapshot(churn_mb_s, resident_fn, total=16 * GB, seconds=12.0):
     s = signals()
-    s.gauges.set(Slot.MEM_TOTAL_BYTES, total)
+    s.gauges.update({Slot.MEM_TOTAL_BYTES: total})
     faults = 0.0
     for i in range(int(seconds * 20)):
         t = i / 20
@@ -68,7 +68,7 @@ def memory_snapshot(churn_mb_s, resident_fn, total=16 * GB, seconds=12.0):
         s.rates[Slot.MINOR_FAULTS].update(t, faults)
         resident = resident_fn(t)
         s.resident_history.push(resident)
-        s.gauges.set(Slot.RESIDENT_BYTES, resident, t)
+        s.gauges.update({Slot.RESIDENT_BYTES: resident}, t)
     return s.snapshot()
 
 

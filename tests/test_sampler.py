@@ -1,5 +1,6 @@
 """The sampler: its C parser against the Python one, the tick loop's behaviour (deadlines,
 overruns, lost files, the GIL), and the Sampler on fake trees and on this machine."""
+import math
 import os
 import random
 import subprocess
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coherence import RingBuffer, RollingStats
-from coherence._sampler import Engine, Slot, parse_fields_c
+from coherence._sampler import Engine, Gauges, Slot, parse_fields_c
 from coherence.sampler import SLOTS, Sampler, SamplerError
 from coherence.sources import Field, parse_fields, select
 
@@ -178,6 +179,31 @@ def test_a_tick_that_overruns_skips_deadlines_instead_of_bursting():
     assert 10 <= s["ticks"] <= 40, s
     assert s["overruns"] >= 2 * s["ticks"] - 5, s
     assert s["ticks"] + s["overruns"] == pytest.approx(s["elapsed_s"] * 100, abs=6)
+
+
+def test_gauges_start_unknown_and_have_one_writer():
+    g = Gauges()
+    values, times, lost = g.state()
+    assert all(math.isnan(v) for v in values) and all(math.isnan(t) for t in times)
+    assert not any(lost)
+    g.update({Slot.RESIDENT_BYTES: 5.0, Slot.MEM_TOTAL_BYTES: 9.0}, 1.5)
+    values, times, _ = g.state()
+    assert (values[Slot.RESIDENT_BYTES], values[Slot.MEM_TOTAL_BYTES], times[Slot.RESIDENT_BYTES]) == (5.0, 9.0, 1.5)
+    engine = Engine(10.0, 0.1, 1.0)
+    engine.feed_gauges(g)
+    with pytest.raises(RuntimeError, match="one writer"):
+        g.update({Slot.RESIDENT_BYTES: 1.0})
+    with pytest.raises(ValueError, match="already fed"):
+        Engine(10.0, 0.1, 1.0).feed_gauges(g)
+
+
+def test_the_engine_is_configured_before_it_runs_never_after():
+    engine = Engine(100.0, 0.1, 1.0)
+    run_engine(engine, 0.05)
+    with pytest.raises(RuntimeError, match="before it runs"):
+        engine.feed_gauges(Gauges())
+    with pytest.raises(RuntimeError, match="before it runs"):
+        engine.set_rule(Slot.RESIDENT_BYTES, 0.0)
 
 
 def test_stop_is_prompt_even_at_one_hertz():

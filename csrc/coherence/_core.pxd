@@ -300,10 +300,9 @@ ctypedef struct ewma_t:
     double v_last            # counter value at t_last
     double rate
     double var
-    double last_rate         # unsmoothed rate of the last interval
     int64_t samples
-    int64_t resets           # times the counter went down (restart, wrap)
-    int64_t rejected
+    int64_t resets           # times the counter went down (restart, wrap); atomic: read by any thread
+    int64_t rejected         # atomic: read by any thread
     ewma_snapshot_t pub[2]
     uint64_t seq
 
@@ -322,7 +321,7 @@ cdef inline int ewma_update(ewma_t *e, double t, double v) noexcept nogil:
     if not is_finite(t) or (e.samples > 0 and not t > e.t_last):
         return EWMA_BAD_TIME
     if not is_finite(v):
-        e.rejected += 1
+        coh_store_i64(&e.rejected, e.rejected + 1)
         return EWMA_REJECTED
     if e.samples == 0:
         e.t_last = t
@@ -332,18 +331,16 @@ cdef inline int ewma_update(ewma_t *e, double t, double v) noexcept nogil:
         return EWMA_FIRST
     dt = t - e.t_last
     delta = v - e.v_last
-    if delta < 0.0:
-        # The counter was reset: it counted from zero up to v since (Prometheus rate()).
-        e.resets += 1
-        delta = v
-    inst = delta / dt
-    if not inst <= COH_EWMA_MAX_RATE:
+    # A counter that went down was reset: it counted from zero up to v since (Prometheus rate()).
+    inst = (delta if delta >= 0.0 else v) / dt
+    if not fabs(inst) <= COH_EWMA_MAX_RATE:
         # overflowed (1e308 after -1e308) or absurd: measure the next interval from here
-        e.rejected += 1
+        coh_store_i64(&e.rejected, e.rejected + 1)
         e.t_last = t
         e.v_last = v
         return EWMA_REJECTED
-    e.last_rate = inst
+    if delta < 0.0:
+        coh_store_i64(&e.resets, e.resets + 1)
     if e.samples == 1:
         e.rate = inst
         e.var = 0.0
@@ -414,7 +411,7 @@ ctypedef struct ratio_t:
     double min_denominator
     double max_delta         # DBL_MAX / (2 window): the window's sum stays finite
     int64_t total
-    int64_t rejected
+    int64_t rejected         # atomic: read by any thread
     # --- what readers see: a latch of two published snapshots
     ratio_snapshot_t pub[2]
     uint64_t seq
@@ -502,12 +499,12 @@ cdef inline void ratio_publish(ratio_t *r) noexcept nogil:
 
 cdef inline int ratio_update(ratio_t *r, double num_delta, double den_delta) noexcept nogil:
     if not (is_finite(num_delta) and is_finite(den_delta)):
-        r.rejected += 1
+        coh_store_i64(&r.rejected, r.rejected + 1)
         return RATIO_REJECTED
     if num_delta < 0.0 or den_delta < 0.0:
         return RATIO_NEGATIVE
     if num_delta > r.max_delta or den_delta > r.max_delta:
-        r.rejected += 1
+        coh_store_i64(&r.rejected, r.rejected + 1)
         return RATIO_REJECTED
     ratio_step(r, num_delta, den_delta)
     ratio_publish(r)

@@ -20,6 +20,11 @@ import numpy as np
 # a tenth of the pushes it follows.
 cdef Py_ssize_t PUBLISH_CHUNK = 64
 
+# The latch copies what it publishes a word at a time (coh_atomic.h): whole 8-byte words only.
+if (sizeof(rolling_snapshot_t) % 8 or sizeof(ewma_snapshot_t) % 8
+        or sizeof(ratio_snapshot_t) % 8):
+    raise ImportError("coherence._core: a published struct is not a whole number of 8-byte words")
+
 
 class RollingSnapshot(NamedTuple):
     """One consistent reading of a RollingStats: all four fields are of the same update."""
@@ -345,7 +350,6 @@ cdef class EwmaRate:
         self.state.half_life = _positive_seconds(half_life, "half_life")
         self.state.rate = NAN
         self.state.var = NAN
-        self.state.last_rate = NAN
         ewma_publish(&self.state)
 
     @property
@@ -384,22 +388,20 @@ cdef class EwmaRate:
         return sqrt(snap.var)
 
     @property
-    def last_rate(self) -> float:
-        """Unsmoothed rate of the last interval."""
-        return self.state.last_rate
-
-    @property
     def samples(self) -> int:
-        return self.state.samples
+        cdef ewma_snapshot_t snap
+        ewma_read(&self.state, &snap)
+        return snap.samples
 
     @property
     def resets(self) -> int:
         """Times the counter went down and was counted from zero."""
-        return self.state.resets
+        return coh_load_i64(&self.state.resets)
 
     @property
     def rejected(self) -> int:
-        return self.state.rejected
+        """NaN or +-inf values, and intervals whose rate overflowed, refused since construction."""
+        return coh_load_i64(&self.state.rejected)
 
     def snapshot(self) -> RateSnapshot:
         """time, rate, rate_var and samples, all from the same update, without a lock."""
@@ -517,7 +519,8 @@ cdef class RatioWindow:
 
     @property
     def rejected(self) -> int:
-        return self.state.rejected
+        """Updates refused (NaN, inf, or over max_delta) since construction."""
+        return coh_load_i64(&self.state.rejected)
 
     def snapshot(self) -> RatioSnapshot:
         """numerator, denominator, ratio, count and total from the same update, without a lock."""

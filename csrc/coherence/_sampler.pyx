@@ -244,6 +244,11 @@ cdef int _check_slot(int slot) except -1:
     return 0
 
 
+# The latch copies what it publishes a word at a time (coh_atomic.h): whole 8-byte words only.
+if sizeof(slots_t) % 8 or sizeof(stats_t) % 8:
+    raise ImportError("coherence._sampler: a published struct is not a whole number of 8-byte words")
+
+
 cdef class Gauges:
     """The last value of every slot, when it was read and whether its source was lost: written
     by one writer (the engine's tick loop, or the simulator), read by any thread without a lock
@@ -252,11 +257,15 @@ cdef class Gauges:
     cdef slots_t slots                   # the writer's copy
     cdef slots_t pub[2]
     cdef uint64_t seq
+    cdef bint fed                        # an engine writes it: update() from Python may not
 
     def __cinit__(self):
         cdef int k
         for k in range(<int>NSLOTS):
+            self.slots.value[k] = NAN
+            self.slots.t[k] = NAN
             self.slots.lost[k] = 0
+        self.fed = False
         self.publish()
 
     cdef void publish(self) noexcept nogil:
@@ -265,12 +274,17 @@ cdef class Gauges:
     cdef void read(self, slots_t *out) noexcept nogil:
         coh_latch_read(&self.seq, self.pub, out, sizeof(slots_t))
 
-    def set(self, int slot, double value, double t=NAN, bint lost=False):
-        """Write one slot and publish (a writer without an engine: the simulator)."""
-        _check_slot(slot)
-        self.slots.value[slot] = value
-        self.slots.t[slot] = t
-        self.slots.lost[slot] = lost
+    def update(self, dict values, double t=NAN):
+        """Write {slot: value}, read at time t, and publish them together: for a writer
+        without an engine (the simulator). One writer per Gauges: refused once an engine is
+        fed it."""
+        if self.fed:
+            raise RuntimeError("Gauges: an engine writes these; one writer at a time")
+        for slot in values:
+            _check_slot(slot)
+        for slot, value in values.items():
+            self.slots.value[<int>slot] = value
+            self.slots.t[<int>slot] = t
         self.publish()
 
     def values(self):
@@ -360,8 +374,15 @@ cdef class Engine:
         self.gauges = Gauges()
 
     # ------------------------------------------------------------------ configuration
+    cdef int _configuring(self) except -1:
+        # the loop reads these tables without a lock: they are set before it runs, never after
+        if self.ran:
+            raise RuntimeError("the engine is configured before it runs, not while or after")
+        return 0
+
     def add_file(self, int fd, int every, int phase, list fields):
         """fields: (prefix, index, occurrence, after_last, slot, coef) tuples."""
+        self._configuring()
         cdef file_t *f
         if self.nfiles >= MAX_FILES or self.nfields + len(fields) > MAX_FIELDS:
             raise ValueError("too many files or fields for the sampler")
@@ -386,6 +407,7 @@ cdef class Engine:
         with take_min, the smallest field present: a limit beside the host's memory), then
         raised to `floor`, then, with `hold`, never below the highest value seen (a difference
         of counters read at slightly different instants can step back by a few)."""
+        self._configuring()
         _check_slot(slot)
         if floor != floor:
             raise ValueError("floor must be a number (-inf: none)")
@@ -394,6 +416,7 @@ cdef class Engine:
         self.take_min[slot] = take_min
 
     def add_counter(self, AtomicCounter counter, int slot, int every, int phase):
+        self._configuring()
         if self.ncounters >= MAX_COUNTERS:
             raise ValueError("too many counters for the sampler")
         _check_slot(slot)
@@ -408,6 +431,7 @@ cdef class Engine:
 
     def add_clock(self, int clock, int slot, int every, int phase):
         """A clock_gettime clock read as a counter in ns (the CPU time of a process)."""
+        self._configuring()
         _check_slot(slot)
         if self.nclocks >= MAX_CLOCKS or every < 1 or not (0 <= phase < every):
             raise ValueError("too many clocks or a bad schedule")
@@ -421,6 +445,7 @@ cdef class Engine:
     def add_callback(self, int every, int phase, fn, dict mapping):
         """fn() -> {signal: value}, called with the GIL when due; mapping: {signal: [(slot, coef)]}.
         A callback that raises or returns junk is skipped for that tick, never fatal."""
+        self._configuring()
         if self.ncallbacks >= MAX_CALLBACKS or every < 1 or not (0 <= phase < every):
             raise ValueError("too many callbacks or a bad schedule")
         for targets in mapping.values():
@@ -433,28 +458,36 @@ cdef class Engine:
 
     def feed_cpu(self, RollingStats buckets, RingBuffer history):
         """CPU utilization (% of the CPUs available) per bucket of `resolution` seconds."""
+        self._configuring()
         self._keep += [buckets, history]
         self.cpu_buckets = &buckets.state
         self.cpu_history = &history.state
 
     def feed_rate(self, int slot, EwmaRate rate):
+        self._configuring()
         _check_slot(slot)
         self._keep.append(rate)
         self.rates[slot] = &rate.state
 
     def feed_gauge(self, int slot, RingBuffer history):
         """The gauge's values, one per read, into a ring (the resident-memory trend)."""
+        self._configuring()
         _check_slot(slot)
         self._keep.append(history)
         self.gauge_history[slot] = &history.state
 
     def feed_gauges(self, Gauges gauges):
         """Where each slot's last value, read time and lost flag go (Signals owns it)."""
+        self._configuring()
+        if gauges.fed:
+            raise ValueError("these Gauges are already fed by an engine")
+        gauges.fed = True
         self._keep.append(gauges)
         self.gauges = gauges
 
     def feed_ratios(self, RatioWindow pushed, RatioWindow proxy):
         """Egress/ingress deltas: from pushed counters, and from the TCP proxy."""
+        self._configuring()
         self._keep += [pushed, proxy]
         self.pushed_ratio = &pushed.state
         self.proxy_ratio = &proxy.state
@@ -559,7 +592,12 @@ cdef class Engine:
             self.missing[k] = 0
         for i in range(self.nfiles):
             f = &self.files[i]
-            if f.lost or tick % f.every != f.phase:
+            if tick % f.every != f.phase:
+                continue
+            if f.lost:
+                # what it fed is lost; a sum without its terms would be a wrong value
+                for k in range(f.first_field, f.first_field + f.nfields):
+                    self._miss(self.fields[k].slot)
                 continue
             n = pread(f.fd, buf, READ_BUF - 1, 0)
             t = <double>now_ns(CLOCK_MONOTONIC) / NS

@@ -57,27 +57,21 @@ static inline void coh_store_i64(int64_t *p, int64_t v) {
 static inline int64_t coh_load_i64(const int64_t *p) {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
-/* `size` bytes of an 8-aligned struct, a word at a time (bytes for a tail under 8):
-   into shared memory, and out of it. The words alias the struct's doubles and ints:
-   may_alias keeps the compiler from assuming they cannot (strict aliasing). */
+/* `size` bytes of an 8-aligned struct, `size` a multiple of 8 (checked when the modules load),
+   a word at a time: into shared memory, and out of it. The words alias the struct's doubles
+   and ints: may_alias keeps the compiler from assuming they cannot (strict aliasing). */
 typedef uint64_t __attribute__((__may_alias__)) coh_word_t;
 static inline void coh_words_store(void *shared, const void *private_, size_t size) {
     coh_word_t *dst = (coh_word_t *)shared;
     const coh_word_t *src = (const coh_word_t *)private_;
-    size_t i, words = size / 8;
-    for (i = 0; i < words; i++)
+    for (size_t i = 0; i < size / 8; i++)
         __atomic_store_n(&dst[i], src[i], __ATOMIC_RELAXED);
-    for (i = words * 8; i < size; i++)
-        __atomic_store_n((uint8_t *)shared + i, ((const uint8_t *)private_)[i], __ATOMIC_RELAXED);
 }
 static inline void coh_words_load(void *private_, const void *shared, size_t size) {
     coh_word_t *dst = (coh_word_t *)private_;
     const coh_word_t *src = (const coh_word_t *)shared;
-    size_t i, words = size / 8;
-    for (i = 0; i < words; i++)
+    for (size_t i = 0; i < size / 8; i++)
         dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
-    for (i = words * 8; i < size; i++)
-        ((uint8_t *)private_)[i] = __atomic_load_n((const uint8_t *)shared + i, __ATOMIC_RELAXED);
 }
 /* latch: flip to the other copy; stores before stay before, stores after stay after */
 static inline void coh_latch_flip(uint64_t *seq) {

@@ -1,7 +1,8 @@
 """`python -m coherence`: show the compiled core at work on the seizure the README describes.
 
 A CPU flipping between 10 % and 90 % averages 50 %: healthy on every dashboard. Its
-standard deviation over a window says otherwise. (The full CLI arrives with the sampler.)
+standard deviation over a window says otherwise. The sentinel itself is the `coherence`
+command (coherence.cli): `coherence live`, `coherence simulate`, `coherence check`.
 """
 import sys
 
@@ -20,6 +21,7 @@ def main() -> int:
     for name, s in (("steady 49-51 %", steady), ("flipping 10 % <-> 90 %", seizure)):
         print(f"{name:<28}{s.mean:>8.1f}{s.std():>8.1f}")
     print("Same average; only the variance shows the seizure.")
+    print("Watch this host with `coherence live`; see the demo with `coherence simulate`.")
     return 0
 
 

@@ -1,52 +1,32 @@
-"""The `coherence` command line: the live sentinel (dashboard or JSON lines), `check` for
-Nagios-style monitoring, `sources`, and `--simulate`. Bad input of any kind ends in one line
-on stderr and a non-zero exit, never a traceback."""
+"""The `coherence` command line: it parses options and chooses what runs and where the reports go;
+the Sentinel (coherence.sentinel) runs, the sinks (coherence.sinks) write. Subcommands `live`,
+`simulate`, `check` and `sources`; `--live` and `--simulate` are aliases of the first two. Bad
+input of any kind ends in one line on stderr and exit 2 (3, UNKNOWN, for `check`), never a
+traceback."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import signal
 import sys
-import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import click
 
 from coherence import __version__
 from coherence.config import Config, ConfigError, load
-from coherence.sources import Row, cpu_capacity, describe
+from coherence.sinks.base import Sink, SinkClosed
 
-EVAL_PERIOD_S = 0.25        # detectors judge 4 times a second; sinks decide what to show
 CHECK_MARGIN_S = 2.0        # check samples warm-up (half a window) + `for` + this, 12 s by default
 EXIT_USAGE = 2
 EXIT_UNKNOWN = 3            # Nagios: UNKNOWN, bad arguments included
-_IN_CHECK = False           # set once `check` runs: its errors exit UNKNOWN
+# `coherence --live ...` is `coherence live ...`; likewise --simulate.
+ALIASES = {"--live": "live", "--simulate": "simulate"}
+_ALIAS_USED = "coherence.alias"     # ctx.meta key: the alias flag the user typed, if any
+_GROUP_HELP = ("-h", "--help")
 
 
-class Stop(Exception):
-    """SIGTERM: leave like Ctrl-C."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Stop()
-
-
-@contextlib.contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    """SIGTERM raises Stop inside the block (and is restored after it)."""
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _table(rows: Sequence[Sequence[str]]) -> List[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-
-
+# ---------------------------------------------------------------------------------- option types
 def _hostport(value: Optional[str]) -> Optional[Tuple[str, int]]:
     if value is None:
         return None
@@ -67,18 +47,15 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: Optional[float])
     return value
 
 
-def _given(ctx: click.Context, *names: str) -> List[str]:
-    """The options among `names` that the user typed (not defaults)."""
-    source = click.core.ParameterSource.COMMANDLINE
-    return ["--" + n.replace("_", "-") for n in names if ctx.get_parameter_source(n) == source]
+def _scenario(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from coherence.simulate import SCENARIOS
+    if value not in SCENARIOS:
+        raise click.BadParameter(f"{value!r}: choose from {', '.join(SCENARIOS)}")
+    return value
 
 
-def _config(config_file: Optional[str], overrides: Dict[str, Any]) -> Config:
-    return load(config_file).with_overrides(overrides)
-
-
-# Options shared by the live sentinel and `check`: (flag, config key, type, help); the help's
-# [default: ...] comes from Config, the one place defaults live.
+# Options shared by the commands that judge (live, simulate, check): (flag, config key, type,
+# help); the help's [default: ...] comes from Config, the one place defaults live.
 LIMIT_OPTIONS = [
     ("--hz", "sampler.hz", click.FloatRange(1, 2000),
      "CPU samples per second, 1-2000."),
@@ -104,237 +81,303 @@ LIMIT_OPTIONS = [
      "Seconds a condition must be gone to be OK again."),
 ]
 
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _options(*decorators: Decorator) -> Decorator:
+    """Several click options as one decorator, listed in --help in the order given."""
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return apply
+
 
 def limit_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--config and the limits, each --help default read from Config."""
     defaults = Config()
     for flag, key, typ, help_ in reversed(LIMIT_OPTIONS):
         section, _, name = key.partition(".")
         default = getattr(getattr(defaults, section), name)
         f = click.option(flag, key.replace(".", "__"), type=typ, default=None,
                          help=f"{help_} [default: {default:g}]")(f)
-    f = click.option("--config", "config_file", type=click.Path(dir_okay=True),
-                     help="A TOML file of settings (see README); flags override it.")(f)
-    f = click.option("--pid", type=click.IntRange(min=1), help="Watch one process instead of the host/container.")(f)
-    f = click.option("--statsd", metavar="HOST:PORT",
-                     help="Listen for StatsD counters <prefix>.ingress/.egress (e.g. 127.0.0.1:8125).")(f)
-    f = click.option("--statsd-prefix", default="coherence", show_default=True,
-                     help="Prefix of the StatsD counters.")(f)
-    return f
+    return click.option("--config", "config_file", type=click.Path(dir_okay=True),
+                        help="A TOML file of settings (see README); flags override it.")(f)
 
 
-def _overrides(kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    return {key: kwargs.pop(key.replace(".", "__")) for _, key, _, _ in LIMIT_OPTIONS}
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="One JSON object per report interval and per state change, on stdout.")
+watch_options = _options(
+    click.option("--statsd-prefix", default="coherence", show_default=True,
+                 help="Prefix of the StatsD counters."),
+    click.option("--statsd", metavar="HOST:PORT",
+                 help="Listen for StatsD counters <prefix>.ingress/.egress (e.g. 127.0.0.1:8125)."),
+    click.option("--pid", type=click.IntRange(min=1), help="Watch one process instead of the host/container."),
+)
 
 
-class Sentinel:
-    """The sampler, an optional StatsD listener and the monitor, started and stopped together."""
+def _config(config_file: Optional[str], limits: Dict[str, Any]) -> Config:
+    """Defaults, then the file, then the flags given (the limit options' values)."""
+    overrides = {key: limits.pop(key.replace(".", "__")) for _, key, _, _ in LIMIT_OPTIONS}
+    return load(config_file).with_overrides(overrides)
 
-    def __init__(self, config: Config, pid: Optional[int], statsd: Optional[Tuple[str, int]],
-                 statsd_prefix: str) -> None:
-        from coherence.monitor import Monitor, sampler_figures
-        from coherence.sampler import Sampler
-        self.listener = None
-        if statsd is not None:
-            from coherence.statsd import StatsdListener
-            self.listener = StatsdListener(host=statsd[0], port=statsd[1], prefix=statsd_prefix)
+
+# ---------------------------------------------------------------------------------- click classes
+def _opts(command: click.Command) -> Dict[str, click.Parameter]:
+    return {opt: p for p in command.params for opt in (*p.opts, *p.secondary_opts)}
+
+
+def _takes_value(param: Optional[click.Parameter]) -> bool:
+    return isinstance(param, click.Option) and not param.is_flag and not param.count
+
+
+class Command(click.Command):
+    """A subcommand whose bad input exits ``usage_exit_code``, and which, given an option of a
+    sibling command, says whose it is (`--seed are for --simulate`) instead of "no such
+    option"."""
+
+    def __init__(self, *args: Any, usage_exit_code: int = EXIT_USAGE,
+                 stray: str = "{options} are for {home}", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.usage_exit_code = usage_exit_code
+        self.stray = stray
+
+    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+        given = list(args)          # click's parser consumes the list it is given
         try:
-            self.sampler = Sampler.from_config(config, pid=pid)
-        except BaseException:
-            if self.listener is not None:
-                self.listener.stop()
-            raise
-        self.monitor = Monitor(config, self.sampler.snapshot, lambda: sampler_figures(self.sampler))
-
-    def __enter__(self) -> "Sentinel":
-        if self.listener is not None:
-            self.listener.start()
-        self.sampler.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sampler.stop()
-        if self.listener is not None:
-            self.listener.stop()
-
-    def run(self, duration: Optional[float], on_report: Callable[[Any], None]) -> Any:
-        """Judge every EVAL_PERIOD_S until `duration` (None: forever); the last report."""
-        start = time.monotonic()
-        report = None
-        next_step = start
-        while True:
-            now = time.monotonic()
-            report = self.monitor.step(now, time.time())
-            on_report(report)
-            if duration is not None and now - start >= duration:
-                return report
-            next_step += EVAL_PERIOD_S
-            end = start + duration if duration is not None else next_step
-            time.sleep(max(0.0, min(next_step, end) - time.monotonic()))
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as err:
+            group = ctx.parent.command if ctx.parent is not None else None
+            if not isinstance(group, click.Group):
+                raise
+            mine = _opts(self)
+            siblings = [c for n, c in group.commands.items() if c is not self]
+            home = next((c for c in siblings if err.option_name in _opts(c)), None)
+            if home is None:
+                raise
+            stray = list(dict.fromkeys(
+                a.split("=", 1)[0] for a in given
+                if a.split("=", 1)[0] not in mine and any(a.split("=", 1)[0] in _opts(c) for c in siblings)))
+            raise click.UsageError(self.stray.format(
+                options=", ".join(stray), me=_spelling(ctx, self.name), home=_spelling(ctx, home.name)),
+                ctx) from None
 
 
-def _fail(message: str, code: int) -> None:
-    click.echo(f"coherence: {message}", err=True)
-    sys.exit(code)
+def _spelling(ctx: click.Context, name: Optional[str]) -> str:
+    """A command as the user would type it here: `--live` if they used the alias, else
+    `coherence live`."""
+    if ctx.meta.get(_ALIAS_USED):
+        alias = next((flag for flag, n in ALIASES.items() if n == name), None)
+        if alias is not None:
+            return alias
+    return f"coherence {name}"
 
 
-def _sink(as_json: bool, config: Config) -> Any:
-    from coherence.sinks.jsonl import JsonLinesSink
-    if as_json:
-        return JsonLinesSink(sys.stdout, interval_s=config.output.report_interval_s)
-    if sys.stdout.isatty():
-        from coherence.sinks.dashboard import Dashboard
-        return Dashboard(refresh_hz=config.output.refresh_hz)
-    from coherence.sinks.dashboard import PlainStatusSink
-    return PlainStatusSink(sys.stdout, interval_s=config.output.report_interval_s)
+class Coherence(click.Group):
+    """The `coherence` group: `--live` and `--simulate` before any command become the `live` and
+    `simulate` subcommands; options before a subcommand are refused with where they go."""
 
+    def _known(self) -> Dict[str, click.Parameter]:
+        """Every option of every subcommand."""
+        known: Dict[str, click.Parameter] = {}
+        for command in self.commands.values():
+            known.update(_opts(command))
+        return known
 
-@contextlib.contextmanager
-def _opened(sink: Any) -> Iterator[Callable[[Any], Any]]:
-    """The sink's report callback, inside its context when it has one (the dashboard's Live)."""
-    emit = sink.emit if hasattr(sink, "emit") else sink.update
-    with sink if hasattr(sink, "__enter__") else contextlib.nullcontext():
-        yield emit
+    def _options_in(self, args: Sequence[str]) -> List[str]:
+        """The option names among ``args`` (not their values, nor `--opt=value`'s value)."""
+        known, names, i = self._known(), [], 0
+        while i < len(args):
+            name = args[i].split("=", 1)[0]
+            if name.startswith("-"):
+                names.append(name)
+            i += 2 if "=" not in args[i] and _takes_value(known.get(name)) else 1
+        return names
+
+    def split(self, args: Sequence[str]) -> Tuple[List[str], Optional[str], List[str]]:
+        """(the arguments before the subcommand, its name, the arguments after it); an option's
+        value is never taken for a subcommand (`--scenario check`)."""
+        known = self._known()
+        i = 0
+        while i < len(args):
+            a = args[i]
+            if a == "--":
+                break
+            if a in self.commands:
+                return list(args[:i]), a, list(args[i + 1:])
+            i += 2 if "=" not in a and _takes_value(known.get(a)) else 1
+        return list(args), None, []
+
+    def command_name(self, args: Sequence[str]) -> Optional[str]:
+        """The subcommand these arguments run (an alias resolved), or None."""
+        before, name, _ = self.split(args)
+        if name is None:
+            name = next((ALIASES[a] for a in before if a in ALIASES), None)
+        return name
+
+    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+        before, name, _ = self.split(args)
+        modes = list(dict.fromkeys(a for a in before if a in ALIASES))
+        if "--version" in before or (name is None and not modes and
+                                     any(a in _GROUP_HELP for a in before)):
+            return super().parse_args(ctx, args)
+        if name is not None:
+            if before:
+                raise click.UsageError(f"options go after the command: coherence {name} [OPTIONS]", ctx)
+            return super().parse_args(ctx, args)
+        if len(modes) > 1:
+            raise click.UsageError("--live and --simulate are exclusive: pick one", ctx)
+        if modes:       # `coherence --live ARGS` is `coherence live ARGS`, --help included
+            ctx.meta[_ALIAS_USED] = modes[0]
+            return super().parse_args(ctx, [ALIASES[modes[0]]] + [a for a in args if a not in ALIASES])
+        options = self._options_in(before)
+        if options:
+            known = self._known()
+            unknown = [o for o in options if o not in known]
+            if unknown:
+                raise click.NoSuchOption(unknown[0], ctx=ctx)
+            raise click.UsageError("say what to do: --live (watch this host) or --simulate "
+                                   "(the demo); see --help", ctx)
+        return super().parse_args(ctx, args)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_options(ctx, formatter)
+        shown: Set[str] = set()
+        for name in ALIASES.values():
+            command = self.commands[name]
+            own_help = command.get_help_option(ctx)
+            rows = [r for p in command.get_params(ctx)
+                    if p is not own_help and (r := p.get_help_record(ctx)) is not None
+                    and r[0] not in shown]
+            shown.update(r[0] for r in rows)
+            alias = next(flag for flag, n in ALIASES.items() if n == name)
+            with formatter.section(f"Options of `coherence {name}` and `coherence {alias}`"
+                                   + (" (not shown above)" if name != "live" else "")):
+                formatter.write_dl(rows)
 
 
 # ---------------------------------------------------------------------------------- commands
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Coherence, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="coherence")
-@click.option("--live", is_flag=True, help="Watch this host now: the live dashboard (JSON lines with --json).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per report interval and per state change, on stdout.")
-@click.option("--duration", type=float, callback=_seconds, metavar="SECONDS",
-              help="Stop after this long and exit 0 (default: until Ctrl-C).")
-@click.option("--simulate", is_flag=True, help="The demo: a scripted incident timeline through the same engine.")
-@click.option("--scenario", default="story", show_default=True, metavar="NAME",
-              help="Simulation scenario: story, healthy, seizure, fever, storm, cascade, leak.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Simulation seed (deterministic).")
-@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Simulation speed-up over real time (default: the story in under a minute).")
-@limit_options
+@click.option("--live", is_flag=True, expose_value=False,
+              help="Alias of `coherence live`: watch this host now.")
+@click.option("--simulate", is_flag=True, expose_value=False,
+              help="Alias of `coherence simulate`: the demo.")
 @click.pass_context
-def main(ctx: click.Context, live: bool, as_json: bool, duration: Optional[float], simulate: bool,
-         scenario: str, seed: int, speed: Optional[float], pid: Optional[int],
-         config_file: Optional[str], statsd: Optional[str], statsd_prefix: str, **limits: Any) -> None:
+def main(ctx: click.Context) -> None:
     """coherence: a read-only sentinel that watches the variance of a host, not its averages.
 
     \b
-    coherence --live                 the live dashboard
+    coherence --live                 the live dashboard (coherence live)
     coherence --live --json          JSON lines (one per second and per state change)
     coherence check                  a Nagios/Icinga/Sensu check: exit 0/1/2/3
     coherence sources                what is read on this host, and why
     coherence --simulate             the demo: seizure, fever, retry storm, cascade
     """
-    every = [p.name for p in ctx.command.params if p.name and p.name not in ("help", "version")]
-    if ctx.invoked_subcommand is not None:
-        if _given(ctx, *every):
-            raise click.UsageError(f"options go after the command: coherence "
-                                   f"{ctx.invoked_subcommand} [OPTIONS]")
-        return
-    if live and simulate:
-        raise click.UsageError("--live and --simulate are exclusive: pick one")
-    if simulate:
-        stray = _given(ctx, "duration", "pid", "statsd", "statsd_prefix")
-        if stray:
-            raise click.UsageError(f"--simulate replays a script: {', '.join(stray)} "
-                                   "are for --live")
-    elif live:
-        stray = _given(ctx, "scenario", "seed", "speed")
-        if stray:
-            raise click.UsageError(f"{', '.join(stray)} are for --simulate")
-    elif _given(ctx, *every):
-        raise click.UsageError("say what to do: --live (watch this host) or --simulate "
-                               "(the demo); see --help")
-    config = _config(config_file, _overrides(limits))
-    if simulate:
-        _simulate(config, scenario, seed, speed, as_json)
-        return
-    if not live:
+    if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
-        return
-    _live(config, pid, _hostport(statsd), statsd_prefix, duration, as_json)
 
 
-def _live(config: Config, pid: Optional[int], statsd: Optional[Tuple[str, int]], prefix: str,
-          duration: Optional[float], as_json: bool) -> None:
-    from coherence.sinks.jsonl import SinkClosed
-    sentinel = Sentinel(config, pid, statsd, prefix)
+def _screen(as_json: bool, config: Config) -> Sink:
+    """Where live and simulated reports go: JSON lines if asked, else the dashboard on a
+    terminal and plain status lines on anything else."""
+    if as_json:
+        from coherence.sinks.jsonl import JsonLinesSink
+        return JsonLinesSink.from_config(config, sys.stdout)
+    if sys.stdout.isatty():
+        from coherence.sinks.dashboard import Dashboard
+        return Dashboard.from_config(config)
+    from coherence.sinks.plain import PlainStatusSink
+    return PlainStatusSink.from_config(config, sys.stdout)
+
+
+@contextlib.contextmanager
+def _until_stopped() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and a reader that went away end the block quietly."""
+    from coherence.sentinel import Stop, sigterm_stops
     try:
-        with _sigterm_stops(), sentinel, _opened(_sink(as_json, config)) as emit:
-            sentinel.run(duration, emit)
+        with sigterm_stops():
+            yield
     except (KeyboardInterrupt, Stop, SinkClosed):
         pass
 
 
-def _simulate(config: Config, scenario: str, seed: int, speed: Optional[float], as_json: bool) -> None:
-    from coherence import simulate
-    from coherence.sinks.jsonl import SinkClosed
-    if scenario not in simulate.SCENARIOS:
-        raise click.BadParameter(f"{scenario!r}: choose from {', '.join(simulate.SCENARIOS)}",
-                                 param_hint="'--scenario'")
-    try:
-        with _sigterm_stops(), _opened(_sink(as_json, config)) as emit:
-            result = simulate.run(config, scenario=scenario, seed=seed, speed=speed, on_report=emit)
-    except (KeyboardInterrupt, Stop, SinkClosed):
+@main.command(cls=Command, stray="{options} are for {home}")
+@json_option
+@click.option("--duration", type=float, callback=_seconds, metavar="SECONDS",
+              help="Stop after this long and exit 0 (default: until Ctrl-C).")
+@watch_options
+@limit_options
+def live(as_json: bool, duration: Optional[float], pid: Optional[int], statsd: Optional[str],
+         statsd_prefix: str, config_file: Optional[str], **limits: Any) -> None:
+    """Watch this host now: the live dashboard on a terminal, plain status lines on a pipe,
+    JSON lines with --json (alias: coherence --live)."""
+    from coherence.sentinel import Sentinel
+    config = _config(config_file, limits)
+    sentinel = Sentinel.from_config(config, pid=pid, statsd=_hostport(statsd),
+                                    statsd_prefix=statsd_prefix, sinks=[_screen(as_json, config)])
+    with _until_stopped(), sentinel:
+        sentinel.run(duration)
+
+
+@main.command(cls=Command, stray="{me} replays a script: {options} are for {home}")
+@json_option
+@click.option("--scenario", default="story", show_default=True, metavar="NAME", callback=_scenario,
+              help="Simulation scenario: story, healthy, seizure, fever, storm, cascade, leak.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Simulation seed (deterministic).")
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Simulation speed-up over real time (default: the story in under a minute).")
+@limit_options
+def simulate(as_json: bool, scenario: str, seed: int, speed: Optional[float],
+             config_file: Optional[str], **limits: Any) -> None:
+    """The demo: a scripted incident timeline through the same engine, then when coherence and
+    the classic alerts called each incident (alias: coherence --simulate)."""
+    from coherence import simulate as simulator
+    from coherence.sinks.base import opened
+    config = _config(config_file, limits)
+    result = None
+    with _until_stopped(), opened([_screen(as_json, config)]) as emit:
+        result = simulator.run(config, scenario=scenario, seed=seed, speed=speed, on_report=emit)
+    if result is None:
         return
     if sys.stdout.isatty() and not as_json:
         from rich.console import Console
-        Console().print(simulate.result_table(result))
+        Console().print(simulator.result_table(result))
     else:
-        click.echo(simulate.format_result(result), err=as_json)
+        click.echo(simulator.format_result(result), err=as_json)
 
 
-@main.command()
+@main.command(cls=Command, usage_exit_code=EXIT_UNKNOWN)
 @click.option("--duration", type=float, callback=_seconds, metavar="SECONDS",
               help="Sample this long, then judge [default: the warm-up (half of --window) + "
                    "--for + 2 s, 12 s with the defaults]. CRITICAL needs the condition held "
                    "for --for.")
+@watch_options
 @limit_options
-def check(duration: Optional[float], pid: Optional[int], config_file: Optional[str],
-          statsd: Optional[str], statsd_prefix: str, **limits: Any) -> None:
+@click.pass_context
+def check(ctx: click.Context, duration: Optional[float], pid: Optional[int],
+          statsd: Optional[str], statsd_prefix: str, config_file: Optional[str],
+          **limits: Any) -> None:
     """Sample for a while, print one status line with perfdata, exit 0 OK / 1 WARNING /
     2 CRITICAL / 3 UNKNOWN (Nagios plugin convention; bad arguments are UNKNOWN too)."""
-    global _IN_CHECK
-    _IN_CHECK = True
-    config = _config(config_file, _overrides(limits))
+    from coherence.sentinel import Sentinel, Stop, sigterm_stops
+    from coherence.sinks.nagios import NagiosSink
+    config = _config(config_file, limits)
     if duration is None:
         duration = config.seizure.window_s / 2 + config.verdict.for_s + CHECK_MARGIN_S
-    sentinel = Sentinel(config, pid, _hostport(statsd), statsd_prefix)
+    sink = NagiosSink.from_config(config, sys.stdout)
+    sentinel = Sentinel.from_config(config, pid=pid, statsd=_hostport(statsd),
+                                    statsd_prefix=statsd_prefix, sinks=[sink])
     try:
-        with _sigterm_stops(), sentinel:
-            report = sentinel.run(duration, lambda r: None)
+        with sigterm_stops(), sentinel:
+            sentinel.run(duration)
     except (KeyboardInterrupt, Stop):
-        _fail("check interrupted", EXIT_UNKNOWN)
-        return
-    click.echo(check_line(report, config))
-    sys.exit(report.verdict.exit_code)
+        raise click.ClickException("check interrupted") from None
+    ctx.exit(sink.exit_code)
 
 
-def _fmt(x: Any, spec: str = ".1f") -> str:
-    """A perfdata number; U (undetermined, the plugin convention) when there is none."""
-    return "U" if x is None or x != x else format(x, spec)
-
-
-def check_line(report: Any, config: Optional[Config] = None) -> str:
-    """`COHERENCE <STATUS> - <reasons> | <perfdata>` (Nagios plugin output)."""
-    verdict, findings = report.verdict, report.findings
-    status = {"WARMUP": "UNKNOWN", "UNAVAILABLE": "UNKNOWN"}.get(verdict.status, verdict.status)
-    parts = [f"{name} {verdict.states[name]}: {f.reason}" for name, f in findings.items()]
-    seizure, fever, amp = findings["seizure"], findings["fever"], findings["amplification"]
-    sampler = report.sampler or {}
-    perf = [
-        f"seizure_cpu_std_pct={_fmt(seizure.value)};{seizure.limit:g};;0;100",
-        f"seizure_cpu_mean_pct={_fmt(seizure.evidence.get('mean_pct'))};;;0;100",
-        f"fever_alloc_mb_s={_fmt(fever.evidence.get('alloc_rate_mb_s'))};"
-        f"{(config or Config()).fever.churn_limit_mb_s:g};;0;",
-        f"fever_resident_mb={_fmt(fever.evidence.get('resident_mb'), '.0f')};;;0;",
-        f"amplification_ratio={_fmt(amp.value, '.3f')};{amp.limit:g};;0;",
-        f"sampler_hz={_fmt(sampler.get('achieved_hz'))};;;0;",
-        f"sampler_p99_lateness_us={_fmt(sampler.get('tick_lateness_p99_us'), '.0f')};;;0;",
-        f"sampler_cpu_pct={_fmt(sampler.get('cpu_percent'), '.2f')};;;0;100",
-    ]
-    return f"COHERENCE {status} - {'; '.join(parts)} | {' '.join(perf)}"
-
-
-@main.command()
+@main.command(cls=Command)
 @click.option("--pid", type=click.IntRange(min=1), help="Watch one process instead of the host/container.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per source, one per line.")
 def sources(pid: Optional[int], as_json: bool) -> None:
@@ -343,9 +386,10 @@ def sources(pid: Optional[int], as_json: bool) -> None:
     Per family (cpu, memory, pressure, requests) the candidates are listed in preference
     order; the first available one is used.
     """
+    from coherence.sources import cpu_capacity, describe
     if pid is not None and not os.path.isdir(f"/proc/{pid}"):
         raise click.BadParameter(f"no process {pid}", param_hint="'--pid'")
-    rows: List[Row] = describe(pid=pid)
+    rows = describe(pid=pid)
     ncpu, why = cpu_capacity(pid=pid)
     if as_json:
         for r in rows:
@@ -356,11 +400,20 @@ def sources(pid: Optional[int], as_json: bool) -> None:
     for r in rows:
         state = "in use" if r.in_use else ("available" if r.available else "unavailable")
         table.append((r.family, r.name, state, f"{r.max_hz:g}", r.reason))
-    for line in _table(table):
-        click.echo(line)
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     click.echo(f"\nCPU utilization is normalized to {ncpu:g} CPUs: {why}.")
     click.echo("Requests: push counters with --statsd or coherence.hooks; the TCP proxy is used "
                "while nothing is pushed.")
+
+
+def Sentinel(config: Config, pid: Optional[int] = None, statsd: Optional[Tuple[str, int]] = None,
+             statsd_prefix: str = "coherence") -> Any:
+    """Deprecated: use coherence.sentinel.Sentinel.from_config. Kept for the e2e load
+    tests/e2e/loads/http_service.py, which still builds the sentinel this way."""
+    from coherence.sentinel import Sentinel as _Sentinel
+    return _Sentinel.from_config(config, pid=pid, statsd=statsd, statsd_prefix=statsd_prefix)
 
 
 def run(argv: Optional[List[str]] = None) -> int:
@@ -368,29 +421,26 @@ def run(argv: Optional[List[str]] = None) -> int:
     from coherence.sampler import SamplerError
     from coherence.statsd import StatsdError
     args = sys.argv[1:] if argv is None else argv
-    def bad(err: BaseException) -> int:
-        # check's own arguments, or an error inside check, are UNKNOWN (3); all others 2
-        ctx = getattr(err, "ctx", None)
-        return EXIT_UNKNOWN if (ctx is not None and ctx.info_name == "check") or _IN_CHECK \
-            else EXIT_USAGE
+    command = main.commands.get(main.command_name(args) or "")
+    bad = command.usage_exit_code if isinstance(command, Command) else EXIT_USAGE
     try:
-        main.main(args=args, prog_name="coherence", standalone_mode=False)
+        code = main.main(args=args, prog_name="coherence", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.Abort:
         return 130
     except click.ClickException as e:
         click.echo(f"coherence: {e.format_message()}", err=True)
-        return bad(e)
+        return bad
     except (ConfigError, SamplerError, StatsdError, ValueError) as e:
         click.echo(f"coherence: {e}", err=True)
-        return bad(e)
-    except (BrokenPipeError, KeyboardInterrupt):
+        return bad
+    except (BrokenPipeError, SinkClosed, KeyboardInterrupt):
         return 0
     except OSError as e:
         click.echo(f"coherence: {e.strerror or e}", err=True)
-        return bad(e)
-    return 0
+        return bad
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

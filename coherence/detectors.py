@@ -1,47 +1,113 @@
 """The three laws: each detector turns one snapshot of the signals into a Finding (is the
-condition present, the measured value against its limit, the evidence, one line a person can
+condition present, the measured value against its limit, typed evidence, one line a person can
 act on). Detectors judge; they never read files and never keep verdict state."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Dict, Generic, Optional, Tuple, TypeVar
 
 import numpy as np
 
-from coherence.config import AmplificationConfig, FeverConfig, SeizureConfig
-from coherence.snapshot import PUSHED, Snapshot
+from coherence.config import AmplificationConfig, Config, FeverConfig, SeizureConfig
+from coherence.format import duration, finite, num
+from coherence.snapshot import PUSHED, TCP_PROXY, Snapshot
+from coherence.states import Condition, State, Veto
 
-# What a finding can say about its condition; the verdict engine turns these into states.
-WARMUP, UNAVAILABLE, CLEAR, FIRING = "warmup", "unavailable", "clear", "firing"
 MB = 1e6
 TREND_T_MIN = 3.0          # slope / standard error: under this a trend is noise, not a forecast
+# A field whose None means "not computed" is left out of the JSON rather than written as null.
+_OMITTED_WHEN_NONE = {"omit_when_none": True}
+SOURCE_LABEL = {PUSHED: "pushed counters", TCP_PROXY: "TCP opens (a proxy)"}
 
 
 @dataclass(frozen=True)
-class Finding:
+class Evidence:
+    """The figures behind a finding. Each field is a JSON `evidence` key, its unit in its name;
+    NaN marks a figure with no value yet."""
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The fields in declaration order, as the JSON `evidence` object (before NaN -> null)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if not (f.metadata.get("omit_when_none") and getattr(self, f.name) is None)}
+
+    def line(self) -> str:
+        """The evidence in one line a person reads (the dashboard's panel footer)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class SeizureEvidence(Evidence):
+    mean_pct: float                    # CPU utilization over the window, % of the CPUs available
+    std_pct: float                     # its standard deviation, points of %
+    buckets: int                       # buckets in the window so far
+    swings: int                        # moves between the low and the high of the window
+    resolution_s: float
+    window_s: float
+    pressure_cpu_some_pct: float       # PSI: share of time some task waited for a CPU
+
+    def line(self) -> str:
+        return (f"mean {num(self.mean_pct)} % · std {num(self.std_pct)} · {self.buckets} buckets"
+                f" · PSI cpu {num(self.pressure_cpu_some_pct)} %")
+
+
+@dataclass(frozen=True)
+class FeverEvidence(Evidence):
+    alloc_rate_mb_s: float             # allocation churn: minor faults x page size
+    minor_faults_per_s: float
+    pgalloc_mb_s: float                # page allocations beside it (page cache included)
+    resident_mb: float
+    total_mb: float
+    resident_growth_mb_s: float        # least-squares trend of resident memory
+    pressure_memory_some_pct: float
+    # only once resident memory grows out of the noise: the time until it reaches total_mb
+    exhaustion_eta_s: Optional[float] = field(default=None, metadata=_OMITTED_WHEN_NONE)
+
+    def line(self) -> str:
+        parts = [f"churn {num(self.alloc_rate_mb_s)} MB/s",
+                 f"resident {num(self.resident_mb)} of {num(self.total_mb)} MB",
+                 f"growth {num(self.resident_growth_mb_s)} MB/s"]
+        eta = finite(self.exhaustion_eta_s)
+        if eta is not None:
+            parts.append(f"exhausted in ~{duration(eta)}")
+        parts.append(f"PSI mem {num(self.pressure_memory_some_pct)} %")
+        return " · ".join(parts)
+
+
+@dataclass(frozen=True)
+class AmplificationEvidence(Evidence):
+    ratio: float                       # egress / ingress over the window
+    baseline: Optional[float]          # the ratio learned while healthy; None until seeded
+    ingress_per_s: float
+    egress_per_s: float
+    source: str                        # PUSHED or TCP_PROXY (coherence.snapshot)
+    window_s: float
+    pressure_cpu_some_pct: float
+
+    def line(self) -> str:
+        return (f"ratio {num(self.ratio)} · baseline {num(self.baseline)} · "
+                f"in {num(self.ingress_per_s)}/s · out {num(self.egress_per_s)}/s · "
+                f"{SOURCE_LABEL.get(self.source, self.source)}")
+
+
+E = TypeVar("E", bound=Evidence)
+
+
+@dataclass(frozen=True)
+class Finding(Generic[E]):
     detector: str
-    condition: str                 # WARMUP / UNAVAILABLE / CLEAR / FIRING
+    condition: Condition
     value: float                   # the measured figure compared with `limit`
     limit: float
     unit: str
     reason: str                    # one line a person can act on
-    evidence: Dict[str, Any] = field(default_factory=dict)
-    max_state: str = "CRITICAL"    # a forecast warns; it never escalates
-    veto: str = ""                 # the recommendation while the condition holds
+    veto: Veto                     # the recommendation while the condition holds
+    evidence: Optional[E] = None       # None: nothing could be measured (no source)
+    max_state: State = State.CRITICAL  # a forecast warns; it never escalates
 
 
 def _nan(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
-
-
-def duration(seconds: float) -> str:
-    """A span of time as a person says it: 45 s, 12 min, 3.5 h."""
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def swings(values: Any) -> int:
@@ -66,32 +132,41 @@ class Seizure:
 
     name = "seizure"
     unit = "pct_points"
+    veto = Veto.SHED_LOAD
 
     def __init__(self, config: SeizureConfig) -> None:
         self.c = config
 
-    def evaluate(self, snap: Snapshot, now: float) -> Finding:
+    @classmethod
+    def from_config(cls, config: Config) -> "Seizure":
+        return cls(config.seizure)
+
+    def evaluate(self, snap: Snapshot, now: float) -> Finding[SeizureEvidence]:
         cpu, c = snap.cpu, self.c
         std, mean, n = cpu.util_std_pct, cpu.util_mean_pct, cpu.buckets
         if not cpu.available:
-            return Finding(detector=self.name, condition=UNAVAILABLE, value=math.nan,
-                           limit=c.std_limit_pct, unit=self.unit, veto="SHED_LOAD",
+            return Finding(detector=self.name, condition=Condition.UNAVAILABLE, value=math.nan,
+                           limit=c.std_limit_pct, unit=self.unit, veto=self.veto,
                            reason="no CPU source (lost: the watched process exited?)")
         crossings = swings(cpu.history_pct[-n:]) if n else 0
-        evidence = {"mean_pct": mean, "std_pct": std, "buckets": n, "swings": crossings,
-                    "resolution_s": c.resolution_s, "window_s": c.window_s,
-                    "pressure_cpu_some_pct": snap.pressure.cpu_some_pct}
-        base = dict(detector=self.name, value=std, limit=c.std_limit_pct, unit=self.unit,
-                    evidence=evidence, veto="SHED_LOAD")
+        evidence = SeizureEvidence(mean_pct=mean, std_pct=std, buckets=n, swings=crossings,
+                                   resolution_s=c.resolution_s, window_s=c.window_s,
+                                   pressure_cpu_some_pct=snap.pressure.cpu_some_pct)
+
+        def finding(condition: Condition, reason: str) -> Finding[SeizureEvidence]:
+            return Finding(detector=self.name, condition=condition, value=std,
+                           limit=c.std_limit_pct, unit=self.unit, reason=reason,
+                           veto=self.veto, evidence=evidence)
+
         # Half a window of buckets is enough to see a swing; less would judge on noise.
         if n < max(2, cpu.buckets_per_window // 2) or _nan(std):
-            return Finding(condition=WARMUP, reason=f"collecting CPU buckets ({n} of "
-                           f"{cpu.buckets_per_window // 2} needed)", **base)
+            return finding(Condition.WARMUP, f"collecting CPU buckets ({n} of "
+                           f"{cpu.buckets_per_window // 2} needed)")
         if std > c.std_limit_pct and mean < c.mean_ceiling_pct and crossings >= c.min_swings:
-            return Finding(condition=FIRING, reason=(
+            return finding(Condition.FIRING, (
                 f"CPU swings {crossings} times by ±{std:.0f} points around a mean of {mean:.0f} % "
                 f"({c.resolution_s * 1000:.0f} ms buckets over {c.window_s:g} s): thrashing or "
-                "lock contention; shed load"), **base)
+                "lock contention; shed load"))
         if std > c.std_limit_pct and mean >= c.mean_ceiling_pct:
             why = f"CPU busy ({mean:.0f} % mean) and swinging (±{std:.0f}): load, not a seizure"
         elif std > c.std_limit_pct:
@@ -99,7 +174,7 @@ class Seizure:
                    f"{'s' if crossings != 1 else ''}): a step, not a seizure")
         else:
             why = f"CPU steady: ±{std:.1f} points around {mean:.0f} %"
-        return Finding(condition=CLEAR, reason=why, **base)
+        return finding(Condition.CLEAR, why)
 
 
 class Fever:
@@ -107,47 +182,59 @@ class Fever:
 
     name = "fever"
     unit = "MB/s"
+    veto = Veto.THROTTLE
 
     def __init__(self, config: FeverConfig) -> None:
         self.c = config
 
-    def evaluate(self, snap: Snapshot, now: float) -> Finding:
+    @classmethod
+    def from_config(cls, config: Config) -> "Fever":
+        return cls(config.fever)
+
+    def evaluate(self, snap: Snapshot, now: float) -> Finding[FeverEvidence]:
         m, c = snap.memory, self.c
         churn = m.churn_bytes_per_s / MB
         resident, total, growth = m.resident_bytes, m.total_bytes, m.resident_growth_bytes_per_s
-        evidence = {"alloc_rate_mb_s": churn, "minor_faults_per_s": m.minor_faults_per_s,
-                    "pgalloc_mb_s": m.pgalloc_bytes_per_s / MB,
-                    "resident_mb": resident / MB, "total_mb": total / MB,
-                    "resident_growth_mb_s": growth / MB if not _nan(growth) else math.nan,
-                    "pressure_memory_some_pct": snap.pressure.memory_some_pct}
-        base = dict(detector=self.name, value=churn, limit=c.churn_limit_mb_s, unit=self.unit,
-                    evidence=evidence, veto="THROTTLE")
+        evidence = FeverEvidence(
+            alloc_rate_mb_s=churn, minor_faults_per_s=m.minor_faults_per_s,
+            pgalloc_mb_s=m.pgalloc_bytes_per_s / MB, resident_mb=resident / MB,
+            total_mb=total / MB,
+            resident_growth_mb_s=growth / MB if not _nan(growth) else math.nan,
+            pressure_memory_some_pct=snap.pressure.memory_some_pct)
+
+        def finding(condition: Condition, reason: str) -> Finding[FeverEvidence]:
+            return Finding(detector=self.name, condition=condition, value=churn,
+                           limit=c.churn_limit_mb_s, unit=self.unit, reason=reason,
+                           veto=self.veto, evidence=evidence)
+
         if not m.available:
-            return Finding(condition=UNAVAILABLE, reason="no memory source on this host "
-                           "(see `coherence sources`)", **base)
+            return finding(Condition.UNAVAILABLE, "no memory source on this host "
+                           "(see `coherence sources`)")
         if _nan(churn) or _nan(growth) or m.trend_points < m.trend_points_needed // 2:
-            return Finding(condition=WARMUP, reason="collecting memory samples", **base)
+            return finding(Condition.WARMUP, "collecting memory samples")
         flat = _nan(total) or abs(growth) * c.window_s < c.flat_pct / 100.0 * total
         if churn > c.churn_limit_mb_s and flat:
-            return Finding(condition=FIRING, reason=(
+            return finding(Condition.FIRING, (
                 f"allocating {churn:.0f} MB/s while resident memory stays flat at "
-                f"{resident / MB:.0f} MB: garbage-collection death-spiral risk; throttle"), **base)
+                f"{resident / MB:.0f} MB: garbage-collection death-spiral risk; throttle"))
         # a forecast needs a trend that stands well above the noise (t > 3), not any slope
         if not _nan(total) and growth > 0 and m.resident_growth_t > TREND_T_MIN:
             eta = (total - resident) / growth
-            evidence["exhaustion_eta_s"] = eta
+            evidence = replace(evidence, exhaustion_eta_s=eta)
             if eta < c.horizon_h * 3600:
-                return Finding(condition=FIRING, max_state="WARNING", reason=(
-                    f"resident memory grows {growth / MB:.1f} MB/s: exhausted in about "
-                    f"{duration(eta)} ({resident / MB:.0f} of {total / MB:.0f} MB); throttle"),
-                    **{**base, "value": growth / MB, "limit": (total - resident) / MB / (c.horizon_h * 3600),
-                       "unit": "MB/s growth"})
+                return Finding(
+                    detector=self.name, condition=Condition.FIRING, max_state=State.WARNING,
+                    value=growth / MB, limit=(total - resident) / MB / (c.horizon_h * 3600),
+                    unit="MB/s growth", veto=self.veto, evidence=evidence, reason=(
+                        f"resident memory grows {growth / MB:.1f} MB/s: exhausted in about "
+                        f"{duration(eta)} ({resident / MB:.0f} of {total / MB:.0f} MB); "
+                        "throttle"))
         if churn > c.churn_limit_mb_s:
             why = (f"allocating {churn:.0f} MB/s while resident memory moves {growth / MB:+.0f} MB/s: "
                    "not churn over flat memory")
         else:
             why = f"allocation churn {churn:.0f} MB/s (limit {c.churn_limit_mb_s:g})"
-        return Finding(condition=CLEAR, reason=why, **base)
+        return finding(Condition.CLEAR, why)
 
 
 class Amplification:
@@ -155,12 +242,17 @@ class Amplification:
 
     name = "amplification"
     unit = "ratio"
+    veto = Veto.CAP_RETRIES
 
     def __init__(self, config: AmplificationConfig) -> None:
         self.c = config
         self.baseline: Optional[float] = None
         self._last: Optional[float] = None
         self._traffic_since: Optional[float] = None   # judged traffic, without a gap, since
+
+    @classmethod
+    def from_config(cls, config: Config) -> "Amplification":
+        return cls(config.amplification)
 
     def learn(self, ratio: float, now: float) -> None:
         """Move the baseline towards ratio, time-aware; the caller does it only while healthy."""
@@ -173,23 +265,34 @@ class Amplification:
             self.baseline += alpha * (ratio - self.baseline)
         self._last = now
 
-    def evaluate(self, snap: Snapshot, now: float) -> Finding:
+    def learn_from(self, finding: Finding[Any], state: State, now: float) -> None:
+        """Learn from a finding the verdict found OK, with enough traffic to judge: the baseline
+        learns only from a healthy service, never from the storm."""
+        e = finding.evidence
+        if state == State.OK and isinstance(e, AmplificationEvidence) \
+                and not _nan(finding.value) and e.ingress_per_s >= self.c.min_ingress_per_s:
+            self.learn(finding.value, now)
+
+    def evaluate(self, snap: Snapshot, now: float) -> Finding[AmplificationEvidence]:
         r, c = snap.requests, self.c
         ratio, ingress = r.ratio, r.ingress_per_s
-        evidence = {"ratio": ratio, "baseline": self.baseline, "ingress_per_s": ingress,
-                    "egress_per_s": r.egress_per_s, "source": r.source,
-                    "window_s": c.window_s,
-                    "pressure_cpu_some_pct": snap.pressure.cpu_some_pct}
+        evidence = AmplificationEvidence(
+            ratio=ratio, baseline=self.baseline, ingress_per_s=ingress,
+            egress_per_s=r.egress_per_s, source=r.source, window_s=c.window_s,
+            pressure_cpu_some_pct=snap.pressure.cpu_some_pct)
         limit = max(c.ratio_limit, (self.baseline or 0.0) * c.baseline_factor)
-        base = dict(detector=self.name, value=ratio, limit=limit, unit=self.unit,
-                    evidence=evidence, veto="CAP_RETRIES")
+
+        def finding(condition: Condition, reason: str) -> Finding[AmplificationEvidence]:
+            return Finding(detector=self.name, condition=condition, value=ratio, limit=limit,
+                           unit=self.unit, reason=reason, veto=self.veto, evidence=evidence)
+
         label = "" if r.source == PUSHED else " (TCP connections, a proxy)"
         if _nan(ingress) or _nan(ratio) or ingress < c.min_ingress_per_s:
             self._traffic_since = None
             shown = 0.0 if _nan(ingress) else ingress
-            return Finding(condition=CLEAR, reason=(
+            return finding(Condition.CLEAR, (
                 f"too little traffic to judge{label}: {shown:.1f} requests/s in "
-                f"(minimum {c.min_ingress_per_s:g})"), **base)
+                f"(minimum {c.min_ingress_per_s:g})"))
         if self._traffic_since is None:
             self._traffic_since = now
         if self.baseline is None:
@@ -197,21 +300,19 @@ class Amplification:
             # (a window of a few requests, one still in flight, reads 2 for a fan-out of 3).
             learned = now - self._traffic_since
             if learned < c.window_s:
-                return Finding(condition=WARMUP, reason=(
+                return finding(Condition.WARMUP, (
                     f"learning the usual ratio{label}: {learned:.1f} of {c.window_s:g} s "
-                    "of traffic"), **base)
+                    "of traffic"))
             self.learn(ratio, now)
-            evidence["baseline"] = self.baseline
+            evidence = replace(evidence, baseline=self.baseline)
             limit = max(c.ratio_limit, ratio * c.baseline_factor)
-            base["limit"] = limit
         if ratio > limit:
-            return Finding(condition=FIRING, reason=(
+            return finding(Condition.FIRING, (
                 f"{ratio:.2f} calls out per request in{label}, against a usual {self.baseline:.2f}: "
-                "a retry storm or feedback loop; cap retries, then break the circuit"), **base)
-        return Finding(condition=CLEAR, reason=(
-            f"{ratio:.2f} calls out per request in{label} (usual {self.baseline:.2f})"), **base)
+                "a retry storm or feedback loop; cap retries, then break the circuit"))
+        return finding(Condition.CLEAR, (
+            f"{ratio:.2f} calls out per request in{label} (usual {self.baseline:.2f})"))
 
 
-def make_detectors(config: Any) -> Dict[str, Any]:
-    return {"seizure": Seizure(config.seizure), "fever": Fever(config.fever),
-            "amplification": Amplification(config.amplification)}
+# In the order reports list them (the JSON `detectors` object, the dashboard's panels).
+DETECTORS: Tuple[str, ...] = (Seizure.name, Fever.name, Amplification.name)

@@ -18,7 +18,7 @@ from coherence._sampler import Slot
 from coherence.config import Config
 from coherence.monitor import DETECTORS, Monitor, Report
 from coherence.signals import PAGE_SIZE, Signals
-from coherence.verdict import CRITICAL, WARNING
+from coherence.states import State
 
 # --------------------------------------------------------------------------- clocks
 STEP_S = 0.25                  # the monitor judges every 0.25 simulated seconds
@@ -280,8 +280,8 @@ class Incident:
 @dataclass(frozen=True)
 class Step:
     t: float                         # simulated seconds
-    status: str
-    states: Tuple[Tuple[str, str], ...]
+    status: State
+    states: Tuple[Tuple[str, State], ...]
     incidents: Tuple[Tuple[str, Tuple[str, ...]], ...]   # the verdict's: (kind, detectors)
 
 
@@ -418,13 +418,13 @@ def _incidents(timeline: Sequence[Phase], steps: Sequence[Step],
                 break
             after = step.t - p.start_s
             states = dict(step.states)
-            if warning is None and any(states[d] in (WARNING, CRITICAL) for d in detectors):
+            if warning is None and any(states[d].alarmed for d in detectors):
                 warning = after
             if critical is None:
                 if kind == "cascade":
                     if any(k == "cascade" and set(ds) & set(detectors) for k, ds in step.incidents):
                         critical = after
-                elif any(states[d] == CRITICAL for d in detectors):
+                elif any(states[d] == State.CRITICAL for d in detectors):
                     critical = after
             if classic_at is None and new_alerts:
                 classic_at, classic_alert = after, new_alerts[0]

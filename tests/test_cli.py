@@ -10,13 +10,15 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 from click.testing import CliRunner
 
 import coherence
-from coherence.cli import check_line, main, run
+from coherence.cli import main, run
+from coherence.sinks.nagios import check_line
 
 SCHEMA = json.load(open(os.path.join(os.path.dirname(coherence.__file__), "report.schema.json")))
 # The installed console script, as a user runs it (not `python -c`, which would import the
@@ -96,6 +98,35 @@ def test_check_reports_bad_arguments_as_unknown(capsys):
     assert run(["check", "--duration", "nan"]) == 3
 
 
+def test_check_is_unknown_on_bad_input_in_any_order_and_nothing_leaks(capsys):
+    # each call on its own: the exit code depends on the command, not on what ran before
+    assert run(["--live", "--hz", "0"]) == 2
+    assert run(["--hz", "0", "check"]) == 3
+    assert run(["check", "--pid", "4194305"]) == 3
+    assert run(["--live", "--hz", "0"]) == 2
+    assert run(["check", "--seed", "3"]) == 3
+    assert run(["check", "--config", "/nonexistent.toml"]) == 3
+    assert run(["check", "--statsd", "localhost:notaport"]) == 3
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 7 and all(e.startswith("coherence: ") for e in errors)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["live", "--seed", "3"], "--seed are for coherence simulate"),
+    (["simulate", "--pid", "1"], "coherence simulate replays a script: --pid are for coherence live"),
+    (["--simulate", "--duration", "3", "--statsd", "x"],
+     "--simulate replays a script: --duration, --statsd are for --live"),
+    (["--live", "--seed", "3", "--speed=2"], "--seed, --speed are for --simulate"),
+    (["--live", "check"], "options go after the command: coherence check [OPTIONS]"),
+    (["live", "--simulate"], "No such option"),
+    (["simulate", "--scenario", "nope"], "choose from story"),
+])
+def test_subcommands_name_where_a_stray_option_belongs(args, message, capsys):
+    assert run(args) == (3 if "check" in args else 2)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
 def test_help_documents_every_flag():
     out = CliRunner().invoke(main, ["--help"]).output
     for flag in ("--live", "--json", "--duration", "--hz", "--pid", "--statsd", "--config",
@@ -103,6 +134,27 @@ def test_help_documents_every_flag():
         assert flag in out
     assert "check" in out and "sources" in out
     assert "--duration" in CliRunner().invoke(main, ["check", "--help"]).output
+
+
+def test_every_flag_of_every_command_is_in_its_help_and_the_main_help():
+    from coherence.config import Config
+    top = " ".join(CliRunner().invoke(main, ["--help"]).output.split())
+    for name, command in main.commands.items():
+        r = CliRunner().invoke(main, [name, "--help"])
+        assert r.exit_code == 0
+        text = " ".join(r.output.split())
+        for param in command.params:
+            for opt in param.opts:
+                assert opt in text, (name, opt)
+                if name in ("live", "simulate"):
+                    assert opt in top, opt
+    # the limits' defaults are Config's, in every command that takes them
+    for name in ("live", "simulate", "check"):
+        text = " ".join(CliRunner().invoke(main, [name, "--help"]).output.split())
+        assert f"[default: {Config().sampler.hz:g}]" in text and "[default: 512]" in text
+    for alias, name in (("--live", "live"), ("--simulate", "simulate")):
+        assert CliRunner().invoke(main, [alias, "--help"]).output == \
+            CliRunner().invoke(main, [name, "--help"]).output
 
 
 def test_no_arguments_prints_the_help():
@@ -163,6 +215,74 @@ def test_check_prints_one_nagios_line_and_exits_by_its_status():
     perf = line.split(" | ", 1)[1]
     assert re.search(r"seizure_cpu_std_pct=[0-9.]+;20;;0;100", perf), perf
     assert "sampler_hz=" in perf
+
+
+@pytest.mark.parametrize("args", [
+    ["--json", "--speed", "1e9", "--scenario", "storm", "--seed", "2"],
+    ["--speed", "1e9", "--scenario", "seizure", "--hz", "500"],
+])
+def test_simulate_and_its_alias_give_identical_output(args):
+    runner = CliRunner()
+    sub = runner.invoke(main, ["simulate"] + args)
+    alias = runner.invoke(main, ["--simulate"] + args)
+    reordered = runner.invoke(main, args[:1] + ["--simulate"] + args[1:])
+    assert sub.exit_code == alias.exit_code == reordered.exit_code == 0, sub.output
+    assert sub.output == alias.output == reordered.output
+    assert sub.output.count("\n") > 100
+
+
+def test_live_and_its_alias_write_the_same_lines():
+    lines = {}
+    for form in (["live"], ["--live"]):
+        r = cli(*form, "--json", "--duration", "1", "--hz", "200")
+        assert r.returncode == 0, r.stderr
+        lines[form[0]] = [json.loads(line) for line in r.stdout.splitlines()]
+        for obj in lines[form[0]]:
+            jsonschema.validate(obj, SCHEMA)
+    shape = {k: [sorted(o) for o in v] for k, v in lines.items()}
+    assert shape["live"][0] == shape["--live"][0]
+    plain = cli("live", "--duration", "1", "--hz", "200")
+    assert plain.returncode == 0 and all(" seizure=" in line for line in plain.stdout.splitlines())
+
+
+class FakeSentinel:
+    """Stands in for the live sentinel: its sinks get the scripted reports up to `until`."""
+
+    until = 0.0
+
+    def __init__(self, sinks):
+        from coherence.sinks.base import opened
+        self.sinks, self.opened = sinks, opened
+        self._ctx: Any = None
+
+    @classmethod
+    def from_config(cls, config, pid=None, statsd=None, statsd_prefix="coherence", sinks=()):
+        return cls(list(sinks))
+
+    def __enter__(self):
+        self._ctx = self.opened(self.sinks)
+        self.emit = self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+    def run(self, duration=None, on_report=None):
+        from test_sinks_jsonl import scripted_reports
+        reports = scripted_reports(until=self.until)
+        for r in reports:
+            self.emit(r)
+        return reports[-1]
+
+
+@pytest.mark.parametrize("until, code, status", [(0.0, 3, "UNKNOWN"), (12.0, 0, "OK"),
+                                                 (6.0, 1, "WARNING"), (25.0, 2, "CRITICAL")])
+def test_check_exits_by_its_status(until, code, status, monkeypatch, capsys):
+    import coherence.sentinel
+    monkeypatch.setattr(coherence.sentinel, "Sentinel", type("S", (FakeSentinel,), {"until": until}))
+    assert run(["check", "--duration", "1"]) == code
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith(f"COHERENCE {status} - ")
 
 
 def test_simulate_json_is_deterministic_and_ends_with_the_lead_time_table():

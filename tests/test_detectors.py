@@ -6,8 +6,20 @@ import pytest
 
 from coherence._sampler import Slot
 from coherence.config import Config
-from coherence.detectors import CLEAR, FIRING, UNAVAILABLE, WARMUP, Amplification, Fever, Seizure
+from coherence.detectors import (
+    Amplification,
+    AmplificationEvidence,
+    E,
+    Fever,
+    FeverEvidence,
+    Finding,
+    Seizure,
+    SeizureEvidence,
+)
 from coherence.signals import Signals
+from coherence.states import Condition, State, Veto
+
+CLEAR, FIRING, UNAVAILABLE, WARMUP = Condition.CLEAR, Condition.FIRING, Condition.UNAVAILABLE, Condition.WARMUP
 
 CFG = Config().validate()
 GB = 1 << 30
@@ -16,6 +28,11 @@ GB = 1 << 30
 def signals(pushed=False):
     return Signals(resolution_s=0.1, window_s=10.0, slow_hz=20.0, ratio_window_s=5.0,
                    trend_window_s=10.0, ncpu=2.0, pushed=lambda: pushed)
+
+
+def evidence(f: Finding[E]) -> E:
+    assert f.evidence is not None
+    return f.evidence
 
 
 def cpu_snapshot(buckets):
@@ -30,8 +47,8 @@ def cpu_snapshot(buckets):
 def test_seizure_fires_on_idle_busy_flips_every_second():
     flips = [90.0 if (i // 10) % 2 else 10.0 for i in range(100)]    # 1 s at 10 %, 1 s at 90 %
     f = Seizure(CFG.seizure).evaluate(cpu_snapshot(flips), 0.0)
-    assert f.condition == FIRING and f.veto == "SHED_LOAD"
-    assert f.value == pytest.approx(40.0, abs=0.5) and f.evidence["mean_pct"] == pytest.approx(50.0)
+    assert f.condition == FIRING and f.veto == Veto.SHED_LOAD == "SHED_LOAD"
+    assert f.value == pytest.approx(40.0, abs=0.5) and evidence(f).mean_pct == pytest.approx(50.0)
     assert "shed load" in f.reason and "±40" in f.reason
 
 
@@ -74,7 +91,7 @@ def memory_snapshot(churn_mb_s, resident_fn, total=16 * GB, seconds=12.0):
 
 def test_fever_fires_on_high_churn_with_flat_resident_memory():
     f = Fever(CFG.fever).evaluate(memory_snapshot(2000.0, lambda t: 4 * GB + (t % 1) * 64e6), 0.0)
-    assert f.condition == FIRING and f.veto == "THROTTLE" and f.max_state == "CRITICAL"
+    assert f.condition == FIRING and f.veto == Veto.THROTTLE and f.max_state == State.CRITICAL
     assert f.value == pytest.approx(2000.0, rel=0.05) and "throttle" in f.reason
 
 
@@ -86,8 +103,8 @@ def test_holding_a_lot_of_memory_is_not_a_fever():
 def test_steady_growth_is_a_forecast_that_only_warns():
     # +100 MB/s with 8 GB free: exhausted in ~80 s, far inside the 4 h horizon
     f = Fever(CFG.fever).evaluate(memory_snapshot(50.0, lambda t: 8 * GB + t * 100e6), 0.0)
-    assert f.condition == FIRING and f.max_state == "WARNING"
-    assert f.evidence["exhaustion_eta_s"] == pytest.approx((16 * GB - 8 * GB - 11.95 * 100e6) / 100e6, rel=0.1)
+    assert f.condition == FIRING and f.max_state == State.WARNING
+    assert evidence(f).exhaustion_eta_s == pytest.approx((16 * GB - 8 * GB - 11.95 * 100e6) / 100e6, rel=0.1)
     assert "exhausted in about" in f.reason
 
 
@@ -134,8 +151,8 @@ def test_retry_storm_fires_against_a_learned_baseline():
     a = Amplification(CFG.amplification)
     a.learn(1.0, 0.0)
     f = a.evaluate(request_snapshot(2.2), 1.0)
-    assert f.condition == FIRING and f.value == pytest.approx(2.2) and f.evidence["baseline"] == 1.0
-    assert "retry storm" in f.reason and f.veto == "CAP_RETRIES"
+    assert f.condition == FIRING and f.value == pytest.approx(2.2) and evidence(f).baseline == 1.0
+    assert "retry storm" in f.reason and f.veto == Veto.CAP_RETRIES
 
 
 def test_a_learned_fan_out_of_three_is_normal():
@@ -167,7 +184,7 @@ def test_the_tcp_proxy_is_labelled():
     a = Amplification(CFG.amplification)
     a.learn(1.0, 0.0)
     f = a.evaluate(request_snapshot(1.0, pushed=False), 0.0)
-    assert f.evidence["source"] == "tcp_proxy" and "proxy" in f.reason
+    assert evidence(f).source == "tcp_proxy" and "proxy" in f.reason
 
 
 @pytest.mark.parametrize("shape, expected", [
@@ -201,3 +218,57 @@ def test_a_seizure_starting_from_idle_fires_after_three_swings():
             fired_at = k / 10
             break
     assert fired_at is not None and fired_at <= 3.0
+
+
+# ------------------------------------------------------------------ evidence
+def test_evidence_is_typed_per_detector_with_the_documented_keys():
+    flips = [90.0 if (i // 10) % 2 else 10.0 for i in range(100)]
+    seizure = evidence(Seizure(CFG.seizure).evaluate(cpu_snapshot(flips), 0.0))
+    assert isinstance(seizure, SeizureEvidence)
+    assert list(seizure.as_dict()) == ["mean_pct", "std_pct", "buckets", "swings", "resolution_s",
+                                       "window_s", "pressure_cpu_some_pct"]
+    fever = evidence(Fever(CFG.fever).evaluate(memory_snapshot(5.0, lambda t: 15 * GB), 0.0))
+    assert isinstance(fever, FeverEvidence)
+    # the forecast's key appears only once there is a forecast
+    assert list(fever.as_dict()) == ["alloc_rate_mb_s", "minor_faults_per_s", "pgalloc_mb_s",
+                                     "resident_mb", "total_mb", "resident_growth_mb_s",
+                                     "pressure_memory_some_pct"]
+    growing = evidence(Fever(CFG.fever).evaluate(memory_snapshot(50.0, lambda t: 8 * GB + t * 100e6), 0.0))
+    assert list(growing.as_dict())[-1] == "exhaustion_eta_s"
+    a = Amplification(CFG.amplification)
+    amp = evidence(a.evaluate(request_snapshot(2.0), 0.0))
+    assert isinstance(amp, AmplificationEvidence) and amp.as_dict()["baseline"] is None
+    assert list(amp.as_dict()) == ["ratio", "baseline", "ingress_per_s", "egress_per_s", "source",
+                                   "window_s", "pressure_cpu_some_pct"]
+
+
+def test_evidence_reads_in_one_line():
+    flips = [90.0 if (i // 10) % 2 else 10.0 for i in range(100)]
+    line = evidence(Seizure(CFG.seizure).evaluate(cpu_snapshot(flips), 0.0)).line()
+    assert line.startswith("mean 50.0 % · std 40.") and "100 buckets" in line
+    growing = evidence(Fever(CFG.fever).evaluate(memory_snapshot(50.0, lambda t: 8 * GB + t * 100e6), 0.0))
+    assert "exhausted in ~" in growing.line() and growing.line().startswith("churn ")
+    a = Amplification(CFG.amplification)
+    a.learn(1.0, 0.0)
+    proxy = evidence(a.evaluate(request_snapshot(1.0, pushed=False), 0.0))
+    assert proxy.line().endswith("TCP opens (a proxy)") and "baseline 1.00" in proxy.line()
+
+
+def test_a_lost_cpu_source_has_no_evidence():
+    s = signals()
+    s.available = frozenset({"memory"})
+    f = Seizure(CFG.seizure).evaluate(s.snapshot(), 0.0)
+    assert f.condition == UNAVAILABLE and f.evidence is None
+
+
+def test_amplification_learns_only_from_an_ok_verdict_with_traffic():
+    a = Amplification(CFG.amplification)
+    a.learn(1.0, 0.0)
+    storm = a.evaluate(request_snapshot(3.0), 1.0)
+    a.learn_from(storm, State.WARNING, 1.0)
+    assert a.baseline == 1.0                           # never from the storm
+    quiet = a.evaluate(request_snapshot(3.0, rate=0.5), 2.0)
+    a.learn_from(quiet, State.OK, 2.0)
+    assert a.baseline == 1.0                           # too little traffic to learn from
+    a.learn_from(storm, State.OK, 200.0)
+    assert 1.0 < a.baseline <= 3.0

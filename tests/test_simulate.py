@@ -12,7 +12,8 @@ from coherence import simulate
 from coherence.config import Config
 from coherence.monitor import DETECTORS, Report
 from coherence.simulate import MAX_SPEED, SimulationResult, run
-from coherence.verdict import SEVERITY
+from coherence.sinks.jsonl import report_json
+from coherence.states import State
 
 FAULT_DEADLINE_S = 10.0       # the issue: a fault starting at T is CRITICAL by T + 10 s
 WARMUP_S = 6.0                # half a window of buckets (seizure), of trend points (fever), and
@@ -31,7 +32,7 @@ def play(scenario: str, seed: int = 0) -> Played:
     snaps: List[Dict[str, Any]] = []
 
     def sink(report: Report) -> None:
-        lines.append(json.dumps(report.to_json(), sort_keys=True))
+        lines.append(json.dumps(report_json(report), sort_keys=True))
         s = report.snapshot
         snaps.append({"t": report.elapsed_s, "cpu_mean": s.cpu.util_mean_pct,
                       "cpu_std": s.cpu.util_std_pct,
@@ -160,7 +161,7 @@ def test_a_single_fault_trips_its_detector_only(scenario, detector, worst):
     (incident,) = result.incidents
     assert incident.detectors == (detector,)
     seen = states_during(result, WARMUP_S, result.duration_s + 1)
-    assert max(seen[detector], key=SEVERITY.__getitem__) == worst
+    assert max(seen[detector], key=lambda s: State(s).severity) == worst
     for other in set(DETECTORS) - {detector}:
         assert seen[other] == {"OK"}, other
     assert incident.called_after_s is not None and incident.called_after_s <= FAULT_DEADLINE_S

@@ -1,6 +1,6 @@
 """The dashboard shows what a person on call needs (states, reasons, veto, incidents, the
 sampler's own figures), respects NO_COLOR and non-terminals, redraws at most refresh_hz times a
-second however often it is fed, and leaves the terminal clean; the plain sink writes plain text."""
+second however often it is fed, and leaves the terminal clean."""
 import io
 import re
 import time
@@ -10,9 +10,9 @@ from unittest import mock
 import pytest
 from rich.console import Console
 
+from coherence.config import Config, OutputConfig
 from coherence.monitor import DETECTORS, Report
-from coherence.sinks.dashboard import Dashboard, PlainStatusSink, plain_line, render, sparkline
-from coherence.sinks.jsonl import SinkClosed
+from coherence.sinks.dashboard import Dashboard, render, sparkline
 from test_sinks_jsonl import report_at, scripted_reports
 
 ESCAPE = "\x1b"
@@ -150,7 +150,7 @@ def test_redraws_are_capped_at_refresh_hz_however_fast_updates_come(reports):
         with mock.patch.object(dash._live, "refresh", wraps=dash._live.refresh) as refresh:
             start = time.monotonic()
             for i in range(1000):
-                dash.update(reports[i % len(reports)])
+                dash.emit(reports[i % len(reports)])
             elapsed = time.monotonic() - start
             assert 1 <= refresh.call_count <= 10.0 * elapsed + 2
 
@@ -162,7 +162,7 @@ def test_redraw_cap_on_a_scripted_clock(reports):
             drawn = []
             for i in range(1000):          # 1000 updates over one second
                 now[0] = i / 1000
-                drawn.append(dash.update(reports[i % len(reports)]))
+                drawn.append(dash.emit(reports[i % len(reports)]))
             assert refresh.call_count == sum(drawn) == 10
             assert drawn[0] and not any(drawn[1:100])
 
@@ -172,9 +172,9 @@ def test_leaving_draws_the_last_report_and_restores_the_cursor(reports):
     now = [0.0]
     with pytest.raises(KeyboardInterrupt):
         with Dashboard(console, refresh_hz=10.0, host="h", clock=lambda: now[0]) as dash:
-            assert dash.update(report_at(reports, 3.0))
+            assert dash.emit(report_at(reports, 3.0))
             now[0] = 0.01
-            assert not dash.update(report_at(reports, 25.0))      # too soon to redraw
+            assert not dash.emit(report_at(reports, 25.0))      # too soon to redraw
             raise KeyboardInterrupt                               # Ctrl-C
     out = console.file.getvalue()                                 # type: ignore[attr-defined]
     assert HIDE_CURSOR in out and out.rstrip("\n").endswith(SHOW_CURSOR)
@@ -186,7 +186,7 @@ def test_on_a_non_terminal_it_prints_the_last_frame_once(reports):
     out = io.StringIO()
     with Dashboard(Console(file=out, width=120), host="h") as dash:
         for r in reports[:20]:
-            dash.update(r)
+            dash.emit(r)
     text = out.getvalue()
     assert ESCAPE not in text and text.count("coherence ") == 1
 
@@ -196,14 +196,14 @@ def test_fever_and_amplification_sparklines_come_from_the_dashboards_history(rep
     with Dashboard(Console(file=out, width=120), host="h") as dash:
         for r in reports:
             if 18.0 <= r.elapsed_s <= 26.0:
-                dash.update(r)
+                dash.emit(r)
     storm = panel_text(out.getvalue(), 2)
     assert re.search("[▁▂▃]{4,}[▇█]{4,}", storm)          # ratio 1, then the storm at 3
 
 
 def test_update_outside_the_with_block_is_an_error(reports):
     with pytest.raises(RuntimeError, match="with Dashboard"):
-        Dashboard(terminal(), host="h").update(reports[0])
+        Dashboard(terminal(), host="h").emit(reports[0])
 
 
 @pytest.mark.parametrize("bad", [0, -10.0, float("nan"), float("inf")])
@@ -221,38 +221,15 @@ def test_sparkline_scales_and_leaves_gaps():
     assert sparkline([]) == "" and sparkline([float("nan")]) == " "
 
 
-# ------------------------------------------------------------------------------- plain lines
-PLAIN = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (OK|WARMUP|UNAVAILABLE|WARNING|CRITICAL)"
-                   r"( (seizure|fever|amplification)=[A-Z]+\(\S+\)){3} veto=\S+( incidents=\S+)?$")
+def test_from_config_takes_the_refresh_rate():
+    dash = Dashboard.from_config(Config(output=OutputConfig(refresh_hz=4.0)), terminal())
+    assert dash.refresh_hz == 4.0
 
 
-def test_plain_lines_are_plain_and_parseable(reports):
-    out = io.StringIO()
-    sink = PlainStatusSink(out, interval_s=1.0)
-    written = [r for r in reports if sink.emit(r)]
-    lines = out.getvalue().splitlines()
-    assert len(lines) == len(written) and len(lines) < len(reports) / 2
-    assert all(r in written for r in reports if r.verdict.changed)
-    assert ESCAPE not in out.getvalue()
-    for line in lines:
-        assert PLAIN.match(line), line
-
-
-def test_plain_line_content(reports):
-    healthy = plain_line(report_at(reports, 12.0))
-    assert healthy.split(" ", 1)[1] == ("OK seizure=OK(±1.10/20) fever=OK(14.0/512MB/s) "
-                                        "amplification=OK(1.00/1.3) veto=-")
-    assert "amplification=OK(-)" in plain_line(reports[0])        # no ratio yet
-    storm = plain_line(report_at(reports, 25.0))
-    assert "veto=SHED_LOAD:seizure,THROTTLE:fever,CIRCUIT_BREAK:amplification" in storm
-    assert storm.endswith("incidents=cascade:seizure+fever+amplification,flapping:seizure")
-    assert "fever=CRITICAL(50.0/0.28MB/s-growth)" in plain_line(report_at(reports, 34.0))
-
-
-def test_plain_sink_on_a_closed_pipe_is_sink_closed(reports):
-    import os
-    read_fd, write_fd = os.pipe()
-    os.close(read_fd)
-    with os.fdopen(write_fd, "w") as stream:
-        with pytest.raises(SinkClosed):
-            PlainStatusSink(stream).emit(reports[0])
+def test_the_evidence_line_is_the_findings_own(reports):
+    r = report_at(reports, 25.0)
+    screen = text_of(r)
+    for i, name in enumerate(DETECTORS):
+        evidence = r.findings[name].evidence
+        assert evidence is not None
+        assert " ".join(evidence.line().split()) in panel_text(screen, i)

@@ -20,7 +20,8 @@ import pytest
 
 from coherence.config import Config, VerdictConfig
 from coherence.monitor import Monitor, Report
-from coherence.sinks.jsonl import EARLY_FRACTION, Cadence, JsonLinesSink, SinkClosed
+from coherence.sinks.base import EARLY_FRACTION, SinkClosed
+from coherence.sinks.jsonl import JsonLinesSink, clean, report_json
 from coherence.snapshot import CpuSignals, MemorySignals, PressureSignals, RequestSignals, Snapshot
 
 MB = 1e6
@@ -221,17 +222,6 @@ def test_every_state_change_is_written_even_within_an_interval(reports):
     assert all(line["changed"] for line in lines[1:])
 
 
-def test_cadence_keeps_its_grid_through_jitter_and_does_not_burst_after_a_pause():
-    rng = np.random.default_rng(7)
-    cadence = Cadence(1.0)
-    times = [i * 0.25 + float(rng.uniform(-0.01, 0.01)) for i in range(1, 401)]
-    due = [t for t in [0.0] + times if cadence.due(t, changed=False)]
-    assert len(due) == 101     # 0 s, then one per second for 100 s: no drift, none skipped
-    paused = Cadence(1.0)
-    assert paused.due(0.0, False) and paused.due(30.0, False)
-    assert not paused.due(30.5, False) and paused.due(31.0, False)
-
-
 @pytest.mark.parametrize("bad", [0, -1.0, math.nan, math.inf, "1", True])
 def test_a_bad_interval_is_a_value_error(bad):
     with pytest.raises(ValueError, match="interval_s"):
@@ -256,13 +246,15 @@ def test_piped_into_head_the_run_ends_quietly_with_exit_0():
     # What `coherence --json | head -1` does: the CLI catches SinkClosed and exits 0. Nothing may
     # reach stderr, even when the CLI still prints afterwards (the simulation's summary table).
     child = textwrap.dedent("""
-        import sys, types
+        import json, sys, types
         from coherence.sinks.jsonl import JsonLinesSink, SinkClosed
-        sink = JsonLinesSink(sys.stdout, interval_s=1.0)
-        big = {"ts": 0, "padding": "x" * 3000}
+        class Big(JsonLinesSink):
+            def line(self, report):
+                return json.dumps({"ts": 0, "padding": "x" * 3000})
+        sink = Big(sys.stdout, interval_s=1.0)
         try:
             for i in range(100000):
-                sink.emit(types.SimpleNamespace(elapsed_s=float(i), to_json=lambda: big,
+                sink.emit(types.SimpleNamespace(elapsed_s=float(i),
                                                 verdict=types.SimpleNamespace(changed=False)))
         except SinkClosed:
             print("summary table")
@@ -278,6 +270,27 @@ def test_piped_into_head_the_run_ends_quietly_with_exit_0():
     assert proc.wait(timeout=20) == 0
     assert json.loads(first)["ts"] == 0
     assert err == b""
+
+
+def test_report_json_keys_and_types(reports):
+    obj = report_json(report_at(reports, 25.0))
+    assert list(obj) == ["ts", "elapsed_s", "status", "changed", "detectors", "veto", "incidents",
+                         "sampler"]
+    assert list(obj["detectors"]) == ["seizure", "fever", "amplification"]
+    for d in obj["detectors"].values():
+        assert list(d) == ["state", "for_s", "value", "limit", "unit", "reason", "evidence", "veto"]
+    # enums are written as their plain strings, never as objects
+    assert type(obj["status"]) is str and obj["status"] == "CRITICAL"
+    assert all(type(v["state"]) is str and type(v["action"]) is str for v in obj["veto"])
+    assert type(obj["detectors"]["amplification"]["veto"]) is str
+    cascade = obj["incidents"][0]
+    assert cascade["kind"] == "cascade" and WALL0 < cascade["since"] < obj["ts"]   # Unix time
+
+
+def test_clean_makes_anything_json_safe():
+    from coherence.states import State
+    assert clean({1: (np.float64(1.5), math.nan, math.inf, State.OK, True, None)}) == \
+        {"1": [1.5, None, None, "OK", True, None]}
 
 
 def test_the_documented_example_line_validates(validator):

@@ -2,14 +2,16 @@
 after `clear`, the overall status, vetoes, cascades and flapping."""
 
 from coherence.config import VerdictConfig
-from coherence.detectors import CLEAR, FIRING, UNAVAILABLE, WARMUP, Finding
-from coherence.verdict import EXIT_CODES, Tracker, VerdictEngine
+from coherence.detectors import Finding
+from coherence.states import Condition, State, Veto
+from coherence.verdict import Tracker, VerdictEngine
 
+CLEAR, FIRING, UNAVAILABLE, WARMUP = Condition.CLEAR, Condition.FIRING, Condition.UNAVAILABLE, Condition.WARMUP
 CFG = VerdictConfig(for_s=5.0, clear_s=10.0, cascade_window_s=60.0, flap_changes=4, flap_window_s=60.0)
-VETO = {"seizure": "SHED_LOAD", "fever": "THROTTLE", "amplification": "CAP_RETRIES"}
+VETO = {"seizure": Veto.SHED_LOAD, "fever": Veto.THROTTLE, "amplification": Veto.CAP_RETRIES}
 
 
-def finding(condition, name="seizure", max_state="CRITICAL"):
+def finding(condition, name="seizure", max_state=State.CRITICAL):
     return Finding(detector=name, condition=condition, value=1.0, limit=1.0, unit="u",
                    reason="r", max_state=max_state, veto=VETO[name])
 
@@ -80,7 +82,7 @@ def test_condition_returning_during_clear_keeps_critical():
 def test_a_forecast_warns_but_never_escalates():
     t = Tracker(CFG)
     for i in range(30):
-        t.update(finding(FIRING, "fever", max_state="WARNING"), float(i))
+        t.update(finding(FIRING, "fever", max_state=State.WARNING), float(i))
     assert t.state == "WARNING"
 
 
@@ -112,7 +114,9 @@ def test_overall_status_is_the_worst_detector_and_maps_to_nagios_codes():
     assert v.status == "CRITICAL"   # hysteresis: a reading that cannot judge does not clear it
     v = engine_step(e, {n: UNAVAILABLE for n in ("seizure", "fever", "amplification")}, 9.5)
     assert v.status == "UNAVAILABLE"   # the source vanished: no verdict stands on frozen data
-    assert EXIT_CODES == {"OK": 0, "WARNING": 1, "CRITICAL": 2, "WARMUP": 3, "UNAVAILABLE": 3}
+    assert {s.value: s.exit_code for s in State} == {"OK": 0, "WARNING": 1, "CRITICAL": 2,
+                                                     "WARMUP": 3, "UNAVAILABLE": 3}
+    assert all(isinstance(s, State) for s in v.states.values()) and isinstance(v.status, State)
 
 
 def test_all_unavailable_is_unavailable():
@@ -160,7 +164,7 @@ def test_many_changes_in_the_window_is_flapping():
 def test_a_forecast_turning_into_churn_times_for_from_the_churn():
     t = Tracker(CFG)
     for i in range(60):
-        t.update(finding(FIRING, "fever", max_state="WARNING"), float(i))
+        t.update(finding(FIRING, "fever", max_state=State.WARNING), float(i))
     t.update(finding(FIRING, "fever"), 60.0)
     assert t.state == "WARNING"                  # not CRITICAL at once: the churn just began
     t.update(finding(FIRING, "fever"), 65.0)

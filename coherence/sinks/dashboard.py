@@ -1,7 +1,7 @@
 """The live terminal view (rich): a status header, one panel per detector (state, value against
 its limit, the reason, a sparkline, the evidence), the veto line, incidents and the sampler's own
-figures, redrawn at most `refresh_hz` times a second; and PlainStatusSink, its stand-in when
-stdout is not a terminal: one plain line per report interval, no escape codes."""
+figures, redrawn at most `refresh_hz` times a second. On a stdout that is not a terminal the CLI
+uses the plain status lines (coherence.sinks.plain) instead."""
 from __future__ import annotations
 
 import math
@@ -17,14 +17,16 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from coherence.detectors import duration
-from coherence.monitor import DETECTORS, Report
-from coherence.sinks.jsonl import LineSink
+from coherence.config import Config
+from coherence.detectors import DETECTORS
+from coherence.format import MISSING, clock, duration, finite, num, setting
+from coherence.monitor import Report
+from coherence.states import State
 
-STATE_STYLE = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red",
-               "WARMUP": "dim", "UNAVAILABLE": "dim"}
-BORDER_STYLE = {"OK": "green", "WARNING": "yellow", "CRITICAL": "red",
-                "WARMUP": "dim", "UNAVAILABLE": "dim"}
+STATE_STYLE = {State.OK: "green", State.WARNING: "yellow", State.CRITICAL: "bold red",
+               State.WARMUP: "dim", State.UNAVAILABLE: "dim"}
+BORDER_STYLE = {State.OK: "green", State.WARNING: "yellow", State.CRITICAL: "red",
+                State.WARMUP: "dim", State.UNAVAILABLE: "dim"}
 BLOCKS = "▁▂▃▄▅▆▇█"
 # 32 points fit a panel a third of a 120-column terminal wide: 3.2 s of 100 ms CPU buckets,
 # 8 s of fever/amplification values at the CLI's 4 reports a second.
@@ -32,52 +34,14 @@ SPARK_POINTS = 32
 # Three panels of ~36 columns side by side; a narrower terminal gets them stacked.
 SIDE_BY_SIDE_MIN_WIDTH = 108
 UNIT_LABEL = {"pct_points": "points of CPU % (std)", "ratio": "calls out per request in"}
-SOURCE_LABEL = {"pushed": "pushed counters", "tcp_proxy": "TCP opens (a proxy)"}
-MISSING = "–"
 
 
-# ------------------------------------------------------------------------------- formatting
-def _finite(x: Any) -> Optional[float]:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _num(x: Any, missing: str = MISSING) -> str:
-    """Three significant figures or so: 512, 31.2, 1.02."""
-    f = _finite(x)
-    if f is None:
-        return missing
-    if abs(f) >= 100:
-        return f"{f:.0f}"
-    if abs(f) >= 10:
-        return f"{f:.1f}"
-    return f"{f:.2f}"
-
-
-def _limit(x: Any, missing: str = MISSING) -> str:
-    """A limit as configured: 20, 512, 1.3 (a computed one as a measured value)."""
-    f = _finite(x)
-    if f is not None and f == round(f, 1) and abs(f) < 1e6:
-        return f"{f:.1f}".rstrip("0").rstrip(".")
-    return _num(x, missing)
-
-
-def _clock(seconds: float) -> str:
-    s = int(max(0.0, seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+def _style(table: Mapping[State, str], state: object) -> str:
+    return table.get(state, "") if isinstance(state, State) else ""
 
 
 def _names(value: object) -> List[str]:
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else []
-
-
-def _utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def sparkline(values: Iterable[Any], lo: Optional[float] = None, hi: Optional[float] = None) -> str:
@@ -87,12 +51,12 @@ def sparkline(values: Iterable[Any], lo: Optional[float] = None, hi: Optional[fl
     >>> sparkline([0, 50, 100], 0, 100)
     '▁▅█'
     """
-    points = [_finite(v) for v in values]
-    finite = [v for v in points if v is not None]
-    if not finite:
+    points = [finite(v) for v in values]
+    known = [v for v in points if v is not None]
+    if not known:
         return " " * len(points)
-    lo = min(0.0, min(finite)) if lo is None else lo
-    hi = max(finite) if hi is None else hi
+    lo = min(0.0, min(known)) if lo is None else lo
+    hi = max(known) if hi is None else hi
     span = hi - lo
     top = len(BLOCKS) - 1
     out = []
@@ -107,25 +71,6 @@ def sparkline(values: Iterable[Any], lo: Optional[float] = None, hi: Optional[fl
 
 
 # ------------------------------------------------------------------------------- rendering
-def _evidence(name: str, e: Mapping[str, Any]) -> str:
-    if name == "seizure":
-        return (f"mean {_num(e.get('mean_pct'))} % · std {_num(e.get('std_pct'))} · "
-                f"{e.get('buckets', 0)} buckets · PSI cpu {_num(e.get('pressure_cpu_some_pct'))} %")
-    if name == "fever":
-        parts = [f"churn {_num(e.get('alloc_rate_mb_s'))} MB/s",
-                 f"resident {_num(e.get('resident_mb'))} of {_num(e.get('total_mb'))} MB",
-                 f"growth {_num(e.get('resident_growth_mb_s'))} MB/s"]
-        eta = _finite(e.get("exhaustion_eta_s"))
-        if eta is not None:
-            parts.append(f"exhausted in ~{duration(eta)}")
-        parts.append(f"PSI mem {_num(e.get('pressure_memory_some_pct'))} %")
-        return " · ".join(parts)
-    source = e.get("source")
-    return (f"ratio {_num(e.get('ratio'))} · baseline {_num(e.get('baseline'))} · "
-            f"in {_num(e.get('ingress_per_s'))}/s · out {_num(e.get('egress_per_s'))}/s · "
-            f"{SOURCE_LABEL.get(str(source), source)}")
-
-
 def _veto_line(report: Report) -> Text:
     veto = report.verdict.veto
     if not veto:
@@ -134,7 +79,7 @@ def _veto_line(report: Report) -> Text:
     for i, v in enumerate(veto):
         if i:
             line.append("; ")
-        line.append(v["action"], style=STATE_STYLE.get(v["state"], ""))
+        line.append(str(v["action"]), style=_style(STATE_STYLE, v["state"]))
         line.append(f" — {v['detector']} {v['state']}")
     return line
 
@@ -145,12 +90,12 @@ def _incident_lines(report: Report) -> List[Text]:
     for inc in report.verdict.incidents:
         if inc.get("kind") == "cascade":
             members = ", ".join(_names(inc.get("detectors")))
-            since = _finite(inc.get("since"))
+            since = finite(inc.get("since"))
             age = f", for {duration(now - since)}" if since is not None else ""
             lines.append(Text(f"Incident: cascade — {members} CRITICAL together{age}", style="bold red"))
         elif inc.get("kind") == "flapping":
             lines.append(Text(f"Incident: flapping — {inc.get('detector')} changed state "
-                              f"{inc.get('changes')} times in {_limit(inc.get('window_s'))} s",
+                              f"{inc.get('changes')} times in {setting(inc.get('window_s'))} s",
                               style="yellow"))
         else:
             lines.append(Text(f"Incident: {inc}", style="yellow"))
@@ -161,9 +106,9 @@ def _sampler_lines(sampler: Optional[Mapping[str, Any]]) -> List[Text]:
     if not sampler or sampler.get("simulated"):
         return [Text("Sampler: simulated", style="dim")]
     sources = ", ".join(str(v) for v in (sampler.get("sources") or {}).values()) or "none"
-    line = Text(f"Sampler: {_num(sampler.get('achieved_hz'))} of {_limit(sampler.get('hz'))} Hz · "
-                f"p99 lateness {_num(sampler.get('tick_lateness_p99_us'))} µs · "
-                f"own CPU {_num(sampler.get('cpu_percent'))} % · "
+    line = Text(f"Sampler: {num(sampler.get('achieved_hz'))} of {setting(sampler.get('hz'))} Hz · "
+                f"p99 lateness {num(sampler.get('tick_lateness_p99_us'))} µs · "
+                f"own CPU {num(sampler.get('cpu_percent'))} % · "
                 f"{sampler.get('overruns', MISSING)} overruns", style="dim")
     return [line, Text(f"Sources: {sources}", style="dim")] + \
         [Text(f"  note: {n}", style="dim") for n in sampler.get("notes") or []]
@@ -180,9 +125,9 @@ class _View:
         grid = Table.grid(expand=True)
         grid.add_column(justify="left")
         grid.add_column(justify="right")
-        clock = datetime.fromtimestamp(r.ts, timezone.utc).strftime("%H:%M:%S UTC")
-        grid.add_row(Text.assemble(("coherence ", "bold"), (r.status, STATE_STYLE.get(r.status, ""))),
-                     Text(f"elapsed {_clock(r.elapsed_s)} · {self.host} · {clock}"))
+        wall = datetime.fromtimestamp(r.ts, timezone.utc).strftime("%H:%M:%S UTC")
+        grid.add_row(Text.assemble(("coherence ", "bold"), (str(r.status), STATE_STYLE[r.status])),
+                     Text(f"elapsed {clock(r.elapsed_s)} · {self.host} · {wall}"))
         return grid
 
     def _spark(self, name: str) -> str:
@@ -191,29 +136,29 @@ class _View:
             return sparkline(list(history[-SPARK_POINTS:]), 0.0, 100.0)
         f = self.report.findings[name]
         values = list(self.history.get(name) or [f.value])[-SPARK_POINTS:]
-        finite = [v for v in (_finite(x) for x in values) if v is not None]
-        limit = _finite(f.limit)
+        known = [v for v in (finite(x) for x in values) if v is not None]
+        limit = finite(f.limit)
         # scaled from 0 to the limit (or the peak, if higher): a full block is at the limit
-        hi = max(finite + ([limit] if limit is not None else [])) if finite else None
+        hi = max(known + ([limit] if limit is not None else [])) if known else None
         return sparkline(values, None, hi)
 
     def _body(self, name: str) -> Group:
         f = self.report.findings[name]
         state = self.report.verdict.states[name]
         return Group(
-            Text(f"{_num(f.value)} / {_limit(f.limit)} {UNIT_LABEL.get(f.unit, f.unit)}", style="bold"),
+            Text(f"{num(f.value)} / {setting(f.limit)} {UNIT_LABEL.get(f.unit, f.unit)}", style="bold"),
             Text(f.reason),
-            Text(self._spark(name), style=BORDER_STYLE.get(state, "")),
-            Text(_evidence(name, f.evidence), style="dim"),
+            Text(self._spark(name), style=BORDER_STYLE[state]),
+            Text(f.evidence.line() if f.evidence is not None else MISSING, style="dim"),
         )
 
     def _panel(self, name: str, height: Optional[int] = None) -> Panel:
         v = self.report.verdict
         state = v.states[name]
-        title = Text.assemble((name, "bold"), "  ", (state, STATE_STYLE.get(state, "")),
+        title = Text.assemble((name, "bold"), "  ", (str(state), STATE_STYLE[state]),
                               (f"  {duration(max(0.0, v.now - v.since[name]))}", "dim"))
         return Panel(self._body(name), title=title, title_align="left", height=height,
-                     border_style=BORDER_STYLE.get(state, ""))
+                     border_style=BORDER_STYLE[state])
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield self._header()
@@ -253,7 +198,7 @@ class Dashboard:
 
         with Dashboard(refresh_hz=10) as dash:
             for report in reports:
-                dash.update(report)       # cheap; redraws at most refresh_hz times a second
+                dash.emit(report)         # cheap; redraws at most refresh_hz times a second
 
     Colours follow rich's Console: off with NO_COLOR set, or when not writing to a terminal.
     Leaving the ``with`` block (Ctrl-C included) draws the last report and restores the cursor.
@@ -289,10 +234,15 @@ class Dashboard:
         finally:
             self._live.stop()
 
-    def update(self, report: Report) -> bool:
+    @classmethod
+    def from_config(cls, config: Config, console: Optional[Console] = None) -> "Dashboard":
+        """Redrawn at most ``[output] refresh_hz`` times a second."""
+        return cls(console, refresh_hz=config.output.refresh_hz)
+
+    def emit(self, report: Report) -> bool:
         """Take a report; redraw if the last redraw is 1/refresh_hz old. True if it redrew."""
         if not self._live.is_started:
-            raise RuntimeError("Dashboard.update() outside `with Dashboard(...)`")
+            raise RuntimeError("Dashboard.emit() outside `with Dashboard(...)`")
         self._remember(report)
         self._report, self._drawn = report, False
         now = self._clock()
@@ -316,45 +266,3 @@ class Dashboard:
 
     def _view(self, report: Report) -> RenderableType:
         return render(report, {n: list(v) for n, v in self._history.items()}, self.host)
-
-
-def _figure(unit: str, value: Any, limit: Any) -> str:
-    if _finite(value) is None:
-        return "-"
-    v, lim = _num(value, "-"), _limit(limit, "-")
-    if unit == "pct_points":
-        return f"±{v}/{lim}"
-    if unit == "ratio":
-        return f"{v}/{lim}"
-    return f"{v}/{lim}{unit.replace(' ', '-')}"
-
-
-def plain_line(report: Report) -> str:
-    """One line of plain text, space-separated tokens without spaces inside::
-
-        2026-11-27T06:01:02Z OK seizure=OK(±1.1/20) fever=OK(14/512MB/s) amplification=OK(-) veto=-
-    """
-    states = report.verdict.states
-    tokens = [_utc(report.ts), report.status]
-    for name in DETECTORS:
-        f = report.findings[name]
-        tokens.append(f"{name}={states[name]}({_figure(f.unit, f.value, f.limit)})")
-    veto = ",".join(f"{v['action']}:{v['detector']}" for v in report.verdict.veto)
-    tokens.append(f"veto={veto or '-'}")
-    incidents = []
-    for inc in report.verdict.incidents:
-        if inc.get("kind") == "cascade":
-            incidents.append("cascade:" + "+".join(_names(inc.get("detectors"))))
-        else:
-            incidents.append(f"{inc.get('kind')}:{inc.get('detector')}")
-    if incidents:
-        tokens.append("incidents=" + ",".join(incidents))
-    return " ".join(tokens)
-
-
-class PlainStatusSink(LineSink):
-    """Plain status lines for a stdout that is not a terminal (a log file, a pipe) when --json
-    was not asked: no animation, no escape codes; the cadence of JsonLinesSink."""
-
-    def line(self, report: Report) -> str:
-        return plain_line(report)

@@ -1,103 +1,70 @@
 """JSON lines for scripts and log shippers: one compact object per report interval and one at
-every state change (schema: coherence/report.schema.json), and the rules every line sink shares —
-when a line is due, and how a reader that went away (`| head`) ends the run quietly."""
+every state change. The serialisation of a Report lives here: ``report_json`` is the documented
+object (schema: coherence/report.schema.json, docs/json-schema.md)."""
 from __future__ import annotations
 
 import json
 import math
-import os
-import sys
-from typing import IO, Optional
+from enum import Enum
+from typing import Any, Dict
 
+from coherence.detectors import DETECTORS
 from coherence.monitor import Report
+from coherence.sinks.base import EARLY_FRACTION, Cadence, LineSink, SinkClosed, write_line
 
-# A routine line may come this fraction of an interval early: reports arrive on the CLI's own
-# clock (every 0.25 s) with jitter and float drift, and a mark missed by a millisecond would
-# otherwise cost a whole interval.
-EARLY_FRACTION = 0.05
-
-
-class SinkClosed(Exception):
-    """The reader went away (a closed pipe: `coherence --json | head -1`). The run is over, and
-    not in error: the CLI catches this and exits 0."""
+__all__ = ["EARLY_FRACTION", "Cadence", "JsonLinesSink", "SinkClosed", "clean", "report_json",
+           "write_line"]
 
 
-class Cadence:
-    """When a line sink writes: the first report, every report whose verdict changed, and
-    otherwise one per `interval_s` of report time (`report.elapsed_s`, not the wall clock).
-
-    Routine lines keep to a grid (no drift when reports come every 0.25 s); a change line
-    restarts it, so no routine line follows a change line within less than an interval.
-
-    >>> c = Cadence(1.0)
-    >>> [c.due(t, changed=False) for t in (0.0, 0.5, 1.0, 1.5, 2.0)]
-    [True, False, True, False, True]
-    """
-
-    def __init__(self, interval_s: float = 1.0) -> None:
-        if isinstance(interval_s, bool) or not isinstance(interval_s, (int, float)) \
-                or not math.isfinite(interval_s) or interval_s <= 0:
-            raise ValueError(f"interval_s must be a positive number of seconds, got {interval_s!r}")
-        self.interval_s = float(interval_s)
-        self._next_due: Optional[float] = None
-
-    def due(self, elapsed_s: float, changed: bool) -> bool:
-        if self._next_due is None or changed:
-            self._next_due = elapsed_s + self.interval_s
-            return True
-        if elapsed_s < self._next_due - EARLY_FRACTION * self.interval_s:
-            return False
-        self._next_due += self.interval_s
-        if self._next_due <= elapsed_s:
-            # reports stopped for longer than an interval (a suspended process): no burst of
-            # catch-up lines, start a new grid from here
-            self._next_due = elapsed_s + self.interval_s
-        return True
+def report_json(report: Report) -> Dict[str, Any]:
+    """The documented JSON-lines object for one report, JSON-safe (NaN and inf as null)."""
+    verdict = report.verdict
+    detectors = {}
+    for name in DETECTORS:
+        f = report.findings[name]
+        detectors[name] = {
+            "state": verdict.states[name],
+            "for_s": round(verdict.now - verdict.since[name], 3),
+            "value": f.value, "limit": f.limit, "unit": f.unit,
+            "reason": f.reason, "evidence": f.evidence.as_dict() if f.evidence else {},
+            "veto": next((v["action"] for v in verdict.veto if v["detector"] == name), None),
+        }
+    return clean({
+        "ts": round(report.ts, 3),
+        "elapsed_s": round(report.elapsed_s, 3),
+        "status": verdict.status,
+        "changed": verdict.changed,
+        "detectors": detectors,
+        "veto": verdict.veto,
+        "incidents": [_incident(i, report) for i in verdict.incidents],
+        "sampler": report.sampler,
+    })
 
 
-def write_line(stream: IO[str], line: str) -> None:
-    """Write and flush one line; a closed pipe becomes SinkClosed, never a traceback."""
+def _incident(incident: Dict[str, object], report: Report) -> Dict[str, object]:
+    """`since` on the monitor's clock becomes Unix time, comparable with `ts`."""
+    since = incident.get("since")
+    if not isinstance(since, (int, float)):
+        return incident
+    return {**incident, "since": round(report.ts - (report.verdict.now - since), 3)}
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe: NaN and inf become null, enums their values, tuples lists, numpy scalars
+    floats."""
+    if isinstance(value, Enum):
+        return clean(value.value)
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return value
     try:
-        stream.write(line + "\n")
-        stream.flush()
-    except BrokenPipeError as err:
-        _discard_further_output(stream)
-        raise SinkClosed("the reader closed the output") from err
-
-
-def _discard_further_output(stream: IO[str]) -> None:
-    # Text still buffered in the stream would be flushed again at interpreter exit and print
-    # "Exception ignored ... BrokenPipeError": point the descriptor at /dev/null first, as the
-    # Python documentation advises for SIGPIPE (library/signal.html, "Note on SIGPIPE").
-    try:
-        fd = stream.fileno()
-    except (AttributeError, OSError, ValueError):
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, fd)
-    finally:
-        os.close(devnull)
-
-
-class LineSink:
-    """One line per report interval and one at every state change, on a text stream (stdout by
-    default); subclasses say how a report becomes a line. ``emit`` returns True if it wrote a
-    line and raises SinkClosed when the reader went away."""
-
-    def __init__(self, stream: Optional[IO[str]] = None, interval_s: float = 1.0) -> None:
-        # resolved now, not at import: a redirected or captured sys.stdout is the one used
-        self.stream: IO[str] = stream if stream is not None else sys.stdout
-        self.cadence = Cadence(interval_s)
-
-    def emit(self, report: Report) -> bool:
-        if not self.cadence.due(report.elapsed_s, report.verdict.changed):
-            return False
-        write_line(self.stream, self.line(report))
-        return True
-
-    def line(self, report: Report) -> str:
-        raise NotImplementedError
+        f = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f if math.isfinite(f) else None
 
 
 class JsonLinesSink(LineSink):
@@ -109,7 +76,7 @@ class JsonLinesSink(LineSink):
     """
 
     def line(self, report: Report) -> str:
-        # to_json() has already turned NaN into null; allow_nan=False makes a slip loud
+        # report_json() has already turned NaN into null; allow_nan=False makes a slip loud
         # instead of writing `NaN`, which is not JSON. ASCII escapes keep the line safe for any
         # locale a log shipper runs in.
-        return json.dumps(report.to_json(), allow_nan=False, separators=(",", ":"))
+        return json.dumps(report_json(report), allow_nan=False, separators=(",", ":"))

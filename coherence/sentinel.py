@@ -1,0 +1,100 @@
+"""The live sentinel: a sampler, an optional StatsD listener, the monitor that judges what the
+sampler reads, and the sinks that show it, started and stopped together and run on one clock.
+
+    with Sentinel.from_config(config, sinks=[JsonLinesSink(sys.stdout)]) as sentinel:
+        sentinel.run(duration=60)        # judge 4 times a second; every report to every sink
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+
+from coherence.config import Config
+from coherence.monitor import Monitor, Report, sampler_figures
+from coherence.sampler import Sampler
+from coherence.sinks.base import Sink, opened
+from coherence.statsd import StatsdListener
+
+EVAL_PERIOD_S = 0.25        # detectors judge 4 times a second; sinks decide what to show
+
+
+class Stop(Exception):
+    """SIGTERM: leave like Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Stop()
+
+
+@contextlib.contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """SIGTERM raises Stop inside the block (and is restored after it)."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Sentinel:
+    """sampler -> monitor -> sinks. ``with`` starts the listener, the sampler and the sinks (the
+    dashboard's terminal) and stops them all, in reverse order, however the block is left."""
+
+    def __init__(self, sampler: Sampler, monitor: Monitor, sinks: Sequence[Sink] = (),
+                 listener: Optional[StatsdListener] = None) -> None:
+        self.sampler, self.monitor, self.listener = sampler, monitor, listener
+        self.sinks: List[Sink] = list(sinks)
+        self._stack: Optional[contextlib.ExitStack] = None
+        self._emit: Callable[[Report], None] = lambda report: None
+
+    @classmethod
+    def from_config(cls, config: Config, *, pid: Optional[int] = None,
+                    statsd: Optional[Tuple[str, int]] = None, statsd_prefix: str = "coherence",
+                    sinks: Sequence[Sink] = ()) -> "Sentinel":
+        """The sentinel the settings describe, watching ``pid`` (None: the host or container),
+        listening for StatsD counters on ``statsd`` (host, port) if given."""
+        listener = None
+        if statsd is not None:
+            listener = StatsdListener(host=statsd[0], port=statsd[1], prefix=statsd_prefix)
+        try:
+            sampler = Sampler.from_config(config, pid=pid)
+        except BaseException:
+            if listener is not None:
+                listener.stop()
+            raise
+        return cls(sampler, Monitor(config, sampler.snapshot, lambda: sampler_figures(sampler)),
+                   sinks, listener)
+
+    def __enter__(self) -> "Sentinel":
+        with contextlib.ExitStack() as stack:
+            if self.listener is not None:
+                stack.enter_context(self.listener)
+            stack.enter_context(self.sampler)
+            self._emit = stack.enter_context(opened(self.sinks))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.__exit__(*exc)
+
+    def run(self, duration: Optional[float] = None,
+            on_report: Optional[Callable[[Report], Any]] = None) -> Report:
+        """Judge every EVAL_PERIOD_S until ``duration`` seconds have passed (None: until
+        interrupted); every report goes to the sinks, then to ``on_report``. The last report."""
+        start = time.monotonic()
+        next_step = start
+        while True:
+            now = time.monotonic()
+            report = self.monitor.step(now, time.time())
+            self._emit(report)
+            if on_report is not None:
+                on_report(report)
+            if duration is not None and now - start >= duration:
+                return report
+            next_step += EVAL_PERIOD_S
+            end = start + duration if duration is not None else next_step
+            time.sleep(max(0.0, min(next_step, end) - time.monotonic()))

@@ -1,0 +1,99 @@
+"""The Sentinel wires a real sampler to the monitor and the sinks: reports at the evaluation
+period reach every sink, the sinks and the sampler are opened and closed together, a StatsD
+listener is part of it when asked, and a bad setting leaves nothing running."""
+import io
+import json
+import socket
+import time
+from typing import Any, List
+
+import pytest
+
+from coherence.config import Config
+from coherence.monitor import Report
+from coherence.sampler import SamplerError
+from coherence.sentinel import EVAL_PERIOD_S, Sentinel
+from coherence.sinks.jsonl import JsonLinesSink
+from coherence.statsd import StatsdError
+
+CFG = Config().with_overrides({"sampler.hz": 200.0})
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.reports: List[Report] = []
+        self.opened = self.closed = False
+
+    def emit(self, report: Report) -> bool:
+        assert self.opened and not self.closed
+        self.reports.append(report)
+        return True
+
+    def __enter__(self) -> "Recorder":
+        self.opened = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.closed = True
+
+
+def test_run_gives_every_report_to_every_sink_and_returns_the_last():
+    recorder, out = Recorder(), io.StringIO()
+    sentinel = Sentinel.from_config(CFG, sinks=[recorder, JsonLinesSink(out, interval_s=0.5)])
+    seen: List[Report] = []
+    with sentinel:
+        assert sentinel.sampler.running and recorder.opened
+        last = sentinel.run(1.0, seen.append)
+    assert recorder.closed and not sentinel.sampler.running
+    assert recorder.reports == seen and last is seen[-1]
+    # one report per evaluation period, the last at the duration
+    assert 1.0 / EVAL_PERIOD_S - 1 <= len(seen) <= 1.0 / EVAL_PERIOD_S + 2
+    assert seen[-1].elapsed_s >= 1.0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) >= 2 and lines[-1]["sampler"]["hz"] == 200.0
+
+
+def test_the_sinks_are_closed_and_the_sampler_stopped_on_ctrl_c():
+    recorder = Recorder()
+
+    def interrupt(report: Report) -> None:
+        raise KeyboardInterrupt
+
+    sentinel = Sentinel.from_config(CFG, sinks=[recorder])
+    with pytest.raises(KeyboardInterrupt):
+        with sentinel:
+            sentinel.run(None, interrupt)
+    assert recorder.closed and len(recorder.reports) == 1 and not sentinel.sampler.running
+
+
+def test_statsd_counts_reach_the_amplification_detector():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sentinel = Sentinel.from_config(CFG, statsd=("127.0.0.1", port), statsd_prefix="svc")
+    assert sentinel.listener is not None
+    with sentinel, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        assert sentinel.listener.running
+        for _ in range(20):
+            client.sendto(b"svc.ingress:10|c\nsvc.egress:30|c", ("127.0.0.1", port))
+            time.sleep(0.05)
+        report = sentinel.run(0.5)
+    assert not sentinel.listener.running
+    assert report.snapshot.requests.source == "pushed"
+
+
+def test_a_bad_pid_leaves_no_listener_behind():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(SamplerError, match="no process"):
+        Sentinel.from_config(CFG, pid=4194305, statsd=("127.0.0.1", port))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+        again.bind(("127.0.0.1", port))        # free again: the listener was stopped
+
+
+def test_a_port_in_use_is_a_statsd_error():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        with pytest.raises(StatsdError, match="address already in use"):
+            Sentinel.from_config(CFG, statsd=taken.getsockname())

@@ -408,14 +408,6 @@ def sources(pid: Optional[int], as_json: bool) -> None:
                "while nothing is pushed.")
 
 
-def Sentinel(config: Config, pid: Optional[int] = None, statsd: Optional[Tuple[str, int]] = None,
-             statsd_prefix: str = "coherence") -> Any:
-    """Deprecated: use coherence.sentinel.Sentinel.from_config. Kept for the e2e load
-    tests/e2e/loads/http_service.py, which still builds the sentinel this way."""
-    from coherence.sentinel import Sentinel as _Sentinel
-    return _Sentinel.from_config(config, pid=pid, statsd=statsd, statsd_prefix=statsd_prefix)
-
-
 def run(argv: Optional[List[str]] = None) -> int:
     """The console entry point: click without its multi-line errors and tracebacks."""
     from coherence.sampler import SamplerError

@@ -202,7 +202,7 @@ class Host:
         failure = self._backend_failure(p, mid)
         n = max(0, int(round(rng.gauss(INGRESS_PER_S * dt, math.sqrt(INGRESS_PER_S * dt)))))
         for _ in range(n):
-            for attempt in range(1, MAX_ATTEMPTS + 1):
+            for attempt in range(1, MAX_ATTEMPTS + 1):  # noqa: B007 (the count is used after)
                 if rng.random() >= failure:
                     break
             else:

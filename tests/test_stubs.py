@@ -24,3 +24,10 @@ def test_the_tests_type_check_against_the_stubs():
     proc = run("mypy", "--config-file", os.path.join(os.path.dirname(HERE), "pyproject.toml"),
                "--cache-dir", os.devnull, *files)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_package_type_checks():
+    # the installed package, as users import it (stubs for the compiled modules included)
+    proc = run("mypy", "--config-file", os.path.join(os.path.dirname(HERE), "pyproject.toml"),
+               "--cache-dir", os.devnull, "-p", "coherence")
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -143,17 +143,17 @@ class HooksCounter:
 
 
 class EmbeddedSentinel:
-    """coherence.cli.Sentinel in this process, its reports as JSON lines on stdout."""
+    """coherence's Sentinel in this process, its reports as JSON lines on stdout."""
 
     class _Stopped(Exception):
         pass
 
     def __init__(self, stop: threading.Event) -> None:
-        from coherence.cli import Sentinel
         from coherence.config import load
+        from coherence.sentinel import Sentinel
         from coherence.sinks.jsonl import JsonLinesSink
         config = load(None)
-        self.sentinel = Sentinel(config, pid=None, statsd=None, statsd_prefix="coherence")
+        self.sentinel = Sentinel.from_config(config)
         self.sink = JsonLinesSink(sys.stdout, interval_s=config.output.report_interval_s)
         self.stop = stop
         self.thread = threading.Thread(target=self._run, name="sentinel", daemon=True)

@@ -6,7 +6,6 @@ traceback."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
@@ -334,6 +333,7 @@ def simulate(as_json: bool, scenario: str, seed: int, speed: Optional[float],
     """The demo: a scripted incident timeline through the same engine, then when coherence and
     the classic alerts called each incident (alias: coherence --simulate)."""
     from coherence import simulate as simulator
+    from coherence.sinks import simulation
     from coherence.sinks.base import opened
     config = _config(config_file, limits)
     result = None
@@ -343,9 +343,9 @@ def simulate(as_json: bool, scenario: str, seed: int, speed: Optional[float],
         return
     if sys.stdout.isatty() and not as_json:
         from rich.console import Console
-        Console().print(simulator.result_table(result))
+        Console().print(simulation.result_table(result))
     else:
-        click.echo(simulator.format_result(result), err=as_json)
+        click.echo(simulation.format_result(result), err=as_json)
 
 
 @main.command(cls=Command, usage_exit_code=EXIT_UNKNOWN)
@@ -386,26 +386,18 @@ def sources(pid: Optional[int], as_json: bool) -> None:
     Per family (cpu, memory, pressure, requests) the candidates are listed in preference
     order; the first available one is used.
     """
+    from coherence.sinks.sources import json_lines, table_lines
     from coherence.sources import cpu_capacity, describe
     if pid is not None and not os.path.isdir(f"/proc/{pid}"):
         raise click.BadParameter(f"no process {pid}", param_hint="'--pid'")
     rows = describe(pid=pid)
     ncpu, why = cpu_capacity(pid=pid)
     if as_json:
-        for r in rows:
-            click.echo(json.dumps(r._asdict()))
-        click.echo(json.dumps({"cpus": ncpu, "cpus_reason": why}))
+        for line in json_lines(rows, ncpu, why):
+            click.echo(line)
         return
-    table = [("FAMILY", "SOURCE", "STATE", "MAX HZ", "WHAT / WHY NOT")]
-    for r in rows:
-        state = "in use" if r.in_use else ("available" if r.available else "unavailable")
-        table.append((r.family, r.name, state, f"{r.max_hz:g}", r.reason))
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    click.echo(f"\nCPU utilization is normalized to {ncpu:g} CPUs: {why}.")
-    click.echo("Requests: push counters with --statsd or coherence.hooks; the TCP proxy is used "
-               "while nothing is pushed.")
+    for line in table_lines(rows, ncpu, why):
+        click.echo(line)
 
 
 def run(argv: Optional[List[str]] = None) -> int:

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, NamedTuple, Tuple
 import pytest
 
 from coherence import simulate
+from coherence.sinks.simulation import format_result, result_table
 from coherence.config import Config
 from coherence.monitor import DETECTORS, Report
 from coherence.simulate import MAX_SPEED, SimulationResult, run
@@ -85,7 +86,7 @@ def test_same_seed_same_run_byte_for_byte():
     again = run(Config(), "story", seed=0, speed=MAX_SPEED)
     first = play("story", 0).result
     assert [(s.status, s.states) for s in again.steps] == [(s.status, s.states) for s in first.steps]
-    assert simulate.format_result(again) == simulate.format_result(first)
+    assert format_result(again) == format_result(first)
     assert again == first
 
 
@@ -147,7 +148,7 @@ def test_healthy_is_ok_after_warmup():
     seen = states_during(result, WARMUP_S, result.duration_s + 1)
     assert seen == {name: {"OK"} for name in DETECTORS}
     assert result.incidents == ()
-    assert "No incident" in simulate.format_result(result)
+    assert "No incident" in format_result(result)
 
 
 @pytest.mark.parametrize("scenario, detector, worst", [
@@ -221,7 +222,7 @@ def test_story_cascade_is_reported_as_one():
 # --------------------------------------------------------------------------- the table
 def test_lead_time_table_one_row_per_incident():
     result = play("story").result
-    text = simulate.format_result(result)
+    text = format_result(result)
     lines = text.splitlines()
     header = next(n for n, line in enumerate(lines) if line.startswith("INCIDENT"))
     rows = lines[header + 1:header + 1 + len(result.incidents)]
@@ -255,7 +256,7 @@ def test_rich_table_has_the_same_rows():
     from rich.console import Console
 
     result = play("story").result
-    table = simulate.result_table(result)
+    table = result_table(result)
     assert table.row_count == len(result.incidents)
     console = Console(width=200, record=True, color_system=None)
     console.print(table)

@@ -27,6 +27,7 @@ class SamplerConfig:
     hz: float = 1000.0                 # CPU counters read per second (1-2000)
     slow_hz: float = 20.0              # memory, PSI and request counters (5-20 us a read); at most hz
     rate_half_life_s: float = 1.0      # smoothing of rates: fault rate, request rates, PSI
+    runtime_hz: float = 4.0            # runtime counters (JVM performance data, scrapes), off the tick
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,9 @@ class Config:
         s = self.sampler
         if not 1 <= s.hz <= 2000:
             raise ConfigError(f"sampler.hz must be between 1 and 2000, got {s.hz:g}")
+        if s.runtime_hz > 20:
+            # each round reads every JVM file and scrape target in Python, off the tick
+            raise ConfigError(f"sampler.runtime_hz must be at most 20, got {s.runtime_hz:g}")
         z = self.seizure
         if z.resolution_s < 1.0 / s.hz:
             raise ConfigError(f"seizure.resolution_s ({z.resolution_s:g} s) is shorter than one "

@@ -10,6 +10,7 @@ import numpy as np
 
 from coherence._core import EwmaRate, RatioWindow, RingBuffer, RollingStats
 from coherence._sampler import Gauges, Slot
+from coherence.runtime import DEFAULT_RATE_HZ, RuntimeBoard
 from coherence.snapshot import (PUSHED, TCP_PROXY, CpuSignals, MemorySignals, PressureSignals,
                                  RequestSignals, Snapshot)
 
@@ -55,7 +56,7 @@ class Signals:
     def __init__(self, *, resolution_s: float = 0.1, window_s: float = 10.0,
                  slow_hz: float = 20.0, rate_half_life_s: float = 1.0,
                  ratio_window_s: float = 5.0, trend_window_s: float = 10.0,
-                 history: int = 600, ncpu: float = 1.0,
+                 history: int = 600, ncpu: float = 1.0, runtime_hz: float = DEFAULT_RATE_HZ,
                  pushed: Callable[[], bool] = lambda: False,
                  available: Sequence[str] = ("cpu", "memory", "pressure", "requests")) -> None:
         self.resolution_s, self.window_s, self.slow_hz, self.ncpu = resolution_s, window_s, slow_hz, ncpu
@@ -69,6 +70,8 @@ class Signals:
         self.pushed_ratio = RatioWindow(ratio_points, min_denominator=1.0)
         self.proxy_ratio = RatioWindow(ratio_points, min_denominator=1.0)
         self.gauges = Gauges()
+        # runtimes' and services' own counters, written by the runtime poller's thread
+        self.runtime = RuntimeBoard(rate_half_life_s, max(2, int(round(ratio_window_s * runtime_hz))))
         self.interval_s = 1.0 / slow_hz
         # whether the application pushes its request counts (StatsD, hooks): then they are
         # judged, else TCP connection opens stand in for them
@@ -85,7 +88,8 @@ class Signals:
                    slow_hz=config.sampler.slow_hz if slow_hz is None else slow_hz,
                    rate_half_life_s=config.sampler.rate_half_life_s,
                    ratio_window_s=config.amplification.window_s,
-                   trend_window_s=config.fever.window_s, ncpu=ncpu, **wiring)
+                   trend_window_s=config.fever.window_s, runtime_hz=config.sampler.runtime_hz,
+                   ncpu=ncpu, **wiring)
 
     @property
     def buckets_per_window(self) -> int:
@@ -126,4 +130,5 @@ class Signals:
                 ratio=req.ratio, ingress_in_window=req.denominator,
                 egress_in_window=req.numerator, window_points=req.count,
                 window_capacity=self.pushed_ratio.window),
+            runtime=self.runtime.snapshot(),
         )

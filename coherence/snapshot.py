@@ -4,6 +4,7 @@ the dashboard. NaN marks a figure that has no value yet."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -56,8 +57,29 @@ class RequestSignals:
 
 
 @dataclass(frozen=True)
+class RuntimeProcess:
+    """A managed runtime or service read through its own counters (coherence.runtime)."""
+
+    name: str                      # "jvm 1234", "scrape http://127.0.0.1:9090/metrics"
+    runtime: str                   # "jvm", "go", "service", ...
+    pid: Optional[int]
+    available: bool                # read, and not lost
+    lost: bool                     # it failed (the process exited); `reason` says how
+    reason: str
+    recognised: Tuple[str, ...]    # the counters it has
+    gc_share: float                # seconds in GC per second of wall time
+    collections_per_s: float
+    alloc_bytes_per_s: float
+    requests_in_per_s: float
+    requests_out_per_s: float
+    ratio: float                   # requests out / in over the window; NaN under the minimum
+    ingress_in_window: float
+
+
+@dataclass(frozen=True)
 class Snapshot:
     cpu: CpuSignals
     memory: MemorySignals
     pressure: PressureSignals
     requests: RequestSignals
+    runtime: Tuple[RuntimeProcess, ...] = ()

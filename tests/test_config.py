@@ -30,6 +30,7 @@ def test_a_toml_file_overrides_defaults(tmp_path):
     ("[seizure]\nwindow_s = 0.1\n", r"must hold at least two buckets"),
     ("[sampler]\nhz = 5000\n", r"between 1 and 2000"),
     ("[sampler]\nhz = 5\n", r"shorter than one tick"),
+    ("[sampler]\nruntime_hz = 50\n", r"sampler\.runtime_hz must be at most 20"),
     ("[verdict]\nflap_changes = 2.5\n", r"flap_changes must be an integer"),
     ("seizure = 3\n", r"\[seizure\] must be a table"),
     ("[seizure\n", r"not valid TOML"),

@@ -1,0 +1,195 @@
+"""Runtime signals: the counters managed runtimes and services keep themselves (a JVM's
+performance data, a /metrics endpoint), read off the tick path by one poller thread at a few Hz,
+and turned into the rates the detectors judge: GC time as a share of wall time, collections and
+bytes allocated per second, requests in and out. The kernel sees none of these: a heap that is
+reused raises no page faults, and a retry over a keep-alive pool opens no connection.
+
+    board = RuntimeBoard(half_life_s=1.0, ratio_points=25)     # Signals owns one
+    poller = RuntimePoller(board, rate_hz=4.0)
+    poller.add(source)                                        # a RuntimeSource
+    with poller:
+        ...
+        board.snapshot()                                      # a RuntimeProcess per source
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Callable, Dict, List, Mapping, Optional, Protocol, Tuple
+
+from coherence._core import EwmaRate, RatioWindow
+from coherence.snapshot import RuntimeProcess
+from coherence.sources import SourceUnavailable
+
+# The counters a runtime source reports, totals since the process started, with their units.
+GC_SECONDS = "gc_seconds_total"            # wall time spent in GC pauses
+GC_COLLECTIONS = "gc_collections_total"
+ALLOC_BYTES = "alloc_bytes_total"          # bytes allocated on the heap
+REQUESTS_IN = "requests_in_total"          # requests served (ingress)
+REQUESTS_OUT = "requests_out_total"        # calls made downstream, retries included (egress)
+COUNTERS = (GC_SECONDS, GC_COLLECTIONS, ALLOC_BYTES, REQUESTS_IN, REQUESTS_OUT)
+# A few reads a second: a scrape or a 32 KB performance file costs ~0.1-1 ms of Python.
+DEFAULT_RATE_HZ = 4.0
+
+
+class RuntimeSource(Protocol):
+    """What the poller reads: a JVM's performance file, a scrape target, ..."""
+
+    name: str                  # what the user sees: "jvm 1234", "scrape http://127.0.0.1:9090/metrics"
+    runtime: str               # "jvm", "go", "service", ...
+    pid: Optional[int]         # the process, when known
+
+    def read(self) -> Mapping[str, float]:
+        """The COUNTERS it has, by name (any subset); SourceUnavailable with the reason once
+        it cannot read (the process exited, the target stopped answering)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RuntimeTrack:
+    """The accumulators of one source. One writer (the poller); any reader (the monitor)."""
+
+    def __init__(self, source: RuntimeSource, half_life_s: float, ratio_points: int) -> None:
+        self.source = source
+        self.rates: Dict[str, EwmaRate] = {name: EwmaRate(half_life_s) for name in COUNTERS}
+        self.ratio = RatioWindow(ratio_points, min_denominator=1.0)
+        self._last: Dict[str, float] = {}
+        # written by the poller only; a str or bool assignment is atomic for readers (the GIL)
+        self.read = False          # read at least once
+        self.lost = False          # it failed: never read again
+        self.reason = "not read yet"
+        self.recognised: Tuple[str, ...] = ()
+
+    def update(self, t: float, values: Mapping[str, float]) -> None:
+        """Take one reading at monotonic time t."""
+        for name in COUNTERS:
+            value = values.get(name)
+            if value is not None and math.isfinite(value):
+                self.rates[name].update(t, value)
+        self._feed_ratio(values)
+        self.recognised = tuple(name for name in COUNTERS if name in values)
+        self.read, self.reason = True, "read"
+
+    def _feed_ratio(self, values: Mapping[str, float]) -> None:
+        out, in_ = values.get(REQUESTS_OUT), values.get(REQUESTS_IN)
+        if out is None or in_ is None:
+            self._last.pop(REQUESTS_OUT, None)
+            return
+        if REQUESTS_OUT in self._last:
+            d_out, d_in = out - self._last[REQUESTS_OUT], in_ - self._last[REQUESTS_IN]
+            # a counter that went down was reset (the service restarted): count from its value
+            self.ratio.update(d_out if d_out >= 0 else out, d_in if d_in >= 0 else in_)
+        self._last[REQUESTS_OUT], self._last[REQUESTS_IN] = out, in_
+
+    def lose(self, reason: str) -> None:
+        self.lost, self.reason = True, reason
+
+    def snapshot(self) -> RuntimeProcess:
+        r = {name: rate.rate for name, rate in self.rates.items()}
+        ratio = self.ratio.snapshot()
+        s = self.source
+        return RuntimeProcess(
+            name=s.name, runtime=s.runtime, pid=s.pid, available=self.read and not self.lost,
+            lost=self.lost, reason=self.reason, recognised=self.recognised,
+            gc_share=r[GC_SECONDS], collections_per_s=r[GC_COLLECTIONS],
+            alloc_bytes_per_s=r[ALLOC_BYTES], requests_in_per_s=r[REQUESTS_IN],
+            requests_out_per_s=r[REQUESTS_OUT], ratio=ratio.ratio,
+            ingress_in_window=ratio.denominator)
+
+
+class RuntimeBoard:
+    """Every runtime source's track. Signals owns the board; the poller adds and writes tracks."""
+
+    def __init__(self, half_life_s: float = 1.0, ratio_points: int = 20) -> None:
+        self.half_life_s, self.ratio_points = half_life_s, ratio_points
+        self._tracks: Tuple[RuntimeTrack, ...] = ()      # replaced whole: readers never lock
+
+    def add(self, source: RuntimeSource) -> RuntimeTrack:
+        track = RuntimeTrack(source, self.half_life_s, self.ratio_points)
+        self._tracks = self._tracks + (track,)
+        return track
+
+    @property
+    def tracks(self) -> Tuple[RuntimeTrack, ...]:
+        return self._tracks
+
+    def snapshot(self) -> Tuple[RuntimeProcess, ...]:
+        return tuple(track.snapshot() for track in self._tracks)
+
+
+class RuntimePoller:
+    """One thread reading every runtime source at ``rate_hz`` on absolute deadlines (a late
+    round skips ahead; none is made up), writing the board. A source that fails is marked lost
+    with its reason and closed, once; the others go on."""
+
+    def __init__(self, board: RuntimeBoard, rate_hz: float = DEFAULT_RATE_HZ,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not (rate_hz > 0 and math.isfinite(rate_hz)):
+            raise ValueError(f"rate_hz must be a positive number, got {rate_hz!r}")
+        self.board, self.period_s, self.clock = board, 1.0 / rate_hz, clock
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.rounds = self.skipped = 0
+
+    def add(self, source: RuntimeSource) -> RuntimeTrack:
+        return self.board.add(source)
+
+    def poll_once(self) -> None:
+        """Read every live source once (the thread's round; tests call it directly)."""
+        for track in self.board.tracks:
+            if track.lost:
+                continue
+            try:
+                values = track.source.read()
+            except SourceUnavailable as err:
+                track.lose(str(err))
+                track.source.close()
+                continue
+            track.update(self.clock(), values)
+        self.rounds += 1
+
+    def _run(self) -> None:
+        deadline = self.clock()
+        while not self._stop.is_set():
+            self.poll_once()
+            deadline += self.period_s
+            now = self.clock()
+            if now > deadline:                   # overran: skip to the next deadline
+                missed = int((now - deadline) / self.period_s) + 1
+                self.skipped += missed
+                deadline += missed * self.period_s
+            self._stop.wait(deadline - now)
+
+    def start(self) -> "RuntimePoller":
+        if self._thread is not None:
+            raise RuntimeError("a RuntimePoller starts once")
+        self._thread = threading.Thread(target=self._run, name="coherence-runtime", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for track in self.board.tracks:
+            track.source.close()
+
+    def __enter__(self) -> "RuntimePoller":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def describe(board: RuntimeBoard) -> List[str]:
+    """One line per runtime source for `coherence sources`: what it read, or why not."""
+    lines = []
+    for track in board.tracks:
+        if track.lost:
+            lines.append(f"{track.source.name}: lost: {track.reason}")
+        else:
+            what = ", ".join(track.recognised) or "nothing recognised yet"
+            lines.append(f"{track.source.name}: {'in use' if track.read else 'starting'}: {what}")
+    return lines

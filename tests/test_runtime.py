@@ -1,0 +1,132 @@
+"""The runtime poller and board: counters that runtimes keep themselves become rates (GC share
+of wall time, collections and bytes allocated per second, requests in and out), read off the
+tick path; a source that fails is lost with its reason, the others go on."""
+import math
+import threading
+import time
+
+import pytest
+
+from coherence.runtime import (ALLOC_BYTES, GC_COLLECTIONS, GC_SECONDS, REQUESTS_IN, REQUESTS_OUT,
+                               RuntimeBoard, RuntimePoller, describe)
+from coherence.signals import Signals
+from coherence.sources import SourceUnavailable
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+class FakeRuntime:
+    """A process whose counters grow at given rates per second of the fake clock."""
+
+    def __init__(self, clock, rates, name="jvm 42", fail_after=None):
+        self.clock, self.rates, self.name = clock, rates, name
+        self.runtime, self.pid = "jvm", 42
+        self.reads = 0
+        self.fail_after = fail_after
+        self.closed = False
+
+    def read(self):
+        self.reads += 1
+        if self.fail_after is not None and self.reads > self.fail_after:
+            raise SourceUnavailable("process 42 exited: /tmp/hsperfdata_x/42")
+        return {name: rate * self.clock.t for name, rate in self.rates.items()}
+
+    def close(self):
+        self.closed = True
+
+
+def run_rounds(poller, clock, seconds, period=0.25):
+    for _ in range(int(seconds / period)):
+        clock.t += period
+        poller.poll_once()
+
+
+def test_counters_become_the_rates_the_detectors_judge():
+    clock = FakeClock()
+    board = RuntimeBoard(half_life_s=1.0, ratio_points=20)
+    poller = RuntimePoller(board, rate_hz=4.0, clock=clock)
+    # a death spiral: 0.7 s of GC per second, 100 collections/s, 6 GB/s allocated
+    poller.add(FakeRuntime(clock, {GC_SECONDS: 0.7, GC_COLLECTIONS: 100.0, ALLOC_BYTES: 6e9,
+                                   REQUESTS_IN: 200.0, REQUESTS_OUT: 500.0}))
+    run_rounds(poller, clock, 10.0)
+    (p,) = board.snapshot()
+    assert p.available and not p.lost and p.pid == 42 and p.runtime == "jvm"
+    assert p.gc_share == pytest.approx(0.7) and p.collections_per_s == pytest.approx(100.0)
+    assert p.alloc_bytes_per_s == pytest.approx(6e9)
+    assert p.ratio == pytest.approx(2.5) and p.requests_in_per_s == pytest.approx(200.0)
+    assert set(p.recognised) == {GC_SECONDS, GC_COLLECTIONS, ALLOC_BYTES, REQUESTS_IN, REQUESTS_OUT}
+
+
+def test_a_source_that_fails_is_lost_with_its_reason_and_closed_the_others_go_on():
+    clock = FakeClock()
+    board = RuntimeBoard()
+    poller = RuntimePoller(board, clock=clock)
+    dying = FakeRuntime(clock, {GC_SECONDS: 0.1}, name="jvm 42", fail_after=3)
+    healthy = FakeRuntime(clock, {GC_SECONDS: 0.02}, name="jvm 7")
+    poller.add(dying)
+    poller.add(healthy)
+    run_rounds(poller, clock, 5.0)
+    lost, alive = board.snapshot()
+    assert lost.lost and not lost.available and "exited" in lost.reason and dying.closed
+    assert dying.reads == 4                           # never read again once lost
+    assert alive.available and alive.gc_share == pytest.approx(0.02)
+    lines = describe(board)
+    assert lines[0] == "jvm 42: lost: process 42 exited: /tmp/hsperfdata_x/42"
+    assert lines[1] == "jvm 7: in use: gc_seconds_total"
+
+
+def test_before_its_first_read_a_source_is_not_available_nor_lost():
+    board = RuntimeBoard()
+    board.add(FakeRuntime(FakeClock(), {}))
+    (p,) = board.snapshot()
+    assert not p.available and not p.lost and math.isnan(p.gc_share)
+
+
+def test_a_service_restart_is_a_counter_reset_not_a_negative_rate():
+    clock = FakeClock()
+    board = RuntimeBoard(ratio_points=8)
+    poller = RuntimePoller(board, clock=clock)
+    src = FakeRuntime(clock, {REQUESTS_IN: 100.0, REQUESTS_OUT: 100.0})
+    poller.add(src)
+    run_rounds(poller, clock, 3.0)
+    src.rates = {REQUESTS_IN: 1.0, REQUESTS_OUT: 1.0}   # restarted: counters from near zero
+    clock.t += 0.25
+    poller.poll_once()
+    (p,) = board.snapshot()
+    assert p.requests_in_per_s >= 0 and p.ratio >= 0
+
+
+def test_the_poller_thread_reads_on_its_own_and_stops_promptly():
+    board = RuntimeBoard()
+    poller = RuntimePoller(board, rate_hz=50.0)
+    src = FakeRuntime(FakeClock(), {GC_SECONDS: 0.0})
+    poller.add(src)
+    with poller:
+        deadline = time.monotonic() + 5.0
+        while src.reads < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert src.reads >= 5 and src.closed
+    assert not any(t.name == "coherence-runtime" for t in threading.enumerate())
+
+
+def test_the_signals_snapshot_carries_each_runtime_process():
+    s = Signals(ratio_window_s=5.0, runtime_hz=4.0)
+    assert s.snapshot().runtime == ()
+    clock = FakeClock()
+    poller = RuntimePoller(s.runtime, clock=clock)
+    poller.add(FakeRuntime(clock, {GC_SECONDS: 0.5}))
+    run_rounds(poller, clock, 3.0)
+    (p,) = s.snapshot().runtime
+    assert p.gc_share == pytest.approx(0.5, rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_bad_rate_is_refused(bad):
+    with pytest.raises(ValueError, match="rate_hz"):
+        RuntimePoller(RuntimeBoard(), rate_hz=bad)

@@ -36,9 +36,20 @@ DEFAULT_RATE_HZ = 4.0
 class RuntimeSource(Protocol):
     """What the poller reads: a JVM's performance file, a scrape target, ..."""
 
-    name: str                  # what the user sees: "jvm 1234", "scrape http://127.0.0.1:9090/metrics"
-    runtime: str               # "jvm", "go", "service", ...
-    pid: Optional[int]         # the process, when known
+    @property
+    def name(self) -> str:
+        """What the user sees: "jvm 1234", "scrape http://127.0.0.1:9090/metrics"."""
+        ...
+
+    @property
+    def runtime(self) -> str:
+        """"jvm", "go", "service", ..."""
+        ...
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The process, when known."""
+        ...
 
     def read(self) -> Mapping[str, float]:
         """The COUNTERS it has, by name (any subset); SourceUnavailable with the reason once

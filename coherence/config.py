@@ -45,6 +45,10 @@ class FeverConfig:
     flat_pct: float = 2.0              # resident growth over the window under this % of memory
     window_s: float = 10.0             # for the resident trend
     horizon_h: float = 4.0             # a forecast of exhaustion sooner than this is a WARNING
+    # A runtime spending this share of wall time in GC is in distress: a JVM in a death spiral
+    # spends ~70 %, a busy healthy one ~2 % (issue 10's measurements); HotSpot gives up at 98 %.
+    gc_time_limit_pct: float = 25.0
+    alloc_baseline_half_life_s: float = 120.0   # each runtime's usual allocation rate, learned healthy
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,8 @@ class Config:
                               f"of seizure.resolution_s ({z.resolution_s:g} s)")
         for name, pct in (("seizure.std_limit_pct", z.std_limit_pct),
                           ("seizure.mean_ceiling_pct", z.mean_ceiling_pct),
-                          ("fever.flat_pct", self.fever.flat_pct)):
+                          ("fever.flat_pct", self.fever.flat_pct),
+                          ("fever.gc_time_limit_pct", self.fever.gc_time_limit_pct)):
             if pct > 100:
                 raise ConfigError(f"{name} is a percentage: at most 100, got {pct:g}")
         a = self.amplification

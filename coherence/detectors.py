@@ -11,7 +11,7 @@ import numpy as np
 
 from coherence.config import AmplificationConfig, Config, FeverConfig, SeizureConfig
 from coherence.format import duration, finite, num
-from coherence.snapshot import PUSHED, TCP_PROXY, Snapshot
+from coherence.snapshot import PUSHED, TCP_PROXY, RuntimeProcess, Snapshot
 from coherence.states import Condition, State, Veto
 
 MB = 1e6
@@ -62,9 +62,21 @@ class FeverEvidence(Evidence):
     pressure_memory_some_pct: float
     # only once resident memory grows out of the noise: the time until it reaches total_mb
     exhaustion_eta_s: Optional[float] = field(default=None, metadata=_OMITTED_WHEN_NONE)
+    # only while a runtime is read through its own counters (coherence.runtime): the one that
+    # spends the largest share of its time in GC
+    runtime_process: Optional[str] = field(default=None, metadata=_OMITTED_WHEN_NONE)
+    runtime_pid: Optional[int] = field(default=None, metadata=_OMITTED_WHEN_NONE)
+    gc_time_pct: Optional[float] = field(default=None, metadata=_OMITTED_WHEN_NONE)
+    gc_collections_per_s: Optional[float] = field(default=None, metadata=_OMITTED_WHEN_NONE)
+    runtime_alloc_mb_s: Optional[float] = field(default=None, metadata=_OMITTED_WHEN_NONE)
+    runtime_alloc_baseline_mb_s: Optional[float] = field(default=None, metadata=_OMITTED_WHEN_NONE)
 
     def line(self) -> str:
-        parts = [f"churn {num(self.alloc_rate_mb_s)} MB/s",
+        parts = []
+        if self.runtime_process is not None:
+            parts.append(f"{self.runtime_process}: GC {num(self.gc_time_pct)} % of the time, "
+                         f"{num(self.runtime_alloc_mb_s)} MB/s allocated")
+        parts += [f"churn {num(self.alloc_rate_mb_s)} MB/s",
                  f"resident {num(self.resident_mb)} of {num(self.total_mb)} MB",
                  f"growth {num(self.resident_growth_mb_s)} MB/s"]
         eta = finite(self.exhaustion_eta_s)
@@ -186,13 +198,34 @@ class Fever:
 
     def __init__(self, config: FeverConfig) -> None:
         self.c = config
+        self.alloc_baseline: Dict[str, float] = {}      # runtime process -> bytes/s, learned healthy
+        self._learned_at: Dict[str, float] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> "Fever":
         return cls(config.fever)
 
+    def _learn_alloc(self, p: RuntimeProcess, now: float) -> None:
+        """Move the process's usual allocation rate towards its current one, time-aware; only
+        while its GC share is under half the limit (a spiral must not become the usual)."""
+        if _nan(p.alloc_bytes_per_s) or _nan(p.gc_share) \
+                or p.gc_share * 100 >= self.c.gc_time_limit_pct / 2:
+            return
+        last = self._learned_at.get(p.name)
+        if last is None or p.name not in self.alloc_baseline:
+            self.alloc_baseline[p.name] = p.alloc_bytes_per_s
+        else:
+            alpha = 1.0 - 2.0 ** (-(now - last) / self.c.alloc_baseline_half_life_s)
+            base = self.alloc_baseline[p.name]
+            self.alloc_baseline[p.name] = base + alpha * (p.alloc_bytes_per_s - base)
+        self._learned_at[p.name] = now
+
     def evaluate(self, snap: Snapshot, now: float) -> Finding[FeverEvidence]:
         m, c = snap.memory, self.c
+        judged = [p for p in snap.runtime if p.available and not _nan(p.gc_share)]
+        for p in judged:
+            self._learn_alloc(p, now)
+        worst = max(judged, key=lambda p: p.gc_share, default=None)
         churn = m.churn_bytes_per_s / MB
         resident, total, growth = m.resident_bytes, m.total_bytes, m.resident_growth_bytes_per_s
         evidence = FeverEvidence(
@@ -201,6 +234,24 @@ class Fever:
             total_mb=total / MB,
             resident_growth_mb_s=growth / MB if not _nan(growth) else math.nan,
             pressure_memory_some_pct=snap.pressure.memory_some_pct)
+        if worst is not None:
+            baseline = self.alloc_baseline.get(worst.name)
+            evidence = replace(
+                evidence, runtime_process=worst.name, runtime_pid=worst.pid,
+                gc_time_pct=worst.gc_share * 100, gc_collections_per_s=worst.collections_per_s,
+                runtime_alloc_mb_s=worst.alloc_bytes_per_s / MB,
+                runtime_alloc_baseline_mb_s=None if baseline is None else baseline / MB)
+            gc_pct = worst.gc_share * 100
+            if gc_pct > c.gc_time_limit_pct:
+                usual = "" if baseline is None else f" against a usual {baseline / MB:.0f} MB/s"
+                return Finding(
+                    detector=self.name, condition=Condition.FIRING, value=gc_pct,
+                    limit=c.gc_time_limit_pct, unit="pct_gc_time", veto=self.veto,
+                    evidence=evidence, reason=(
+                        f"{worst.name} spends {gc_pct:.0f} % of its time in garbage collection "
+                        f"({worst.collections_per_s:.0f} collections/s, allocating "
+                        f"{worst.alloc_bytes_per_s / MB:.0f} MB/s{usual}): a GC death spiral; "
+                        "throttle"))
 
         def finding(condition: Condition, reason: str) -> Finding[FeverEvidence]:
             return Finding(detector=self.name, condition=condition, value=churn,
@@ -208,6 +259,13 @@ class Fever:
                            veto=self.veto, evidence=evidence)
 
         if not m.available:
+            if worst is not None:
+                return Finding(
+                    detector=self.name, condition=Condition.CLEAR, value=worst.gc_share * 100,
+                    limit=c.gc_time_limit_pct, unit="pct_gc_time", veto=self.veto,
+                    evidence=evidence, reason=(
+                        f"{worst.name}: {worst.gc_share * 100:.1f} % of its time in GC (limit "
+                        f"{c.gc_time_limit_pct:g} %); no kernel memory source"))
             return finding(Condition.UNAVAILABLE, "no memory source on this host "
                            "(see `coherence sources`)")
         if _nan(churn) or _nan(growth) or m.trend_points < m.trend_points_needed // 2:
@@ -234,6 +292,8 @@ class Fever:
                    "not churn over flat memory")
         else:
             why = f"allocation churn {churn:.0f} MB/s (limit {c.churn_limit_mb_s:g})"
+        if worst is not None:
+            why = f"{worst.name}: {worst.gc_share * 100:.1f} % of its time in GC; {why}"
         return finding(Condition.CLEAR, why)
 
 

@@ -1,6 +1,9 @@
 """Each detector on scripted signals: what fires, what must not, and the evidence it gives.
 Signals go through the real accumulators (coherence.signals), as the sampler feeds them."""
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 
@@ -17,6 +20,7 @@ from coherence.detectors import (
     SeizureEvidence,
 )
 from coherence.signals import Signals
+from coherence.snapshot import RuntimeProcess
 from coherence.states import Condition, State, Veto
 
 CLEAR, FIRING, UNAVAILABLE, WARMUP = Condition.CLEAR, Condition.FIRING, Condition.UNAVAILABLE, Condition.WARMUP
@@ -272,3 +276,77 @@ def test_amplification_learns_only_from_an_ok_verdict_with_traffic():
     assert a.baseline == 1.0                           # too little traffic to learn from
     a.learn_from(storm, State.OK, 200.0)
     assert 1.0 < a.baseline <= 3.0
+
+
+# ------------------------------------------------------------------ fever from runtime counters
+def runtime_process(gc_share, alloc_mb_s, name="jvm 42", collections_per_s=50.0, available=True):
+    return RuntimeProcess(
+        name=name, runtime="jvm", pid=42, available=available, lost=not available, reason="read",
+        recognised=("gc_seconds_total", "gc_collections_total", "alloc_bytes_total"),
+        gc_share=gc_share, collections_per_s=collections_per_s, alloc_bytes_per_s=alloc_mb_s * 1e6,
+        requests_in_per_s=math.nan, requests_out_per_s=math.nan, ratio=math.nan,
+        ingress_in_window=0.0)
+
+
+def with_runtime(snap, *processes):
+    return dataclasses.replace(snap, runtime=processes)
+
+
+FLAT = (200.0, lambda t: 4 * GB)       # kernel view of a JVM: little churn, flat resident memory
+
+
+def test_a_jvm_in_a_gc_death_spiral_is_a_fever_whatever_the_page_faults_say():
+    # the kernel sees 200 MB/s of faults over flat memory: under the churn limit
+    f = Fever(CFG.fever).evaluate(with_runtime(memory_snapshot(*FLAT), runtime_process(0.70, 6000.0)), 0.0)
+    assert f.condition == Condition.FIRING and f.max_state == State.CRITICAL
+    assert f.unit == "pct_gc_time" and f.value == pytest.approx(70.0) and f.limit == 25.0
+    assert "jvm 42 spends 70 % of its time in garbage collection" in f.reason
+    e = f.evidence
+    assert e is not None and e.runtime_process == "jvm 42" and e.runtime_pid == 42
+    assert e.gc_time_pct == pytest.approx(70.0) and e.runtime_alloc_mb_s == pytest.approx(6000.0)
+
+
+def test_a_busy_healthy_jvm_allocating_1_gb_s_is_never_a_fever_and_sets_the_baseline():
+    fever = Fever(CFG.fever)
+    snap = memory_snapshot(*FLAT)
+    for step in range(200):
+        f = fever.evaluate(with_runtime(snap, runtime_process(0.02, 1000.0)), step * 0.25)
+        assert f.condition == Condition.CLEAR, f.reason
+    assert f.evidence is not None and f.evidence.runtime_alloc_baseline_mb_s == pytest.approx(1000.0)
+    assert "jvm 42: 2.0 % of its time in GC" in f.reason
+    # then a spiral: judged against the usual rate, and never learned as the usual
+    for step in range(200, 240):
+        f = fever.evaluate(with_runtime(snap, runtime_process(0.7, 6000.0)), step * 0.25)
+    assert f.condition == Condition.FIRING and "against a usual 1000 MB/s" in f.reason
+    assert fever.alloc_baseline["jvm 42"] == pytest.approx(1000e6)
+
+
+def test_the_worst_of_several_runtimes_is_judged_and_a_lost_one_is_not():
+    snap = with_runtime(memory_snapshot(*FLAT), runtime_process(0.9, 10.0, name="jvm 7", available=False),
+                        runtime_process(0.05, 300.0, name="jvm 8"), runtime_process(0.4, 900.0, name="jvm 9"))
+    f = Fever(CFG.fever).evaluate(snap, 0.0)
+    assert f.condition == Condition.FIRING and f.evidence is not None and f.evidence.runtime_process == "jvm 9"
+
+
+def test_without_a_kernel_memory_source_a_runtime_is_still_judged():
+    s = signals()
+    s.available = frozenset({"cpu"})
+    healthy = Fever(CFG.fever).evaluate(with_runtime(s.snapshot(), runtime_process(0.01, 100.0)), 0.0)
+    assert healthy.condition == Condition.CLEAR and "no kernel memory source" in healthy.reason
+    spiral = Fever(CFG.fever).evaluate(with_runtime(s.snapshot(), runtime_process(0.5, 100.0)), 0.0)
+    assert spiral.condition == Condition.FIRING
+    assert Fever(CFG.fever).evaluate(s.snapshot(), 0.0).condition == Condition.UNAVAILABLE
+
+
+def test_runtime_evidence_is_valid_json_against_the_schema():
+    import jsonschema  # type: ignore[import-untyped]
+
+    from coherence.monitor import Monitor
+    from coherence.sinks.jsonl import report_json
+    from test_sinks_jsonl import load_schema
+    snap = with_runtime(memory_snapshot(*FLAT), runtime_process(0.7, 6000.0))
+    report = Monitor(CFG, lambda: snap).step(0.0, 1_795_000_000.0)
+    obj = report_json(report)
+    jsonschema.validate(obj, load_schema())
+    assert obj["detectors"]["fever"]["evidence"]["runtime_process"] == "jvm 42"
+    assert obj["detectors"]["fever"]["unit"] == "pct_gc_time"

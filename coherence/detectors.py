@@ -11,14 +11,14 @@ import numpy as np
 
 from coherence.config import AmplificationConfig, Config, FeverConfig, SeizureConfig
 from coherence.format import duration, finite, num
-from coherence.snapshot import PUSHED, TCP_PROXY, RuntimeProcess, Snapshot
+from coherence.snapshot import PUSHED, SCRAPED, TCP_PROXY, RuntimeProcess, Snapshot
 from coherence.states import Condition, State, Veto
 
 MB = 1e6
 TREND_T_MIN = 3.0          # slope / standard error: under this a trend is noise, not a forecast
 # A field whose None means "not computed" is left out of the JSON rather than written as null.
 _OMITTED_WHEN_NONE = {"omit_when_none": True}
-SOURCE_LABEL = {PUSHED: "pushed counters", TCP_PROXY: "TCP opens (a proxy)"}
+SOURCE_LABEL = {PUSHED: "pushed counters", SCRAPED: "scraped counters", TCP_PROXY: "TCP opens (a proxy)"}
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class AmplificationEvidence(Evidence):
     baseline: Optional[float]          # the ratio learned while healthy; None until seeded
     ingress_per_s: float
     egress_per_s: float
-    source: str                        # PUSHED or TCP_PROXY (coherence.snapshot)
+    source: str                        # PUSHED, SCRAPED or TCP_PROXY (coherence.snapshot)
     window_s: float
     pressure_cpu_some_pct: float
 
@@ -346,7 +346,8 @@ class Amplification:
             return Finding(detector=self.name, condition=condition, value=ratio, limit=limit,
                            unit=self.unit, reason=reason, veto=self.veto, evidence=evidence)
 
-        label = "" if r.source == PUSHED else " (TCP connections, a proxy)"
+        label = {PUSHED: "", SCRAPED: f" (scraped from {r.origin})"}.get(
+            r.source, " (TCP connections, a proxy)")
         if _nan(ingress) or _nan(ratio) or ingress < c.min_ingress_per_s:
             self._traffic_since = None
             shown = 0.0 if _nan(ingress) else ingress

@@ -11,8 +11,8 @@ import numpy as np
 from coherence._core import EwmaRate, RatioWindow, RingBuffer, RollingStats
 from coherence._sampler import Gauges, Slot
 from coherence.runtime import DEFAULT_RATE_HZ, RuntimeBoard
-from coherence.snapshot import (PUSHED, TCP_PROXY, CpuSignals, MemorySignals, PressureSignals,
-                                 RequestSignals, Snapshot)
+from coherence.snapshot import (PUSHED, SCRAPED, TCP_PROXY, CpuSignals, MemorySignals,
+                                 PressureSignals, RequestSignals, RuntimeProcess, Snapshot)
 
 if TYPE_CHECKING:
     from coherence.config import Config
@@ -91,6 +91,26 @@ class Signals:
                    trend_window_s=config.fever.window_s, runtime_hz=config.sampler.runtime_hz,
                    ncpu=ncpu, **wiring)
 
+    def _requests(self, rate: Dict[int, float],
+                  runtime: Tuple[RuntimeProcess, ...]) -> RequestSignals:
+        """Amplification's counts, best source first: pushed by the application, scraped from
+        the service (the busiest one that has both directions), or the TCP proxy."""
+        capacity = self.pushed_ratio.window
+        if self.pushed():
+            r = self.pushed_ratio.snapshot()
+            return RequestSignals(PUSHED, rate[Slot.INGRESS], rate[Slot.EGRESS], r.ratio,
+                                  r.denominator, r.numerator, r.count, capacity)
+        scraped = [p for p in runtime if p.available and not math.isnan(p.requests_in_per_s)
+                   and not math.isnan(p.requests_out_per_s)]
+        if scraped:
+            p = max(scraped, key=lambda p: p.requests_in_per_s)
+            return RequestSignals(SCRAPED, p.requests_in_per_s, p.requests_out_per_s, p.ratio,
+                                  p.ingress_in_window, math.nan, 0, self.runtime.ratio_points,
+                                  origin=p.name)
+        r = self.proxy_ratio.snapshot()
+        return RequestSignals(TCP_PROXY, rate[Slot.TCP_PASSIVE], rate[Slot.TCP_ACTIVE], r.ratio,
+                              r.denominator, r.numerator, r.count, capacity)
+
     @property
     def buckets_per_window(self) -> int:
         return self.cpu_buckets.window
@@ -102,8 +122,8 @@ class Signals:
         rate = {slot: r.rate for slot, r in self.rates.items()}
         recent = self.resident_history.to_array()[-self.trend_points:]
         growth, growth_t = trend_per_s(recent, self.interval_s)
-        pushed = self.pushed()
-        req = (self.pushed_ratio if pushed else self.proxy_ratio).snapshot()
+        runtime = self.runtime.snapshot()
+        requests = self._requests(rate, runtime)
         return Snapshot(
             cpu=CpuSignals(
                 available="cpu" in self.available and not lost[Slot.CPU_NS],
@@ -123,12 +143,6 @@ class Signals:
             # PSI: microseconds stalled per second / 1e4 = % of the time
             pressure=PressureSignals(cpu_some_pct=rate[Slot.PSI_CPU_US] / 1e4,
                                      memory_some_pct=rate[Slot.PSI_MEMORY_US] / 1e4),
-            requests=RequestSignals(
-                source=PUSHED if pushed else TCP_PROXY,
-                ingress_per_s=rate[Slot.INGRESS if pushed else Slot.TCP_PASSIVE],
-                egress_per_s=rate[Slot.EGRESS if pushed else Slot.TCP_ACTIVE],
-                ratio=req.ratio, ingress_in_window=req.denominator,
-                egress_in_window=req.numerator, window_points=req.count,
-                window_capacity=self.pushed_ratio.window),
-            runtime=self.runtime.snapshot(),
+            requests=requests,
+            runtime=runtime,
         )

@@ -8,9 +8,10 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-# Where amplification's request counts come from (JSON `evidence.source`): counters pushed by
-# the application (StatsD, coherence.hooks), or TCP connection opens standing in for them.
-PUSHED, TCP_PROXY = "pushed", "tcp_proxy"
+# Where amplification's request counts come from (JSON `evidence.source`), best first: counters
+# pushed by the application (StatsD, coherence.hooks), counters scraped from the service or its
+# sidecar (coherence.runtime), or TCP connection opens standing in for them.
+PUSHED, SCRAPED, TCP_PROXY = "pushed", "scraped", "tcp_proxy"
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class PressureSignals:
 
 @dataclass(frozen=True)
 class RequestSignals:
-    source: str                    # PUSHED or TCP_PROXY
+    source: str                    # PUSHED, SCRAPED or TCP_PROXY
     ingress_per_s: float
     egress_per_s: float
     ratio: float                   # egress / ingress over the window; NaN under the minimum
@@ -54,6 +55,7 @@ class RequestSignals:
     egress_in_window: float
     window_points: int
     window_capacity: int
+    origin: str = ""               # with SCRAPED: which runtime source ("scrape http://...")
 
 
 @dataclass(frozen=True)

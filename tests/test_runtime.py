@@ -130,3 +130,19 @@ def test_the_signals_snapshot_carries_each_runtime_process():
 def test_a_bad_rate_is_refused(bad):
     with pytest.raises(ValueError, match="rate_hz"):
         RuntimePoller(RuntimeBoard(), rate_hz=bad)
+
+
+def test_amplification_takes_pushed_counts_first_then_scraped_then_the_tcp_proxy():
+    pushed = {"yes": False}
+    s = Signals(ratio_window_s=5.0, runtime_hz=4.0, pushed=lambda: pushed["yes"])
+    assert s.snapshot().requests.source == "tcp_proxy"
+    clock = FakeClock()
+    poller = RuntimePoller(s.runtime, clock=clock)
+    poller.add(FakeRuntime(clock, {REQUESTS_IN: 10.0, REQUESTS_OUT: 35.0}, name="scrape http://127.0.0.1:1/metrics"))
+    poller.add(FakeRuntime(clock, {REQUESTS_IN: 200.0, REQUESTS_OUT: 250.0}, name="scrape http://127.0.0.1:2/metrics"))
+    run_rounds(poller, clock, 6.0)
+    r = s.snapshot().requests
+    assert r.source == "scraped" and r.origin == "scrape http://127.0.0.1:2/metrics"   # the busiest
+    assert r.ratio == pytest.approx(1.25) and r.ingress_per_s == pytest.approx(200.0)
+    pushed["yes"] = True
+    assert s.snapshot().requests.source == "pushed"

@@ -351,6 +351,20 @@ def test_discovery_finds_live_jvms_and_skips_stale_files(roots):
     assert found[0].readable
 
 
+def test_discovery_skips_a_file_its_process_does_not_map(roots):
+    proc, tmp = roots
+    d = fake_process(proc, 100)
+    path = perf_file(tmp, "alice", 100)
+    inode = os.stat(path).st_ino
+    line = "7f00-7f08 rw-s 00000000 fd:01 {} {}\n"
+    with open(os.path.join(d, "maps"), "w") as f:
+        f.write(line.format(inode, path))
+    assert [t.pid for t in discover_jvms(proc, tmp)] == [100]
+    with open(os.path.join(d, "maps"), "w") as f:  # pid 100 reused by a process without it
+        f.write(line.format(inode + 1, "/usr/lib/libc.so.6"))
+    assert discover_jvms(proc, tmp) == []
+
+
 def test_discovery_through_a_containers_root_by_its_namespace_pid(roots):
     proc, tmp = roots
     d = fake_process(proc, 4242, nspids=[4242, 7], start=99)
@@ -540,7 +554,7 @@ def test_a_real_jvm_is_found_read_and_lost_when_it_exits(churn):
         assert after.uptime_s > before.uptime_s and after.ticks_per_s == before.ticks_per_s
         estimated = after.alloc_bytes_total - before.alloc_bytes_total
         # generous: eden is assumed full at each collection, Churn's own count lags by 1 MiB
-        assert allocated / 2 < estimated < allocated * 2, (estimated, allocated)
+        assert allocated * 0.75 < estimated < allocated * 1.5, (estimated, allocated)
 
         perf_before = reader.read_perfdata()
         text = subprocess.run(["jcmd", str(pid), "PerfCounter.print"], check=True,

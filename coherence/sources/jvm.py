@@ -249,6 +249,9 @@ class AllocationTracker:
     is resized between readings, the collections in between are counted at the current size.
     Eden's "used" is sampled by the JVM every 50 ms (PerfDataSamplingInterval), so the
     estimate lags by up to 50 ms of allocation, but that lag does not accumulate.
+    Measured on JDK 17 (tests/fixtures/jvm/Churn.java, -Xmx64m, read every 20 ms): ParallelGC
+    within 1 % at 100 MB/s and 1.5 GB/s (9 and 78 collections); G1 over by 6-7 % (its eden
+    capacity counts regions it does not fill before collecting).
     """
 
     def __init__(self) -> None:
@@ -282,6 +285,8 @@ class AllocationTracker:
 
 # --- discovery --------------------------------------------------------------------------------
 PERFDATA_DIR_PREFIX = "hsperfdata_"
+# A JVM's /proc/<pid>/maps is a few hundred lines (~100 KiB with many threads)
+MAX_MAPS_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -372,6 +377,22 @@ def _unreadable(path: str) -> str:
     return ""
 
 
+def _maps_file(proc_dir: str, path: str) -> bool:
+    """False when /proc/<pid>/maps is readable and does not map ``path``: the file is stale (a
+    JVM killed with SIGKILL leaves it) and its pid belongs to another process now."""
+    try:
+        inode = str(os.stat(path).st_ino).encode()
+        with open(os.path.join(proc_dir, "maps"), "rb") as handle:
+            maps = handle.read(MAX_MAPS_BYTES)
+    except OSError:
+        return True  # cannot tell: let the reader find out
+    for line in maps.split(b"\n"):
+        fields = line.split(None, 5)
+        if len(fields) == 6 and fields[4] == inode and PERFDATA_DIR_PREFIX.encode() in fields[5]:
+            return True
+    return False
+
+
 def _target(proc_root: str, pid: int, nspid: int, path: str, user: str) -> JvmTarget:
     proc_dir = os.path.join(proc_root, str(pid))
     start = _start_ticks(_read_small(os.path.join(proc_dir, "stat")))
@@ -385,7 +406,8 @@ def discover_jvms(proc_root: str = "/proc", tmp_root: str = "/tmp",
     Looks in ``tmp_root``/hsperfdata_*/<pid> for JVMs that share our /tmp, then, for the other
     processes, in /proc/<pid>/root/tmp/hsperfdata_*/<nspid>: a JVM in a container (its own pid
     namespace, named by the last NSpid of /proc/<pid>/status) or with a private /tmp. A file
-    whose process is gone is stale (a JVM killed with SIGKILL leaves it) and is skipped.
+    whose process is gone, or whose process does not map it (the pid was reused), is stale (a
+    JVM killed with SIGKILL leaves it) and is skipped.
     With ``pid``, a process without a file gives one target with the reason.
     """
     check_pid(pid)
@@ -394,7 +416,8 @@ def discover_jvms(proc_root: str = "/proc", tmp_root: str = "/tmp",
         proc_dir = os.path.join(proc_root, str(file_pid))
         nspids = _nspids(proc_dir)
         # a process in a child pid namespace names its file by its inner pid, not this one
-        if os.path.isdir(proc_dir) and (not nspids or nspids[-1] == file_pid):
+        if (os.path.isdir(proc_dir) and (not nspids or nspids[-1] == file_pid)
+                and _maps_file(proc_dir, path)):
             found.setdefault(file_pid, _target(proc_root, file_pid, file_pid, path, user))
     pids = [pid] if pid is not None else sorted(int(p) for p in _listdir(proc_root) if p.isdigit())
     ours = _identity(tmp_root)
@@ -408,6 +431,8 @@ def discover_jvms(proc_root: str = "/proc", tmp_root: str = "/tmp",
         if nspid == host_pid and _identity(tmp) == ours:
             continue  # the same /tmp, already looked at
         for path, user, _ in _files(tmp, nspid)[:1]:
+            if not _maps_file(proc_dir, path):
+                continue
             found[host_pid] = _target(proc_root, host_pid, nspid, path, user)
     if pid is not None and pid not in found:
         return [JvmTarget(pid, pid, "", "", os.path.join(proc_root, str(pid)), None,

@@ -380,6 +380,8 @@ def _read_body(response: http.client.HTTPResponse, max_bytes: int) -> bytes:
             out += chunk
         else:
             _inflate(inflater, chunk, out, max_bytes)
+    if response.length:  # read(amt) returns short at EOF instead of raising IncompleteRead
+        raise http.client.IncompleteRead(bytes(out), response.length)
     if inflater is not None:
         out += inflater.flush()
         if len(out) > max_bytes:

@@ -106,7 +106,20 @@ def limit_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="One JSON object per report interval and per state change, on stdout.")
+# Runtime counters (the settings file's [runtime]): (flag, config key, help)
+RUNTIME_OPTIONS = [
+    ("--ingress-metric", "runtime.ingress_metric",
+     'Requests in, from scraped targets, where the known names do not fit: name{label="v"}.'),
+    ("--egress-metric", "runtime.egress_metric", "Calls out (retries included), likewise."),
+    ("--alloc-metric", "runtime.alloc_metric", "Bytes allocated, likewise."),
+]
+
 watch_options = _options(
+    click.option("--scrape", "runtime__scrape", metavar="URL", multiple=True,
+                 help="Also read a service's /metrics (Go client, Micrometer, OpenTelemetry, Envoy, "
+                      "gRPC names): GC time, allocation, requests in and out. Repeatable."),
+    *(click.option(flag, key.replace(".", "__"), metavar="SELECTOR", help=help_)
+      for flag, key, help_ in RUNTIME_OPTIONS),
     click.option("--statsd-prefix", default="coherence", show_default=True,
                  help="Prefix of the StatsD counters."),
     click.option("--statsd", metavar="HOST:PORT",
@@ -118,6 +131,9 @@ watch_options = _options(
 def _config(config_file: Optional[str], limits: Dict[str, Any]) -> Config:
     """Defaults, then the file, then the flags given (the limit options' values)."""
     overrides = {key: limits.pop(key.replace(".", "__")) for _, key, _, _ in LIMIT_OPTIONS}
+    for key in ["runtime.scrape", *(key for _, key, _ in RUNTIME_OPTIONS)]:
+        value = limits.pop(key.replace(".", "__"), None)
+        overrides[key] = value or None           # not given: the file's or the default
     return load(config_file).with_overrides(overrides)
 
 

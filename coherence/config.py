@@ -10,7 +10,7 @@ import dataclasses
 import math
 import sys
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,6 +76,18 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    # /metrics endpoints of services and sidecars (Go client, Micrometer, OpenTelemetry, Envoy,
+    # gRPC, ...), read at sampler.runtime_hz; JVMs on the host are found without settings
+    scrape: Tuple[str, ...] = ()
+    ingress_metric: str = ""           # a selector, name{label="v"}, for requests in ...
+    egress_metric: str = ""            # ... calls out, and bytes allocated, where the known
+    alloc_metric: str = ""             # names do not fit
+    scrape_timeout_s: float = 0.5      # the whole answer, connect to last byte
+    scrape_max_mb: float = 4.0         # a larger answer is refused, not read
+
+
+@dataclass(frozen=True)
 class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     seizure: SeizureConfig = field(default_factory=SeizureConfig)
@@ -83,6 +95,7 @@ class Config:
     amplification: AmplificationConfig = field(default_factory=AmplificationConfig)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def validate(self) -> "Config":
         """Check every value and the relations between them; ConfigError naming the first bad one."""
@@ -91,6 +104,8 @@ class Config:
             for f in fields(values):
                 v = getattr(values, f.name)
                 name = f"{section.name}.{f.name}"
+                if isinstance(f.default, (str, tuple)):
+                    continue                  # text settings: checked below, by what they mean
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                     raise ConfigError(f"{name} must be a finite number, got {v!r}")
                 if v <= 0:
@@ -121,11 +136,30 @@ class Config:
         if a.window_s * s.slow_hz < 2 or self.fever.window_s * s.slow_hz < 2:
             raise ConfigError("amplification.window_s and fever.window_s must hold at least two "
                               "reads at sampler.slow_hz")
+        self._validate_runtime()
         for name, count, least in (("verdict.flap_changes", self.verdict.flap_changes, 2),
                                    ("seizure.min_swings", self.seizure.min_swings, 2)):
             if int(count) != count or count < least:
                 raise ConfigError(f"{name} must be an integer >= {least}, got {count!r}")
         return self
+
+    def _validate_runtime(self) -> None:
+        from coherence.sources.scrape import Selector, check_url
+        r = self.runtime
+        for url in r.scrape:
+            try:
+                check_url(url)
+            except ValueError as err:
+                raise ConfigError(f"runtime.scrape: {err}") from None
+        if len(set(r.scrape)) != len(r.scrape):
+            raise ConfigError("runtime.scrape: the same URL twice")
+        for key in ("ingress_metric", "egress_metric", "alloc_metric"):
+            text = getattr(r, key)
+            if text:
+                try:
+                    Selector.parse(text)
+                except ValueError as err:
+                    raise ConfigError(f"runtime.{key}: {err}") from None
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":
         """A copy with "section.key" values replaced (None values are skipped), validated."""
@@ -148,12 +182,22 @@ def _apply(config: Config, data: Mapping[str, Any], origin: str) -> Config:
         if not isinstance(values, Mapping):
             raise ConfigError(f"{origin}: [{section}] must be a table of settings")
         current = getattr(config, section)
-        known = {f.name for f in fields(current)}
+        known = {f.name: f for f in fields(current)}
+        values = dict(values)
         for key, value in values.items():
             if key not in known:
                 raise ConfigError(f"{origin}: unknown setting {section}.{key} "
                                   f"(known: {', '.join(sorted(known))})")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            default = known[key].default
+            if isinstance(default, tuple):
+                if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                    raise ConfigError(f"{origin}: {section}.{key} must be a list of strings, "
+                                      f"got {value!r}")
+                values[key] = tuple(value)
+            elif isinstance(default, str):
+                if not isinstance(value, str):
+                    raise ConfigError(f"{origin}: {section}.{key} must be a string, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{origin}: {section}.{key} must be a number, got {value!r}")
         changes[section] = replace(current, **values)
     return replace(config, **changes)

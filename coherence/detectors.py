@@ -346,7 +346,7 @@ class Amplification:
             return Finding(detector=self.name, condition=condition, value=ratio, limit=limit,
                            unit=self.unit, reason=reason, veto=self.veto, evidence=evidence)
 
-        label = {PUSHED: "", SCRAPED: f" (scraped from {r.origin})"}.get(
+        label = {PUSHED: "", SCRAPED: f" ({r.origin})"}.get(
             r.source, " (TCP connections, a proxy)")
         if _nan(ingress) or _nan(ratio) or ingress < c.min_ingress_per_s:
             self._traffic_since = None

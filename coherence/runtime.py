@@ -16,21 +16,27 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Callable, Dict, List, Mapping, Optional, Protocol, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Tuple
 
 from coherence._core import EwmaRate, RatioWindow
 from coherence.snapshot import RuntimeProcess
-from coherence.sources import SourceUnavailable
+from coherence.sources import (  # noqa: F401 (the counters' names, re-exported)
+    ALLOC_BYTES,
+    GC_COLLECTIONS,
+    GC_SECONDS,
+    REQUESTS_IN,
+    REQUESTS_OUT,
+    RUNTIME_COUNTERS,
+    SourceUnavailable,
+)
 
-# The counters a runtime source reports, totals since the process started, with their units.
-GC_SECONDS = "gc_seconds_total"            # wall time spent in GC pauses
-GC_COLLECTIONS = "gc_collections_total"
-ALLOC_BYTES = "alloc_bytes_total"          # bytes allocated on the heap
-REQUESTS_IN = "requests_in_total"          # requests served (ingress)
-REQUESTS_OUT = "requests_out_total"        # calls made downstream, retries included (egress)
-COUNTERS = (GC_SECONDS, GC_COLLECTIONS, ALLOC_BYTES, REQUESTS_IN, REQUESTS_OUT)
+COUNTERS = RUNTIME_COUNTERS
 # A few reads a second: a scrape or a 32 KB performance file costs ~0.1-1 ms of Python.
 DEFAULT_RATE_HZ = 4.0
+# New JVMs are looked for this often (a scan of /proc: a few ms on a busy host).
+DISCOVER_EVERY_S = 10.0
+# Lost sources (exited JVMs) still shown; older ones are forgotten.
+MAX_LOST = 16
 
 
 class RuntimeSource(Protocol):
@@ -118,8 +124,15 @@ class RuntimeBoard:
         self._tracks: Tuple[RuntimeTrack, ...] = ()      # replaced whole: readers never lock
 
     def add(self, source: RuntimeSource) -> RuntimeTrack:
+        """A track for ``source``; one lost under the same name (a JVM whose pid came back) goes,
+        and only the last MAX_LOST lost tracks are kept to be shown."""
         track = RuntimeTrack(source, self.half_life_s, self.ratio_points)
-        self._tracks = self._tracks + (track,)
+        kept = [t for t in self._tracks if not (t.lost and t.source.name == source.name)]
+        lost = [t for t in kept if t.lost]
+        if len(lost) > MAX_LOST:
+            drop = {id(t) for t in lost[:len(lost) - MAX_LOST]}
+            kept = [t for t in kept if id(t) not in drop]
+        self._tracks = tuple(kept) + (track,)
         return track
 
     @property
@@ -143,9 +156,31 @@ class RuntimePoller:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.rounds = self.skipped = 0
+        self._discover: Optional[Callable[[], Iterable[RuntimeSource]]] = None
+        self._discover_every_s = DISCOVER_EVERY_S
+        self._discovered_at = -math.inf
+        self.discover_error = ""
 
     def add(self, source: RuntimeSource) -> RuntimeTrack:
         return self.board.add(source)
+
+    def watch(self, discover: Callable[[], Iterable[RuntimeSource]],
+              every_s: float = DISCOVER_EVERY_S) -> None:
+        """Call ``discover`` now and every ``every_s`` from the poller's thread; each source it
+        returns whose name is not tracked yet (or was lost) is added."""
+        self._discover, self._discover_every_s = discover, every_s
+        self.discover_now()
+
+    def discover_now(self) -> None:
+        if self._discover is None:
+            return
+        self._discovered_at = self.clock()
+        live = {t.source.name for t in self.board.tracks if not t.lost}
+        for source in self._discover():
+            if source.name in live:
+                source.close()
+            else:
+                self.board.add(source)
 
     def poll_once(self) -> None:
         """Read every live source once (the thread's round; tests call it directly)."""
@@ -164,6 +199,11 @@ class RuntimePoller:
     def _run(self) -> None:
         deadline = self.clock()
         while not self._stop.is_set():
+            if self.clock() - self._discovered_at >= self._discover_every_s:
+                try:
+                    self.discover_now()
+                except Exception as err:    # a scan that failed is retried; the reads go on
+                    self.discover_error = f"{type(err).__name__}: {err}"
             self.poll_once()
             deadline += self.period_s
             now = self.clock()

@@ -13,8 +13,11 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 from coherence.config import Config
 from coherence.monitor import Monitor, Report, sampler_figures
+from coherence.runtime import RuntimePoller
 from coherence.sampler import Sampler
 from coherence.sinks.base import Sink, opened
+from coherence.sources.jvm import jvm_runtimes
+from coherence.sources.scrape import scrape_runtimes
 from coherence.statsd import StatsdListener
 
 EVAL_PERIOD_S = 0.25        # detectors judge 4 times a second; sinks decide what to show
@@ -43,8 +46,10 @@ class Sentinel:
     dashboard's terminal) and stops them all, in reverse order, however the block is left."""
 
     def __init__(self, sampler: Sampler, monitor: Monitor, sinks: Sequence[Sink] = (),
-                 listener: Optional[StatsdListener] = None) -> None:
+                 listener: Optional[StatsdListener] = None,
+                 runtime: Optional[RuntimePoller] = None) -> None:
         self.sampler, self.monitor, self.listener = sampler, monitor, listener
+        self.runtime = runtime
         self.sinks: List[Sink] = list(sinks)
         self._stack: Optional[contextlib.ExitStack] = None
         self._emit: Callable[[Report], None] = lambda report: None
@@ -64,14 +69,21 @@ class Sentinel:
             if listener is not None:
                 listener.stop()
             raise
+        # runtimes' own counters, off the tick: every JVM on the host (only pid's with it)
+        runtime = RuntimePoller(sampler.signals.runtime, rate_hz=config.sampler.runtime_hz)
+        runtime.watch(lambda: jvm_runtimes(pid)[0])
+        for target in scrape_runtimes(config):
+            runtime.add(target)
         return cls(sampler, Monitor(config, sampler.snapshot, lambda: sampler_figures(sampler)),
-                   sinks, listener)
+                   sinks, listener, runtime)
 
     def __enter__(self) -> "Sentinel":
         with contextlib.ExitStack() as stack:
             if self.listener is not None:
                 stack.enter_context(self.listener)
             stack.enter_context(self.sampler)
+            if self.runtime is not None:
+                stack.enter_context(self.runtime)
             self._emit = stack.enter_context(opened(self.sinks))
             self._stack = stack.pop_all()
         return self

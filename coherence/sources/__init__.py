@@ -11,6 +11,12 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from coherence.sources import cpu, memory, netsnmp, pressure
 from coherence.sources._base import (
+    ALLOC_BYTES,
+    GC_COLLECTIONS,
+    GC_SECONDS,
+    REQUESTS_IN,
+    REQUESTS_OUT,
+    RUNTIME_COUNTERS,
     Field,
     FileReader,
     Recipe,
@@ -24,7 +30,13 @@ from coherence.sources._base import (
 from coherence.sources.cpu import cpu_capacity
 
 __all__ = [
+    "ALLOC_BYTES",
     "FAMILIES",
+    "GC_COLLECTIONS",
+    "GC_SECONDS",
+    "REQUESTS_IN",
+    "REQUESTS_OUT",
+    "RUNTIME_COUNTERS",
     "Choice",
     "Field",
     "FileReader",

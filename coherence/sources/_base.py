@@ -179,6 +179,15 @@ def combine(recipe: Recipe, rules: Mapping[str, Rule], values: Mapping[str, floa
     return out
 
 
+# The counters a runtime source reports (coherence.runtime), totals since its process started.
+GC_SECONDS = "gc_seconds_total"            # wall time spent in GC pauses
+GC_COLLECTIONS = "gc_collections_total"
+ALLOC_BYTES = "alloc_bytes_total"          # bytes allocated on the heap
+REQUESTS_IN = "requests_in_total"          # requests served (ingress)
+REQUESTS_OUT = "requests_out_total"        # calls made downstream, retries included (egress)
+RUNTIME_COUNTERS = (GC_SECONDS, GC_COLLECTIONS, ALLOC_BYTES, REQUESTS_IN, REQUESTS_OUT)
+
+
 class SourceUnavailable(Exception):
     """A source cannot read what it needs; ``str(err)`` is the one-line reason shown to the user."""
 

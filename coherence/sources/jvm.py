@@ -20,7 +20,15 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
-from coherence.sources._base import SourceUnavailable, check_pid, open_readonly, os_error_reason
+from coherence.sources._base import (
+    ALLOC_BYTES,
+    GC_COLLECTIONS,
+    GC_SECONDS,
+    SourceUnavailable,
+    check_pid,
+    open_readonly,
+    os_error_reason,
+)
 
 log = logging.getLogger("coherence.sources.jvm")
 
@@ -557,3 +565,46 @@ class JvmReader:
 
     def __repr__(self) -> str:
         return f"<JvmReader pid={self.target.pid} {self.target.path}: {self.reason}>"
+
+
+# --- as a runtime source (coherence.runtime) ---------------------------------------------------
+class JvmRuntime:
+    """One JVM read as a runtime source: its GC time, collections and allocation, totals."""
+
+    runtime = "jvm"
+
+    def __init__(self, target: JvmTarget) -> None:
+        self.target = target
+        self.pid: Optional[int] = target.pid
+        self.name = f"jvm {target.pid}"
+        self.reader: Optional[JvmReader] = None     # opened at the first read: finding is cheap
+
+    def read(self) -> Dict[str, float]:
+        """The counters it has now ({} while the JVM is starting); SourceUnavailable once gone."""
+        if self.reader is None:
+            self.reader = JvmReader(self.target)
+        counters = self.reader.read()
+        if counters is None:
+            return {}
+        values = {GC_SECONDS: counters.gc_time_s_total,
+                  GC_COLLECTIONS: counters.gc_collections_total,
+                  ALLOC_BYTES: counters.alloc_bytes_total}
+        return {name: v for name, v in values.items() if math.isfinite(v)}
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+
+
+def jvm_runtimes(pid: Optional[int] = None, proc_root: str = "/proc",
+                 tmp_root: str = "/tmp") -> Tuple[List[JvmRuntime], List[JvmTarget]]:
+    """The JVMs on this host (only ``pid``'s with it) as runtime sources, and the targets that
+    cannot be read, each with its reason (for `coherence sources`)."""
+    runtimes: List[JvmRuntime] = []
+    unreadable: List[JvmTarget] = []
+    for target in discover_jvms(proc_root, tmp_root, pid):
+        if target.readable:
+            runtimes.append(JvmRuntime(target))
+        else:
+            unreadable.append(target)
+    return runtimes, unreadable

@@ -28,7 +28,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as _text_families
 from prometheus_client.samples import Sample
 
-from coherence.sources._base import SourceUnavailable
+from coherence.sources._base import RUNTIME_COUNTERS, SourceUnavailable
 
 # A few Hz: GC time and request counters move on the scale of a report interval (1 s); faster
 # than this only parses the same numbers again in pure Python.
@@ -696,3 +696,32 @@ __all__ = [
     "ScrapeTarget", "Selector", "check_selectors", "check_url", "fetch", "parse", "recognise",
 ]
 
+
+
+# --- as a runtime source (coherence.runtime) ---------------------------------------------------
+class ScrapeRuntime:
+    """A scrape target read as a runtime source: the counters of RUNTIME_COUNTERS it has."""
+
+    runtime = "service"
+    pid: Optional[int] = None
+
+    def __init__(self, target: ScrapeTarget) -> None:
+        self.target = target
+        self.name = f"scrape {target.url}"
+
+    def read(self) -> Dict[str, float]:
+        recognised = self.target.read()
+        return {name: v for name, v in recognised.values.items() if name in RUNTIME_COUNTERS}
+
+    def close(self) -> None:
+        pass
+
+
+def scrape_runtimes(config: Any) -> List[ScrapeRuntime]:
+    """A runtime source per `runtime.scrape` URL of ``config`` (a coherence.config.Config)."""
+    r = config.runtime
+    selectors = {key: text for key, text in (("ingress", r.ingress_metric), ("egress", r.egress_metric),
+                                             ("alloc", r.alloc_metric)) if text}
+    return [ScrapeRuntime(ScrapeTarget(url, timeout_s=r.scrape_timeout_s,
+                                       max_bytes=int(r.scrape_max_mb * (1 << 20)), selectors=selectors))
+            for url in r.scrape]

@@ -130,7 +130,7 @@ watch_options = _options(
 
 def _config(config_file: Optional[str], limits: Dict[str, Any]) -> Config:
     """Defaults, then the file, then the flags given (the limit options' values)."""
-    overrides = {key: limits.pop(key.replace(".", "__")) for _, key, _, _ in LIMIT_OPTIONS}
+    overrides = {key: limits.pop(key.replace(".", "__"), None) for _, key, _, _ in LIMIT_OPTIONS}
     for key in ["runtime.scrape", *(key for _, key, _ in RUNTIME_OPTIONS)]:
         value = limits.pop(key.replace(".", "__"), None)
         overrides[key] = value or None           # not given: the file's or the default
@@ -396,17 +396,24 @@ def check(ctx: click.Context, duration: Optional[float], pid: Optional[int],
 @main.command(cls=Command)
 @click.option("--pid", type=click.IntRange(min=1), help="Watch one process instead of the host/container.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per source, one per line.")
-def sources(pid: Optional[int], as_json: bool) -> None:
+@click.option("--scrape", "runtime__scrape", metavar="URL", multiple=True,
+              help="Also read this /metrics endpoint once and say what it gives. Repeatable.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=True),
+              help="A TOML file of settings (its [runtime] scrape targets are read too).")
+def sources(pid: Optional[int], as_json: bool, config_file: Optional[str], **limits: Any) -> None:
     """Which counters this host offers, which are in use, and why the others are not.
 
     Per family (cpu, memory, pressure, requests) the candidates are listed in preference
-    order; the first available one is used.
+    order; the first available one is used. Then every JVM on the host and every scrape
+    target (family runtime), each read once: what it gives, or why not.
     """
+    from coherence import runtime
     from coherence.sinks.sources import json_lines, table_lines
     from coherence.sources import cpu_capacity, describe
     if pid is not None and not os.path.isdir(f"/proc/{pid}"):
         raise click.BadParameter(f"no process {pid}", param_hint="'--pid'")
-    rows = describe(pid=pid)
+    config = _config(config_file, limits)
+    rows = describe(pid=pid) + runtime.rows(config, pid)
     ncpu, why = cpu_capacity(pid=pid)
     if as_json:
         for line in json_lines(rows, ncpu, why):

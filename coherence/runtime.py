@@ -16,12 +16,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Tuple
 
 from coherence._core import EwmaRate, RatioWindow
 from coherence.snapshot import RuntimeProcess
 from coherence.sources import (  # noqa: F401 (the counters' names, re-exported)
     ALLOC_BYTES,
+    Row,
     GC_COLLECTIONS,
     GC_SECONDS,
     REQUESTS_IN,
@@ -232,6 +233,26 @@ class RuntimePoller:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def rows(config: Any, pid: Optional[int] = None) -> List[Row]:
+    """A `coherence sources` row per JVM found (only ``pid``'s with it) and per scrape target of
+    ``config``: each read once, saying what it gives, or why it cannot be read."""
+    from coherence.sources.jvm import jvm_runtimes
+    from coherence.sources.scrape import scrape_runtimes
+    runtimes, unreadable = jvm_runtimes(pid)
+    found: List[Any] = [*runtimes, *scrape_runtimes(config)]
+    out = [Row("runtime", f"jvm {t.pid}", False, False, config.sampler.runtime_hz, t.reason)
+           for t in unreadable]
+    for source in found:
+        try:
+            what = source.describe()
+            out.append(Row("runtime", source.name, True, True, config.sampler.runtime_hz, what))
+        except SourceUnavailable as err:
+            out.append(Row("runtime", source.name, False, False, config.sampler.runtime_hz, str(err)))
+        finally:
+            source.close()
+    return out
 
 
 def describe(board: RuntimeBoard) -> List[str]:

@@ -595,6 +595,17 @@ class JvmRuntime:
         if self.reader is not None:
             self.reader.close()
 
+    def describe(self) -> str:
+        """One read, in one line for `coherence sources`; SourceUnavailable if it cannot."""
+        if self.reader is None:
+            self.reader = JvmReader(self.target)
+        counters = self.reader.read()
+        if counters is None:
+            return f"{self.target.path}: the JVM is starting (its counters are not ready)"
+        names = " + ".join(c.name for c in counters.collectors) or "no collector"
+        return (f"{self.target.path}: GC time and collections of {names}; allocation from "
+                "eden's use across collections")
+
 
 def jvm_runtimes(pid: Optional[int] = None, proc_root: str = "/proc",
                  tmp_root: str = "/tmp") -> Tuple[List[JvmRuntime], List[JvmTarget]]:

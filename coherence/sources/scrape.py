@@ -716,6 +716,10 @@ class ScrapeRuntime:
     def close(self) -> None:
         pass
 
+    def describe(self) -> str:
+        """One read, in one line for `coherence sources`; SourceUnavailable if it cannot."""
+        return self.target.read().describe()
+
 
 def scrape_runtimes(config: Any) -> List[ScrapeRuntime]:
     """A runtime source per `runtime.scrape` URL of ``config`` (a coherence.config.Config)."""

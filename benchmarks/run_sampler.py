@@ -51,8 +51,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from _machine import cpu_model
 
-CASES = ("floor", "sampler", "psutil", "psutil-naive")
+CASES = ("floor", "sampler", "sampler+runtime", "psutil", "psutil-naive")
 LABELS = {"floor": "floor (C loop)", "sampler": "coherence sampler",
+          "sampler+runtime": "coherence sampler + runtime poller (1 JVM, 1 scrape)",
           "psutil": "psutil loop, sampler's schedule",
           "psutil-naive": "psutil loop, all at --hz (naive)"}
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -70,6 +71,10 @@ SAMPLER_VS_FLOOR_MAX = 1.5
 TICKS_TAKEN_MIN_PCT = 99.5
 P99_LATENESS_MAX_US = 200.0
 PSUTIL_VS_SAMPLER_MIN = 3.0
+# Issue 10: with one JVM discovered and one scrape target, the tick loop's CPU stays within 1.2x
+# the floor (the poller reads them on its own thread, whose cost is reported beside).
+RUNTIME_TICK_VS_FLOOR_MAX = 1.2
+GCLOAD_SRC = os.path.join(os.path.dirname(HERE), "tests", "e2e", "loads", "GcLoad.java")
 PEER = "the psutil loop on the sampler's schedule"
 
 class CaseError(RuntimeError):
@@ -101,6 +106,7 @@ class Plan:
         self.counter_file, self.counter_source = FALLBACK_COUNTER, "coherence not importable"
         self.slow_hz: Optional[float] = None        # asked for (Config)
         self.slow_every: Optional[int] = None       # ticks between two reads, as the sampler reads
+        self.scrape_url: Optional[str] = None       # the runtime case's target, once started
         try:
             from coherence.config import SamplerConfig
             from coherence.sampler import Sampler, SamplerError
@@ -159,6 +165,22 @@ def host_cpu_ticks() -> Tuple[int, int]:
     idle = v[3] + (v[4] if len(v) > 4 else 0)          # idle + iowait
     total = sum(v[:8])                                 # guest time is already in user
     return total - idle, total
+
+
+def thread_ns(pid: int) -> Dict[int, int]:
+    """CPU time of each thread of process pid so far, ns (schedstat); {} where unreadable."""
+    out: Dict[int, int] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                out[int(tid)] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
 
 
 def cpu_ns(pid: int) -> Tuple[int, str]:
@@ -270,9 +292,11 @@ def measure(argv: Sequence[str], duration: float, cwd: Optional[str] = None) -> 
         pid = child.proc.pid
         h0 = host_cpu_ticks()
         c0, method = cpu_ns(pid)
+        th0 = thread_ns(pid)
         t0 = time.monotonic()
         time.sleep(duration)
         c1, _ = cpu_ns(pid)
+        th1 = thread_ns(pid)
         t1 = time.monotonic()
         h1 = host_cpu_ticks()
         report = child.stop()
@@ -280,6 +304,9 @@ def measure(argv: Sequence[str], duration: float, cwd: Optional[str] = None) -> 
     report["wall_s"] = t1 - t0
     report["cpu_method"] = method
     report["cpu_pct"] = 100.0 * (c1 - c0) / ((t1 - t0) * 1e9)
+    # each thread's share over the same interval, by native thread id (the child names its own)
+    report["thread_cpu_pct"] = {tid: 100.0 * (ns - th0.get(tid, 0)) / ((t1 - t0) * 1e9)
+                                for tid, ns in th1.items()}
     # The whole machine's busy share meanwhile (this child included): the noise indicator.
     busy, total = h1[0] - h0[0], h1[1] - h0[1]
     report["host_busy_pct"] = 100.0 * busy / total if total > 0 else math.nan
@@ -294,6 +321,11 @@ def percentile(hist: Sequence[Sequence[int]], q: float) -> float:
     return lateness_percentile([(int(u), int(c)) for u, c in hist], q)
 
 
+def _thread_pct(report: Dict[str, Any], tid: Optional[int]) -> float:
+    per_thread = report.get("thread_cpu_pct", {})
+    return float(per_thread.get(tid, math.nan)) if tid is not None else math.nan
+
+
 def figures(report: Dict[str, Any]) -> Dict[str, float]:
     elapsed = report["elapsed_s"]
     return {
@@ -305,6 +337,9 @@ def figures(report: Dict[str, Any]) -> Dict[str, float]:
         "p99_us": percentile(report["lateness_hist"], 0.99),
         "max_us": float(report["lateness_hist"][-1][0]) if report["lateness_hist"] else math.nan,
         "overruns": float(report["overruns"]),
+        # the tick loop's own thread, and the runtime poller's, over the measured interval
+        "tick_cpu_pct": _thread_pct(report, report.get("tick_tid")),
+        "runtime_cpu_pct": _thread_pct(report, (report.get("runtime") or {}).get("tid")),
     }
 
 
@@ -351,6 +386,15 @@ def verdicts(summary: Dict[str, Dict[str, Any]]) -> List[Tuple[str, str, str]]:
     else:
         add(f"sampler ticks taken >= {TICKS_TAKEN_MIN_PCT:g} %", None, "no sampler row")
         add(f"sampler p99 lateness < {P99_LATENESS_MAX_US:g} us", None, "no sampler row")
+    rt = summary.get("sampler+runtime")
+    label = f"tick loop with 1 JVM and 1 scrape target <= {RUNTIME_TICK_VS_FLOOR_MAX:g}x floor"
+    if rt and a and a["cpu_pct"] > 0:
+        r = rt["tick_cpu_pct"] / a["cpu_pct"]
+        add(label, r <= RUNTIME_TICK_VS_FLOOR_MAX,
+            f"{r:.2f}x; its p99 lateness {rt['p99_us']:.0f} us; the poller's own thread "
+            f"{rt['runtime_cpu_pct']:.2f} % of a core, the whole process {rt['cpu_pct']:.2f} %")
+    elif "sampler+runtime" in summary or rt is None:
+        add(label, None, "needs the floor and the runtime rows")
     if b and c and b["cpu_pct"] > 0:
         r = c["cpu_pct"] / b["cpu_pct"]
         add(f"sampler >= {PSUTIL_VS_SAMPLER_MIN:g}x cheaper than {PEER}",
@@ -431,6 +475,49 @@ def report_text(result: Dict[str, Any]) -> str:
 
 # --- the run --------------------------------------------------------------------------------
 
+class RuntimeFixture:
+    """What the runtime case reads: a small JVM allocating 20 MB/s (its own process, not
+    measured) and a /metrics endpoint served from this process by prometheus_client."""
+
+    def __init__(self, tmpdir: str) -> None:
+        self.tmpdir = tmpdir
+        self.jvm: Optional[subprocess.Popen] = None
+        self.httpd: Any = None
+
+    def start(self, log) -> Optional[str]:
+        try:
+            subprocess.run(["javac", "-d", self.tmpdir, GCLOAD_SRC], check=True, capture_output=True,
+                           timeout=120)
+            self.jvm = subprocess.Popen(["java", "-Xmx64m", "-cp", self.tmpdir, "GcLoad", "8", "20", "100000"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+            from prometheus_client import CollectorRegistry, Summary, make_wsgi_app
+            registry = CollectorRegistry()
+            for name in ("http_server_requests_seconds", "http_client_requests_seconds"):
+                Summary(name, name, ["uri"], registry=registry).labels("/a").observe(0.01)
+
+            class Quiet(WSGIRequestHandler):
+                def log_message(self, *args: Any) -> None:
+                    pass
+
+            self.httpd = make_server("127.0.0.1", 0, make_wsgi_app(registry), handler_class=Quiet)
+            import threading
+            threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+            time.sleep(1.0)                                 # the JVM's performance file appears
+            return f"http://127.0.0.1:{self.httpd.server_port}/metrics"
+        except (OSError, subprocess.SubprocessError, ImportError) as err:
+            log(f"runtime case unavailable: {err}\n")
+            return None
+
+    def stop(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+        if self.jvm is not None:
+            self.jvm.terminate()
+            self.jvm.wait(10)
+
+
 def case_argv(case: str, hz: float, max_s: float, warmup: float,
               floor_exe: Optional[str], plan: Plan) -> List[str]:
     tail = [f"{max_s:g}", f"{warmup:g}"]
@@ -438,10 +525,13 @@ def case_argv(case: str, hz: float, max_s: float, warmup: float,
         if floor_exe is None:
             raise CaseError("floor loop not built")
         return [floor_exe, f"{hz:g}", plan.counter_file, *tail]
-    if case == "sampler":
+    if case in ("sampler", "sampler+runtime"):
         if plan.slow_hz is None:
             raise CaseError(plan.counter_source)
-        return [sys.executable, SAMPLER_CHILD, f"{hz:g}", f"{plan.slow_hz:g}", *tail]
+        extra = [plan.scrape_url] if case == "sampler+runtime" else []
+        if case == "sampler+runtime" and not plan.scrape_url:
+            raise CaseError("no runtime to read (the JVM or the scrape target did not start)")
+        return [sys.executable, SAMPLER_CHILD, f"{hz:g}", f"{plan.slow_hz:g}", *tail, *extra]
     if case == "psutil":
         if plan.slow_every is None:
             raise CaseError(f"the sampler's schedule is unknown: {plan.counter_source}")
@@ -469,7 +559,10 @@ def run(duration: float = 10.0, repeats: int = 3, hz: float = 1000.0, warmup: fl
     }
     # A child outlives a parent killed outright only until max_s: its own safety net.
     max_s = warmup + duration + 30.0
+    runtime = RuntimeFixture(tmpdir) if "sampler+runtime" in cases else None
     try:
+        if runtime is not None:
+            plan.scrape_url = runtime.start(log)
         floor_exe, floor_err = None, None
         if "floor" in cases:
             try:
@@ -493,6 +586,8 @@ def run(duration: float = 10.0, repeats: int = 3, hz: float = 1000.0, warmup: fl
     except KeyboardInterrupt:
         result["interrupted"] = True
     finally:
+        if runtime is not None:
+            runtime.stop()
         shutil.rmtree(tmpdir, ignore_errors=True)
     result["loadavg_end"] = os.getloadavg()
     result["summary"] = summarize(runs)

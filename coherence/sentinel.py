@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 from coherence.config import Config
 from coherence.monitor import Monitor, Report, sampler_figures
-from coherence.runtime import RuntimePoller
+from coherence.runtime import RuntimePoller, RuntimeSource
 from coherence.sampler import Sampler
 from coherence.sinks.base import Sink, opened
 from coherence.sources.jvm import jvm_runtimes
@@ -57,9 +57,11 @@ class Sentinel:
     @classmethod
     def from_config(cls, config: Config, *, pid: Optional[int] = None,
                     statsd: Optional[Tuple[str, int]] = None, statsd_prefix: str = "coherence",
-                    sinks: Sequence[Sink] = ()) -> "Sentinel":
+                    sinks: Sequence[Sink] = (), runtimes: Sequence[RuntimeSource] = ()) -> "Sentinel":
         """The sentinel the settings describe, watching ``pid`` (None: the host or container),
-        listening for StatsD counters on ``statsd`` (host, port) if given."""
+        listening for StatsD counters on ``statsd`` (host, port) if given, reading every JVM
+        found, every scrape target of the settings and ``runtimes`` (for a service embedding
+        the sentinel: ``[coherence.hooks.watch_gc()]``, its own interpreter's collections)."""
         listener = None
         if statsd is not None:
             listener = StatsdListener(host=statsd[0], port=statsd[1], prefix=statsd_prefix)
@@ -72,8 +74,8 @@ class Sentinel:
         # runtimes' own counters, off the tick: every JVM on the host (only pid's with it)
         runtime = RuntimePoller(sampler.signals.runtime, rate_hz=config.sampler.runtime_hz)
         runtime.watch(lambda: jvm_runtimes(pid)[0])
-        for target in scrape_runtimes(config):
-            runtime.add(target)
+        for source in [*scrape_runtimes(config), *runtimes]:
+            runtime.add(source)
         return cls(sampler, Monitor(config, sampler.snapshot, lambda: sampler_figures(sampler)),
                    sinks, listener, runtime)
 

@@ -116,3 +116,46 @@ def test_an_async_handler_stays_a_coroutine_function_and_counts_when_awaited():
 
     assert asyncio.run(serve()) == [0, 1, 2, 3, 4]
     assert hooks.INGRESS.value - before == 5
+
+
+def test_watch_gc_counts_this_interpreters_collections_and_their_time():
+    import gc
+
+    watcher = hooks.watch_gc()
+    try:
+        assert hooks.watch_gc() is watcher                  # once per process
+        before = watcher.read()
+        for _ in range(3):
+            gc.collect()
+        after = watcher.read()
+        assert after["gc_collections_total"] - before["gc_collections_total"] >= 3
+        assert after["gc_seconds_total"] > before["gc_seconds_total"]
+        assert watcher.collections[2] >= 3                  # gc.collect() is a full collection
+        assert watcher.name.startswith("python ") and watcher.runtime == "python"
+    finally:
+        hooks.unwatch_gc()
+    assert watcher._callback not in gc.callbacks
+    total = watcher.collections_total
+    gc.collect()
+    assert watcher.collections_total == total               # no longer watched
+
+
+def test_the_gc_watcher_is_a_runtime_source_the_poller_reads():
+    import gc
+
+    from coherence.runtime import RuntimeBoard, RuntimePoller
+    board = RuntimeBoard()
+    t = {"now": 0.0}
+    poller = RuntimePoller(board, clock=lambda: t["now"])
+    watcher = hooks.watch_gc()
+    try:
+        poller.add(watcher)
+        for step in range(1, 9):
+            gc.collect()
+            t["now"] = step * 0.25
+            poller.poll_once()
+    finally:
+        hooks.unwatch_gc()
+    (p,) = board.snapshot()
+    assert p.available and p.runtime == "python" and p.collections_per_s > 0
+    assert 0.0 < p.gc_share < 1.0

@@ -11,6 +11,8 @@ import signal
 import time
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
+from coherence import hooks
+from coherence._core import AtomicCounter
 from coherence.config import Config
 from coherence.monitor import Monitor, Report, sampler_figures
 from coherence.runtime import RuntimePoller, RuntimeSource
@@ -57,16 +59,21 @@ class Sentinel:
     @classmethod
     def from_config(cls, config: Config, *, pid: Optional[int] = None,
                     statsd: Optional[Tuple[str, int]] = None, statsd_prefix: str = "coherence",
-                    sinks: Sequence[Sink] = (), runtimes: Sequence[RuntimeSource] = ()) -> "Sentinel":
+                    sinks: Sequence[Sink] = (), runtimes: Sequence[RuntimeSource] = (),
+                    counters: Optional[Tuple[AtomicCounter, AtomicCounter]] = None) -> "Sentinel":
         """The sentinel the settings describe, watching ``pid`` (None: the host or container),
         listening for StatsD counters on ``statsd`` (host, port) if given, reading every JVM
         found, every scrape target of the settings and ``runtimes`` (for a service embedding
-        the sentinel: ``[coherence.hooks.watch_gc()]``, its own interpreter's collections)."""
+        the sentinel: ``[coherence.hooks.watch_gc()]``, its own interpreter's collections).
+        ``counters`` are the (ingress, egress) request counters pushed to; default: the
+        process-wide ones of coherence.hooks, which the StatsD listener feeds too."""
+        ingress, egress = counters if counters is not None else (hooks.INGRESS, hooks.EGRESS)
         listener = None
         if statsd is not None:
-            listener = StatsdListener(host=statsd[0], port=statsd[1], prefix=statsd_prefix)
+            listener = StatsdListener(host=statsd[0], port=statsd[1], prefix=statsd_prefix,
+                                      ingress=ingress, egress=egress)
         try:
-            sampler = Sampler.from_config(config, pid=pid)
+            sampler = Sampler.from_config(config, pid=pid, ingress=ingress, egress=egress)
         except BaseException:
             if listener is not None:
                 listener.stop()

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, Summary
 from test_sources_scrape import registry_server
 
+from coherence import AtomicCounter
 from coherence.cli import main
 from coherence.config import Config
 from coherence.sentinel import Sentinel
@@ -38,7 +39,9 @@ def test_the_sentinel_judges_a_scraped_service_off_the_tick():
         worker = threading.Thread(target=traffic, daemon=True)
         worker.start()
         try:
-            with Sentinel.from_config(config) as sentinel:
+            # counters of its own: other tests of this process pushed to the process-wide ones
+            fresh = (AtomicCounter(), AtomicCounter())
+            with Sentinel.from_config(config, counters=fresh) as sentinel:
                 deadline = time.monotonic() + 10.0
                 snap = sentinel.sampler.snapshot()
                 while time.monotonic() < deadline:

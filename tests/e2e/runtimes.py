@@ -1,0 +1,211 @@
+"""The runtime cases (issue 10), shared by the e2e tests and benchmarks/run_e2e.py: faults the
+kernel cannot see, found through the runtimes' own counters. A real JVM (found with no
+configuration, through its hsperfdata file) in a GC death spiral and healthy at 1 GB/s; a real
+Go program exposing its runtime counters on /metrics in the Go client's names and types; a real
+HTTP service behind keep-alive pools exposing Micrometer-named counters, read with --scrape.
+
+Judged as the host cases are (host.py): a fault is CRITICAL within 10 s of its start and never
+before it, with the detector's evidence naming the runtime; a control is never CRITICAL and
+shows no more than its MayShow. Every process started is killed on the way out.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Sequence
+
+from classic import ClassicProbe
+from harness import DETECTORS, LOADS, Line, Load, Sentinel, first_critical_after, seconds_in, \
+    warning_starts
+from host import CONTROL_S, DEADLINE_S, FORECAST_ONLY, QUIET_S, CaseResult, _span_states, not_ok_reasons
+
+START_TIMEOUT_S = 15.0      # a program to print its first line (a JVM touching 1 GB, a Go build)
+GC_LIMIT_PCT = 25.0         # fever.gc_time_limit_pct's default: the share a spiral is judged over
+# A JVM is looked for every 10 s (coherence/runtime.py, DISCOVER_EVERY_S): a control watches
+# the JVM from its start until it has been read for CONTROL_S, so at most this long.
+DISCOVERY_S = 10.0
+
+
+@dataclass
+class RuntimeResult(CaseResult):
+    runtime: str = ""                 # the runtime the case started, as coherence names it
+    evidence: Dict[str, Any] = field(default_factory=dict)   # the detector's, at CRITICAL
+
+
+# ------------------------------------------------------------------------------------ programs
+def compile_java(name: str, build_dir: str) -> str:
+    """javac tests/e2e/loads/<name>.java into build_dir; the class path to run it with."""
+    out = os.path.join(build_dir, "java")
+    os.makedirs(out, exist_ok=True)
+    src = os.path.join(LOADS, name + ".java")
+    proc = subprocess.run(["javac", "-d", out, src], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"compiling {src} failed:\n{proc.stderr}")
+    return out
+
+
+# One heap, sized as a service's would be, touched up front (-XX:+AlwaysPreTouch) so that the
+# kernel sees its pages once, at the start, and never again: the churn is invisible to it.
+JVM_HEAP = ["-Xms1g", "-Xmx1g", "-XX:+UseParallelGC"]
+
+
+def jvm_spiral_cmd(classes: str, seconds: float = 30) -> List[str]:
+    """850 MB live in a 1 GB heap: every collection promotes, the old generation stays full,
+    collections back to back (~80 % of wall time in GC, ~40 collections/s measured)."""
+    return ["java", *JVM_HEAP, "-XX:+AlwaysPreTouch", "-cp", classes, "GcLoad", "850", "0",
+            f"{seconds:g}"]
+
+
+def jvm_healthy_cmd(classes: str, seconds: float = 30) -> List[str]:
+    """50 MB live, 1 GB/s of short-lived arrays: a busy, healthy service (~2 % GC measured)."""
+    return ["java", *JVM_HEAP, "-cp", classes, "GcLoad", "50", "1000", f"{seconds:g}"]
+
+
+# ------------------------------------------------------------------------------------ judging
+def _det(line: Line, detector: str) -> Dict[str, Any]:
+    return line.report["detectors"][detector]
+
+
+def _evidence(line: Line, detector: str) -> Dict[str, Any]:
+    return _det(line, detector).get("evidence") or {}
+
+
+def names_runtime(name: str) -> Callable[[Line], bool]:
+    """A line whose fever evidence names the runtime `name` ("jvm 1234", "scrape URL")."""
+    return lambda line: _evidence(line, "fever").get("runtime_process") == name
+
+
+def _record_fault(result: RuntimeResult, lines: List[Line], t0: float, t1: float) -> None:
+    detector = result.detector
+    before = [l.state(detector) for l in lines if l.received < t0]
+    result.critical_before_fault = "CRITICAL" in before
+    result.time_to_critical = first_critical_after(lines, detector, t0)
+    span = _span_states(lines, t0, t1)
+    result.states = span.pop(detector)
+    result.others = span
+    result.reasons = not_ok_reasons(lines, detector, t0, t1, others=True)
+    result.span_s = t1 - t0
+    crit = next((l for l in lines if l.received >= t0 and l.state(detector) == "CRITICAL"), None)
+    if crit is not None:
+        result.notes["value_at_critical"] = _det(crit, detector)["value"]
+        result.evidence = {**_evidence(crit, detector), "unit": _det(crit, detector)["unit"]}
+
+
+def _fault(result: RuntimeResult, fault: ContextManager[float], ready: Callable[[Line], bool],
+           *args: str) -> List[Line]:
+    """A sentinel (with args) judged and quiet for QUIET_S, then the fault (entering `fault`
+    starts it and gives its start time), watched for DEADLINE_S. The lines, for the caller."""
+    with Sentinel(*args, duration=90) as sentinel, ClassicProbe() as probe:
+        for detector in DETECTORS:       # the others must be judged too: their quiet is asserted
+            sentinel.warmed_up(detector)
+        judged = sentinel.wait_for(ready, START_TIMEOUT_S)
+        assert judged is not None, f"never ready to judge the fault: {sentinel.stderr_now()}"
+        # "not before the fault" must mean something: watch the judged, quiet host first
+        sentinel.wait_for(lambda l: l.received >= judged.received + QUIET_S, QUIET_S + 3)
+        quiet = [l for l in sentinel.lines if l.received >= judged.received]
+        with fault as t0:
+            # the whole 10 s, even after CRITICAL: the other detectors must stay quiet through
+            sentinel.wait_for(lambda l: l.received >= t0 + DEADLINE_S, DEADLINE_S + 3)
+            t1 = probe.mark()
+        result.classic = [probe.cpu(t0, t1), probe.memory(t0, t1)]
+        lines = list(sentinel.lines)
+    assert len([l for l in quiet if l.received < t0]) >= QUIET_S - 1, "too few judged lines"
+    _record_fault(result, [l for l in lines if l.received >= judged.received], t0, t1)
+    return lines
+
+
+@contextlib.contextmanager
+def _started(load: Load) -> Iterator[float]:
+    with load:
+        yield load.started
+        assert load.alive(), f"{load.cmd} died early"
+
+
+def _record_control(result: RuntimeResult, lines: List[Line], t0: float, t1: float) -> None:
+    detector = result.detector
+    span = _span_states(lines, t0, t1)
+    result.states = span.pop(detector)
+    result.others = span
+    result.warning_s = seconds_in(lines, detector, "WARNING", t0, t1)
+    result.warning_starts = warning_starts(lines, detector, t0, t1)
+    result.reasons = (not_ok_reasons(lines, detector, t0, t1)
+                      + not_ok_reasons(lines, detector, t0, t1, others=True))
+    result.span_s = t1 - t0
+
+
+def _runtime_values(lines: Sequence[Line], name: str, key: str) -> List[float]:
+    return [e[key] for e in (_evidence(l, "fever") for l in lines)
+            if e.get("runtime_process") == name and e.get(key) is not None]
+
+
+# ---------------------------------------------------------------------------------------- JVM
+def jvm_spiral(build: str) -> RuntimeResult:
+    """A JVM started under the sentinel, in a GC death spiral from its first second: found with
+    no configuration, fever CRITICAL on its GC share."""
+    classes = compile_java("GcLoad", build)
+    result = RuntimeResult("fever: a JVM in a GC death spiral (hsperfdata)", "fever", fault=True)
+    load = Load(*jvm_spiral_cmd(classes))
+    lines = _fault(result, _started(load), lambda l: True)
+    assert load.proc is not None
+    name = f"jvm {load.proc.pid}"
+    result.runtime = name
+    seen = next((l for l in lines if names_runtime(name)(l)), None)
+    if seen is not None:
+        result.notes["time_to_discovery"] = seen.received - load.started
+    gc = _runtime_values(lines, name, "gc_time_pct")
+    if gc:
+        result.notes["gc_time_pct_median"] = statistics.median(gc)
+    return result
+
+
+def jvm_healthy(build: str) -> RuntimeResult:
+    """A JVM allocating 1 GB/s with a small live set, watched from its start until it has been
+    read for CONTROL_S: never CRITICAL."""
+    classes = compile_java("GcLoad", build)
+    result = RuntimeResult("fever control: a healthy JVM allocating 1 GB/s", "fever", fault=False,
+                        may_show=JVM_HEALTHY_MAY_SHOW)
+    with Sentinel(duration=90) as sentinel, ClassicProbe() as probe:
+        for detector in DETECTORS:
+            sentinel.warmed_up(detector)
+        with Load(*jvm_healthy_cmd(classes, DISCOVERY_S + CONTROL_S + 10)) as load:
+            assert load.proc is not None
+            name = f"jvm {load.proc.pid}"
+            t0 = load.started
+            seen = sentinel.wait_for(names_runtime(name), DISCOVERY_S + 5)
+            assert seen is not None, f"{name} never read: {sentinel.stderr_now()}"
+            sentinel.wait_for(lambda l: l.received >= seen.received + CONTROL_S, CONTROL_S + 3)
+            t1 = probe.mark()
+            assert load.alive(), f"{load.cmd} died early"
+        result.classic = [probe.cpu(t0, t1), probe.memory(t0, t1)]
+        lines = list(sentinel.lines)
+    _record_control(result, lines, t0, t1)
+    result.runtime = name
+    result.notes["time_to_discovery"] = seen.received - t0
+    for key in ("gc_time_pct", "runtime_alloc_mb_s"):
+        values = _runtime_values(lines, name, key)
+        if values:
+            result.notes[f"{key}_median"] = statistics.median(values)
+    return result
+
+
+# What the healthy JVM may show: fever's resident-growth forecast, and only it (the JVM's heap
+# is touched as it grows to its 1 GB: the 10 s trend reads that as growth, WARNING for up to
+# the whole control in the runs measured, then `clear`); never the GC or churn condition.
+JVM_HEALTHY_MAY_SHOW = FORECAST_ONLY
+
+
+def runtime_fault_violations(result: RuntimeResult) -> List[str]:
+    """host.fault_violations, and the runtime's own: the CRITICAL line says why (the GC share of
+    the runtime the test started, over the limit)."""
+    from host import fault_violations
+    bad = fault_violations(result)
+    e = result.evidence
+    if result.time_to_critical is not None:
+        if e.get("unit") != "pct_gc_time" or e.get("runtime_process") != result.runtime:
+            bad.append(f"CRITICAL not on {result.runtime}'s GC time: {e}")
+        elif not (e.get("gc_time_pct") or 0) > GC_LIMIT_PCT:
+            bad.append(f"gc_time_pct {e.get('gc_time_pct')} not above {GC_LIMIT_PCT:g}")
+    return bad

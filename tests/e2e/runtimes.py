@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import statistics
 import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Dict, Iterator, List, Sequence
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import amplification as amp
 from classic import ClassicProbe
 from harness import DETECTORS, LOADS, Line, Load, Sentinel, first_critical_after, seconds_in, \
     warning_starts
-from host import CONTROL_S, DEADLINE_S, FORECAST_ONLY, QUIET_S, CaseResult, _span_states, not_ok_reasons
+from host import CONTROL_S, DEADLINE_S, FORECAST_ONLY, QUIET_S, CaseResult, MayShow, \
+    _span_states, not_ok_reasons
 
 START_TIMEOUT_S = 15.0      # a program to print its first line (a JVM touching 1 GB, a Go build)
 GC_LIMIT_PCT = 25.0         # fever.gc_time_limit_pct's default: the share a spiral is judged over
@@ -208,4 +213,116 @@ def runtime_fault_violations(result: RuntimeResult) -> List[str]:
             bad.append(f"CRITICAL not on {result.runtime}'s GC time: {e}")
         elif not (e.get("gc_time_pct") or 0) > GC_LIMIT_PCT:
             bad.append(f"gc_time_pct {e.get('gc_time_pct')} not above {GC_LIMIT_PCT:g}")
+    return bad
+
+
+# ---------------------------------------------------------------------- a scraped retry storm
+# The storm's calls out, over the connections the host opened meanwhile, is at least this: behind
+# keep-alive pools a retry opens no connection, and the TCP proxy (connections opened) is blind.
+KEEPALIVE_CALLS_PER_OPEN = 10.0
+
+
+def tcp_opens() -> Dict[str, int]:
+    """/proc/net/snmp's Tcp ActiveOpens and PassiveOpens: what the TCP proxy counts."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Tcp:")]
+    return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:])
+            if k in ("ActiveOpens", "PassiveOpens")}
+
+
+@contextlib.contextmanager
+def _scraped_service(mode: str, seconds: float) -> Iterator[Tuple[amp.Service, str]]:
+    """loads/http_service.py counting with prometheus_client under Micrometer's names, its
+    second phase on SIGUSR1; the service and its /metrics URL once it serves."""
+    cmd = [sys.executable, amp.SERVICE, "--mode", mode, "--healthy-seconds", f"{seconds:g}",
+           "--seconds", f"{seconds:g}", "--rate", f"{amp.RATE:g}", "--count", "prometheus",
+           "--phase-signal"]
+    with amp.Service(*cmd) as service:
+        url = service.log.wait(lambda: service.log.metrics, START_TIMEOUT_S)
+        assert url, f"the service never served its /metrics:\n{service.log.tail()}"
+        yield service, url
+
+
+def _scraped_judged(line: Line) -> bool:
+    """Amplification judged healthy on the scraped counters, its baseline learned."""
+    d = _det(line, amp.DETECTOR)
+    return d["state"] == "OK" and _evidence(line, amp.DETECTOR).get("source") == "scraped" \
+        and _evidence(line, amp.DETECTOR).get("baseline") is not None
+
+
+def _scraped(case: str, fault: bool, mode: str,
+             may_show: Optional[MayShow] = None) -> amp.CaseResult:
+    result = amp.CaseResult(case, amp.DETECTOR, fault=fault, counting="scraped",
+                            may_show=may_show)
+    result.notes["rate"] = amp.RATE
+    started = time.monotonic()
+    # the ratio's window (5 s) of traffic seeds the baseline; the sentinel starts in ~1 s
+    learn_s = START_TIMEOUT_S + 10.0
+    try:
+        with _scraped_service(mode, 90.0) as (service, url), \
+                Sentinel("--scrape", url, duration=90.0) as sentinel:
+            try:
+                judged = sentinel.wait_for(_scraped_judged, learn_s)
+                assert judged is not None, f"never judged on the scraped counters: {url}"
+                if fault:
+                    sentinel.wait_for(lambda l: l.received >= judged.received + QUIET_S,
+                                      QUIET_S + 3)
+                    before = tcp_opens()
+                    assert service.proc is not None
+                    os.kill(service.proc.pid, signal.SIGUSR1)
+                    t0 = service.log.wait(lambda: service.log.fault, 5.0)
+                    assert t0 is not None, f"the storm never started:\n{service.log.tail()}"
+                    amp._watch_until(sentinel, t0 + DEADLINE_S)
+                    after = tcp_opens()
+                    amp._judge(result, sentinel, service.log, t0, t0 + DEADLINE_S)
+                    result.notes["tcp_active_opens_per_s"] = \
+                        (after["ActiveOpens"] - before["ActiveOpens"]) / DEADLINE_S
+                else:
+                    t0 = judged.received
+                    amp._watch_until(sentinel, t0 + CONTROL_S)
+                    amp._judge(result, sentinel, service.log, t0, t0 + CONTROL_S)
+                    result.critical_in_control = "CRITICAL" in result.states
+                out: List[float] = [e["egress_per_s"] for e in (
+                    _evidence(l, amp.DETECTOR) for l in sentinel.lines if l.received >= t0)
+                    if e.get("egress_per_s") is not None]
+                if out:
+                    result.notes["egress_per_s_median"] = statistics.median(out)
+            finally:
+                result.diagnostics = service.log.tail()
+        result.diagnostics += "\n" + sentinel.stderr
+    finally:
+        result.wall_s = time.monotonic() - started
+    return result
+
+
+def storm_scraped() -> amp.CaseResult:
+    """The retry storm of amplification.py (ratio 2.5), counted by the service itself with
+    Micrometer's names and read by `coherence --scrape URL`; every connection keep-alive."""
+    return _scraped("amplification: retry storm, scraped (Micrometer names)", True, "storm")
+
+
+SCRAPED_FANOUT_MAY_SHOW = MayShow()
+
+
+def control_fanout3_scraped() -> amp.CaseResult:
+    """3 calls out per request, steady, scraped: learned as the baseline, then 12 s never
+    CRITICAL."""
+    return _scraped("amplification control: steady fan-out x3, scraped", False, "fanout3",
+                    SCRAPED_FANOUT_MAY_SHOW)
+
+
+def scraped_storm_violations(result: amp.CaseResult) -> List[str]:
+    """host.fault_violations, and the storm's own: its ratio above 2 on the scraped counters,
+    and a storm the TCP proxy could not see (far fewer connections opened than calls made)."""
+    from host import fault_violations
+    bad = fault_violations(result)
+    if result.max_ratio is None or result.max_ratio <= amp.STORM_RATIO:
+        bad.append(f"ratio never above {amp.STORM_RATIO:g} (max {result.max_ratio})")
+    if result.sources != ["scraped"]:
+        bad.append(f"judged on {result.sources}, not the scraped counters")
+    opens, calls = (result.notes.get("tcp_active_opens_per_s"),
+                    result.notes.get("egress_per_s_median"))
+    if opens is None or calls is None or calls < KEEPALIVE_CALLS_PER_OPEN * opens:
+        bad.append(f"{calls} calls/s out over {opens} TCP connections opened/s: not behind "
+                   "keep-alive pools")
     return bad

@@ -16,6 +16,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -83,6 +84,11 @@ def names_runtime(name: str) -> Callable[[Line], bool]:
     return lambda line: _evidence(line, "fever").get("runtime_process") == name
 
 
+def _judged(line: Line) -> bool:
+    """Every detector past its warm-up on this line."""
+    return all(line.state(d) not in ("WARMUP", "UNAVAILABLE") for d in DETECTORS)
+
+
 def _record_fault(result: RuntimeResult, lines: List[Line], t0: float, t1: float) -> None:
     detector = result.detector
     before = [l.state(detector) for l in lines if l.received < t0]
@@ -106,7 +112,7 @@ def _fault(result: RuntimeResult, fault: ContextManager[float], ready: Callable[
     with Sentinel(*args, duration=90) as sentinel, ClassicProbe() as probe:
         for detector in DETECTORS:       # the others must be judged too: their quiet is asserted
             sentinel.warmed_up(detector)
-        judged = sentinel.wait_for(ready, START_TIMEOUT_S)
+        judged = sentinel.wait_for(lambda l: ready(l) and _judged(l), START_TIMEOUT_S)
         assert judged is not None, f"never ready to judge the fault: {sentinel.stderr_now()}"
         # "not before the fault" must mean something: watch the judged, quiet host first
         sentinel.wait_for(lambda l: l.received >= judged.received + QUIET_S, QUIET_S + 3)
@@ -179,7 +185,8 @@ def jvm_healthy(build: str) -> RuntimeResult:
             assert load.proc is not None
             name = f"jvm {load.proc.pid}"
             t0 = load.started
-            seen = sentinel.wait_for(names_runtime(name), DISCOVERY_S + 5)
+            seen = sentinel.wait_for(lambda l: names_runtime(name)(l) and _judged(l),
+                                     DISCOVERY_S + 5)
             assert seen is not None, f"{name} never read: {sentinel.stderr_now()}"
             sentinel.wait_for(lambda l: l.received >= seen.received + CONTROL_S, CONTROL_S + 3)
             t1 = probe.mark()
@@ -326,3 +333,136 @@ def scraped_storm_violations(result: amp.CaseResult) -> List[str]:
         bad.append(f"{calls} calls/s out over {opens} TCP connections opened/s: not behind "
                    "keep-alive pools")
     return bad
+
+
+# ----------------------------------------------------------------------------------------- Go
+def compile_go(name: str, build_dir: str) -> str:
+    """go build tests/e2e/loads/<name>.go (standard library only) into build_dir."""
+    src, exe = os.path.join(LOADS, name + ".go"), os.path.join(build_dir, name)
+    proc = subprocess.run(["go", "build", "-o", exe, src], capture_output=True, text=True,
+                          env={**os.environ, "GO111MODULE": "off"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"building {src} failed:\n{proc.stderr}")
+    return exe
+
+
+class GoLoad(Load):
+    """loads/gcload.go, its stderr read as it comes: its /metrics URL, and the GC CPU share the
+    Go runtime itself accounts each second (MemStats.GCCPUFraction, differenced)."""
+
+    def __enter__(self) -> "GoLoad":
+        super().__enter__()
+        self.metrics: Optional[str] = None
+        self.gc_cpu: List[Tuple[float, float]] = []     # (time.monotonic(), share of CPU)
+        self.other: List[str] = []
+        self._up = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            text = raw.decode(errors="replace").strip()
+            fields = dict(f.split("=", 1) for f in text.split() if "=" in f)
+            if text.startswith("METRICS "):
+                self.metrics = text.split()[1]
+                self._up.set()
+            elif "gc_cpu_share" in fields:
+                self.gc_cpu.append((time.monotonic(), float(fields["gc_cpu_share"])))
+            else:
+                self.other.append(text)
+        self._up.set()
+
+    def url(self) -> str:
+        self._up.wait(START_TIMEOUT_S)
+        assert self.metrics, f"{self.cmd} never served /metrics: {self.other[-5:]}"
+        return self.metrics
+
+    def gc_cpu_pct(self, t0: float, t1: float) -> Optional[float]:
+        """The median of the runtime's own GC CPU share (%) over the seconds ending in [t0, t1]."""
+        values = [100 * share for t, share in self.gc_cpu if t0 + 1 <= t <= t1]
+        return statistics.median(values) if values else None
+
+
+# A spiral as Go services have them: a live set of pointer-rich nodes (340 MB with its index) near
+# its memory limit (400 MB, GOMEMLIMIT), allocation as fast as it can go. Measured: collections back
+# to back (~8/s), the runtime's GC using 35-45 % of the CPU (its limiter caps it at 50 %).
+GO_SPIRAL = ("300", "0", "400")
+# Healthy: 50 MB live, 1 GB/s of short-lived buffers, no limit. Measured: ~16 collections/s,
+# ~9 % of the CPU in GC.
+GO_HEALTHY = ("50", "1000", "0")
+
+
+@contextlib.contextmanager
+def _signalled(load: Load, sent: List[float]) -> Iterator[float]:
+    """SIGUSR1 to the load (its churn starts); the time it was sent (also appended to sent)."""
+    assert load.proc is not None
+    t0 = time.monotonic()
+    os.kill(load.proc.pid, signal.SIGUSR1)
+    sent.append(t0)
+    yield t0
+    assert load.alive(), f"{load.cmd} died early"
+
+
+def go_spiral(build: str) -> RuntimeResult:
+    """A Go program in a GC death spiral from SIGUSR1 on, read through --scrape. Not asserted
+    by the suite (test_e2e_6_go.py says why): run it to measure. Measured: the sentinel's GC
+    share (go_gc_duration_seconds_sum, pauses only) 0.1 % against the runtime's own GC CPU share
+    of ~40 %; and the idle program's 340 MB pointer-rich heap is collected about once a second,
+    a CPU burst that seizure reads, rightly, as swings before the fault."""
+    exe = compile_go("gcload", build)
+    result = RuntimeResult("fever: a Go program in a GC death spiral (--scrape)", "fever",
+                           fault=True)
+    with GoLoad(exe, *GO_SPIRAL, "60", "wait") as load:
+        url = load.url()
+        result.runtime = f"scrape {url}"
+        sent: List[float] = []
+        lines = _fault(result, _signalled(load, sent), names_runtime(result.runtime),
+                       "--scrape", url)
+    span = [l for l in lines if sent[0] <= l.received < sent[0] + DEADLINE_S]
+    _go_notes(result, load, span, result.runtime)
+    return result
+
+
+def go_healthy(build: str) -> RuntimeResult:
+    """A Go program allocating 1 GB/s over a small live set, read through --scrape from its
+    start; watched for CONTROL_S once read: never CRITICAL."""
+    exe = compile_go("gcload", build)
+    result = RuntimeResult("fever control: a healthy Go program allocating 1 GB/s (--scrape)",
+                           "fever", fault=False, may_show=GO_HEALTHY_MAY_SHOW)
+    with GoLoad(exe, *GO_HEALTHY, "60") as load:
+        url = load.url()
+        result.runtime = f"scrape {url}"
+        with Sentinel("--scrape", url, duration=60) as sentinel, ClassicProbe() as probe:
+            for detector in DETECTORS:
+                sentinel.warmed_up(detector)
+            seen = sentinel.wait_for(lambda l: names_runtime(result.runtime)(l) and _judged(l),
+                                     START_TIMEOUT_S)
+            assert seen is not None, f"{url} never read: {sentinel.stderr_now()}"
+            t0 = seen.received
+            sentinel.wait_for(lambda l: l.received >= t0 + CONTROL_S, CONTROL_S + 3)
+            t1 = probe.mark()
+            assert load.alive(), f"{load.cmd} died early"
+            result.classic = [probe.cpu(t0, t1), probe.memory(t0, t1)]
+            lines = list(sentinel.lines)
+    _record_control(result, lines, t0, t1)
+    _go_notes(result, load, [l for l in lines if t0 <= l.received < t1], result.runtime)
+    return result
+
+
+def _go_notes(result: RuntimeResult, load: GoLoad, span: Sequence[Line], name: str) -> None:
+    """What the sentinel read (GC share from go_gc_duration_seconds_sum: pauses only) beside
+    what the Go runtime itself accounts as GC CPU, over the same span."""
+    if not span:
+        return
+    for key in ("gc_time_pct", "runtime_alloc_mb_s", "gc_collections_per_s"):
+        values = _runtime_values(span, name, key)
+        if values:
+            result.notes[f"{key}_median"] = statistics.median(values)
+    own = load.gc_cpu_pct(span[0].received, span[-1].received)
+    if own is not None:
+        result.notes["runtime_gc_cpu_pct_median"] = own
+
+
+GO_HEALTHY_MAY_SHOW = MayShow()

@@ -3,7 +3,8 @@ coherence took to call CRITICAL and its margin to the 10 s bar, whether the othe
 quiet, what each control showed against what it may show, and the classic node_exporter rules
 (CPU busy > 80 %, MemAvailable < 10 %) and the service's 5xx rate, computed by the harness itself.
 
-Usage: python benchmarks/run_e2e.py [--repeats N] [--control-repeats M] [--json FILE]
+Usage: python benchmarks/run_e2e.py [--repeats N] [--control-repeats M] [--cases WORD,...]
+                                   [--json FILE]
 Every run is counted and printed, failed ones included with their reason; statistics are over
 all runs. The cases run one at a time, each with the machine to itself. Always exits 0.
 """
@@ -27,6 +28,7 @@ sys.path.insert(0, E2E)
 
 import amplification  # noqa: E402
 import host  # noqa: E402
+import runtimes  # noqa: E402
 from _machine import cpu_model  # noqa: E402
 from harness import tmpdir  # noqa: E402
 
@@ -63,6 +65,8 @@ def fault_cases(build: str) -> Dict[str, Tuple[str, Callable[[], Any]]]:
         "fever": ("fever", lambda: host.fever_fault(build)),
         "amplification (StatsD)": ("amplification", amplification.storm_via_statsd),
         "amplification (in-process)": ("amplification", amplification.storm_in_process),
+        "fever (JVM, hsperfdata)": ("fever", lambda: runtimes.jvm_spiral(build)),
+        "amplification (scraped, Micrometer names)": ("amplification", runtimes.storm_scraped),
     }
 
 
@@ -77,6 +81,12 @@ def control_groups(build: str) -> List[Tuple[str, List[str], Callable[[], List[A
          lambda: [amplification.control_fanout3()]),
         ("amplification", ["amplification control: steady 1:1"],
          lambda: [amplification.control_one_to_one()]),
+        ("fever", ["fever control: a healthy JVM allocating 1 GB/s"],
+         lambda: [runtimes.jvm_healthy(build)]),
+        ("fever", ["fever control: a healthy Go program allocating 1 GB/s (--scrape)"],
+         lambda: [runtimes.go_healthy(build)]),
+        ("amplification", ["amplification control: steady fan-out x3, scraped"],
+         lambda: [runtimes.control_fanout3_scraped()]),
     ]
 
 
@@ -88,15 +98,25 @@ def _error(err: BaseException) -> str:
 
 
 def fault_violations(result: Any) -> List[str]:
+    if isinstance(result, runtimes.RuntimeResult):
+        return runtimes.runtime_fault_violations(result)
+    if isinstance(result, amplification.CaseResult) and result.counting == "scraped":
+        return runtimes.scraped_storm_violations(result)
     if isinstance(result, amplification.CaseResult):
         return amplification.storm_violations(result)
     return host.fault_violations(result)
 
 
-def run_faults(build: str, repeats: int) -> Dict[str, List[Run]]:
-    runs: Dict[str, List[Run]] = {name: [] for name in fault_cases(build)}
+def chosen(name: str, cases: Optional[List[str]]) -> bool:
+    """Whether a case is run: every case, or those whose name holds one of --cases' words."""
+    return cases is None or any(word.lower() in name.lower() for word in cases)
+
+
+def run_faults(build: str, repeats: int, cases: Optional[List[str]] = None) -> Dict[str, List[Run]]:
+    chosen_cases = {n: c for n, c in fault_cases(build).items() if chosen(n, cases)}
+    runs: Dict[str, List[Run]] = {name: [] for name in chosen_cases}
     for i in range(1, repeats + 1):
-        for name, (detector, case) in fault_cases(build).items():
+        for name, (detector, case) in chosen_cases.items():
             t = time.monotonic()
             run = Run(name, detector, i)
             try:
@@ -112,10 +132,13 @@ def run_faults(build: str, repeats: int) -> Dict[str, List[Run]]:
     return runs
 
 
-def run_controls(build: str, repeats: int) -> Dict[str, List[Run]]:
+def run_controls(build: str, repeats: int,
+                 cases: Optional[List[str]] = None) -> Dict[str, List[Run]]:
     runs: Dict[str, List[Run]] = {}
     for i in range(1, repeats + 1):
         for detector, names, group in control_groups(build):
+            if not any(chosen(name, cases) for name in names):
+                continue
             t = time.monotonic()
             try:
                 results = {r.case: r for r in group()}
@@ -247,6 +270,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="runs of each fault case [3]")
     ap.add_argument("--control-repeats", type=int, default=1, help="runs of each control [1]")
+    ap.add_argument("--cases", metavar="WORD,...", help="only the faults and control groups "
+                    "whose name holds one of these words (e.g. JVM,scraped,Go)")
     ap.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     args = ap.parse_args()
     if args.repeats < 1 or args.control_repeats < 0:
@@ -255,8 +280,9 @@ def main() -> int:
     raw: Dict[str, Any] = {"machine": machine(), "faults": {}, "controls": {}}
     started = time.monotonic()
     try:
-        faults = run_faults(build, args.repeats)
-        controls = run_controls(build, args.control_repeats)
+        cases = args.cases.split(",") if args.cases else None
+        faults = run_faults(build, args.repeats, cases)
+        controls = run_controls(build, args.control_repeats, cases)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

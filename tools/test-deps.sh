@@ -2,12 +2,15 @@
 # The Debian packages the test suite needs, installed where missing (root, as on CI and the
 # project's machines); a machine that has them all is left untouched and asks no registry.
 #   perf (linux-perf): benchmarks/test_bench_sampler.py profiles the sampler with it
-#   javac, java, jcmd (openjdk-17-jdk-headless): tests/test_sources_jvm.py reads a real JVM's counters
+#   javac, java, jcmd (openjdk-17-jdk-headless): tests/test_sources_jvm.py reads a real JVM's counters;
+#     tests/e2e/test_e2e_4_jvm.py runs one in a GC death spiral
+#   go (golang-go): tests/e2e/test_e2e_6_go.py builds a Go program that exposes its runtime counters
 set -euo pipefail
 need=()
 command -v perf >/dev/null 2>&1 || need+=(linux-perf)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
+command -v go >/dev/null || need+=(golang-go)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "tools/test-deps.sh: the tests need ${need[*]}: install them (apt-get install ${need[*]}) or run this as root" >&2

@@ -71,11 +71,13 @@ class CaseResult:
 
 # ----------------------------------------------------------------------------- service output
 class ServiceLog:
-    """The service's stderr, read as it comes: PHASE / FAULT markers and per-second stats."""
+    """The service's stderr, read as it comes: PHASE / FAULT / METRICS markers and per-second
+    stats."""
 
     def __init__(self, stream: IO[Any]) -> None:
         self.phases: List[tuple] = []          # (mode, monotonic time)
         self.fault: Optional[float] = None
+        self.metrics: Optional[str] = None     # --count prometheus: its /metrics URL
         self.stats: List[Dict[str, Any]] = []
         self.other: List[str] = []             # anything else (a traceback): diagnostics
         self._cond = threading.Condition()
@@ -94,6 +96,8 @@ class ServiceLog:
                     self.phases.append((mode, float(t)))
                 elif word == "FAULT":
                     self.fault = float(rest)
+                elif word == "METRICS":
+                    self.metrics = rest
                 elif text.startswith("{"):
                     self.stats.append(json.loads(text))
                 else:

@@ -5,6 +5,7 @@ half of the keys. Bounded in time (--seconds) and in requests (--rate x --second
     python http_service.py --mode storm --healthy-seconds 4 --seconds 16 \
         --count statsd:127.0.0.1:8125
     python http_service.py --mode storm --count inprocess   # sentinel embedded, JSON on stdout
+    python http_service.py --mode storm --count prometheus --phase-signal   # scraped, see below
 
 Per request received the frontend counts one ingress; per backend attempt one egress. In a storm
 a poisoned key costs the frontend 3 requests (the client's attempts) x 3 backend attempts:
@@ -12,11 +13,20 @@ ingress 2, egress 5 per 2 keys, a ratio of 2.5. (Independent 50 % failures could
 expected number of attempts to a first success is exactly 2.)
 
 stderr, one line each, for the test: `PHASE <mode> <time.monotonic()>` when a phase starts,
-`FAULT <time.monotonic()>` when the storm starts, and once a second
+`FAULT <time.monotonic()>` when the storm starts, `METRICS <url>` (--count prometheus) once its
+/metrics is served, and once a second
 `{"t":..., "phase":..., "requests":..., "errors":..., "logical":..., "logical_errors":...}`:
 the frontend's requests and 500s (a classic "error rate > 5 %" alert watches these) and the
 client's requests and final failures in that second. stdout is the sentinel's JSON lines
 (--count inprocess) or nothing.
+
+--count prometheus exposes the frontend's own counters on 127.0.0.1 the way a Spring Boot service
+instrumented with Micrometer does: Summaries `http_server_requests_seconds` (requests it served)
+and `http_client_requests_seconds` (its calls out, every retry), labelled method, uri, status,
+outcome. The backend is another service: its requests are not the frontend's. Every connection
+is a keep-alive one, so a retry opens no TCP connection. --phase-signal: the second phase starts
+on SIGUSR1 (at the latest after --healthy-seconds), when the test has seen the healthy service
+judged.
 """
 from __future__ import annotations
 
@@ -99,6 +109,9 @@ class StatsdCounter:
         with self._lock:
             self._pending.append(self.lines[1])
 
+    def timed(self, kind: str, status: int, seconds: float) -> None:
+        pass  # counted by ingress() / egress()
+
     def _flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
@@ -130,6 +143,36 @@ class StatsdCounter:
         self._sock.close()
 
 
+class PrometheusCounter:
+    """Micrometer's HTTP timers, exported with prometheus_client on a /metrics of their own."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Summary, start_http_server
+        self.registry = CollectorRegistry()
+        labels = ("method", "uri", "status", "outcome")
+        self.server_timer = Summary("http_server_requests_seconds", "Duration of HTTP server "
+                                    "request handling", labels, registry=self.registry)
+        self.client_timer = Summary("http_client_requests_seconds", "Timer of HTTP client "
+                                    "exchanges", labels, registry=self.registry)
+        self.server, self.thread = start_http_server(0, HOST, registry=self.registry)
+        self.url = f"http://{HOST}:{self.server.server_port}/metrics"
+
+    def ingress(self) -> None:
+        pass  # a timer counts when it stops: timed()
+
+    def egress(self) -> None:
+        pass
+
+    def timed(self, kind: str, status: int, seconds: float) -> None:
+        timer = self.server_timer if kind == "server" else self.client_timer
+        outcome = "SUCCESS" if status < 400 else "SERVER_ERROR" if status < 599 else "UNKNOWN"
+        timer.labels("GET", "/item/{id}", str(status), outcome).observe(seconds)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class HooksCounter:
     """The in-process API: one C call per count."""
 
@@ -137,6 +180,9 @@ class HooksCounter:
         from coherence import hooks
         self.ingress: Callable[[], None] = hooks.ingress
         self.egress: Callable[[], None] = hooks.egress
+
+    def timed(self, kind: str, status: int, seconds: float) -> None:
+        pass  # counted by ingress() / egress()
 
     def close(self) -> None:
         pass
@@ -245,12 +291,16 @@ class Frontend(Quiet):
     def call_backend(self, path: str) -> bool:
         for _ in range(ATTEMPTS):
             self.counter.egress()            # every attempt counts: that is amplification
-            if self.backend.get(path) == 200:
+            started = time.perf_counter()
+            status = self.backend.get(path)
+            self.counter.timed("client", status, time.perf_counter() - started)
+            if status == 200:
                 return True
         return False
 
     def do_GET(self) -> None:
         self.counter.ingress()
+        started = time.perf_counter()
         mode = self.state.mode
         calls = FANOUT if mode == "fanout3" else 1
         ok = all([self.call_backend(f"{self.path}/{i}" if calls > 1 else self.path)
@@ -259,6 +309,7 @@ class Frontend(Quiet):
         if not ok:
             self.state.stats.add("errors")
         self.reply(200 if ok else 500, b"ok" if ok else b"backend failed")
+        self.counter.timed("server", 200 if ok else 500, time.perf_counter() - started)
 
 
 def serve(handler: type, **attrs: Any) -> Tuple[ThreadingHTTPServer, threading.Thread]:
@@ -350,17 +401,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--healthy-seconds", type=float, default=4.0)
     p.add_argument("--seconds", type=float, default=20.0, help="stop by itself after this long")
     p.add_argument("--rate", type=float, default=60.0, help="client requests per second")
-    p.add_argument("--count", default="inprocess", metavar="statsd:HOST:PORT|inprocess")
+    p.add_argument("--count", default="inprocess",
+                   metavar="statsd:HOST:PORT|inprocess|prometheus")
+    p.add_argument("--phase-signal", action="store_true",
+                   help="start the second phase on SIGUSR1 (at the latest after --healthy-seconds)")
     args = p.parse_args(argv)
     if not 0 < args.seconds <= 600 or not 0 < args.rate <= 1000 or args.healthy_seconds < 0:
         p.error("need 0 < --seconds <= 600, 0 < --rate <= 1000, --healthy-seconds >= 0")
     if args.healthy_mode is None:
         args.healthy_mode = "fanout3" if args.mode == "fanout3" else "ok"
-    if args.count != "inprocess":
+    if args.count not in ("inprocess", "prometheus"):
         kind, _, hostport = args.count.partition(":")
         host, _, port = hostport.rpartition(":")
         if kind != "statsd" or not port.isdigit():
-            p.error("--count is statsd:HOST:PORT or inprocess")
+            p.error("--count is statsd:HOST:PORT, inprocess or prometheus")
         args.statsd = (host, int(port))
     return args
 
@@ -376,6 +430,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         counter: Any = HooksCounter()
         sentinel = EmbeddedSentinel(state.stop)
         sentinel.start()
+    elif args.count == "prometheus":
+        counter = PrometheusCounter()
+        say(f"METRICS {counter.url}")
     else:
         counter = StatsdCounter(*args.statsd)
     backend, backend_thread = serve(Backend, state=state)
@@ -390,9 +447,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     end = start + args.seconds
     say(f"PHASE {state.mode} {start:.6f}")
 
+    switch = threading.Event()       # --phase-signal: SIGUSR1 starts the second phase
+    if args.phase_signal:
+        signal.signal(signal.SIGUSR1, lambda *_: switch.set())
+
     def phases() -> None:
-        if state.stop.wait(max(0.0, start + args.healthy_seconds - time.monotonic())):
-            return
+        while not switch.wait(min(0.1, max(0.0, start + args.healthy_seconds - time.monotonic()))):
+            if state.stop.is_set():
+                return
+            if time.monotonic() >= start + args.healthy_seconds:
+                break
         state.mode = args.mode
         t = time.monotonic()
         say(f"PHASE {state.mode} {t:.6f}")

@@ -65,6 +65,9 @@ class RuntimeSource(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional: `retries = True` for a source whose failure may pass (a scrape target that is
+    # down a moment): it is read again every round instead of being dropped as lost.
+
 
 class RuntimeTrack:
     """The accumulators of one source. One writer (the poller); any reader (the monitor)."""
@@ -81,7 +84,8 @@ class RuntimeTrack:
         self.recognised: Tuple[str, ...] = ()
 
     def update(self, t: float, values: Mapping[str, float]) -> None:
-        """Take one reading at monotonic time t."""
+        """Take one reading at monotonic time t (a source that came back is no longer lost)."""
+        self.lost = False
         for name in COUNTERS:
             value = values.get(name)
             if value is not None and math.isfinite(value):
@@ -160,16 +164,22 @@ class RuntimePoller:
         self._discover: Optional[Callable[[], Iterable[RuntimeSource]]] = None
         self._discover_every_s = DISCOVER_EVERY_S
         self._discovered_at = -math.inf
+        self._changed: Optional[Callable[[], object]] = None
+        self._token: object = None
         self.discover_error = ""
 
     def add(self, source: RuntimeSource) -> RuntimeTrack:
         return self.board.add(source)
 
     def watch(self, discover: Callable[[], Iterable[RuntimeSource]],
-              every_s: float = DISCOVER_EVERY_S) -> None:
-        """Call ``discover`` now and every ``every_s`` from the poller's thread; each source it
-        returns whose name is not tracked yet (or was lost) is added."""
+              every_s: float = DISCOVER_EVERY_S,
+              changed: Optional[Callable[[], object]] = None) -> None:
+        """Call ``discover`` now and every ``every_s`` from the poller's thread, and at once
+        whenever ``changed()`` (cheap, called every round) returns something new; each source
+        it returns whose name is not tracked yet (or was lost) is added."""
         self._discover, self._discover_every_s = discover, every_s
+        self._changed = changed
+        self._token = changed() if changed is not None else None
         self.discover_now()
 
     def discover_now(self) -> None:
@@ -183,16 +193,27 @@ class RuntimePoller:
             else:
                 self.board.add(source)
 
+    def _due(self) -> bool:
+        """Time for a discovery: every_s since the last, or what `changed` watches changed."""
+        due = self.clock() - self._discovered_at >= self._discover_every_s
+        if self._changed is not None:
+            token = self._changed()
+            due = due or token != self._token
+            self._token = token
+        return due
+
     def poll_once(self) -> None:
         """Read every live source once (the thread's round; tests call it directly)."""
         for track in self.board.tracks:
-            if track.lost:
+            retries = getattr(track.source, "retries", False)
+            if track.lost and not retries:
                 continue
             try:
                 values = track.source.read()
             except SourceUnavailable as err:
                 track.lose(str(err))
-                track.source.close()
+                if not retries:
+                    track.source.close()
                 continue
             track.update(self.clock(), values)
         self.rounds += 1
@@ -200,7 +221,7 @@ class RuntimePoller:
     def _run(self) -> None:
         deadline = self.clock()
         while not self._stop.is_set():
-            if self.clock() - self._discovered_at >= self._discover_every_s:
+            if self._due():
                 try:
                     self.discover_now()
                 except Exception as err:    # a scan that failed is retried; the reads go on

@@ -30,6 +30,7 @@ class FakeRuntime:
         self.reads = 0
         self.fail_after = fail_after
         self.closed = False
+        self.retries = False
 
     def read(self):
         self.reads += 1
@@ -146,3 +147,50 @@ def test_amplification_takes_pushed_counts_first_then_scraped_then_the_tcp_proxy
     assert r.ratio == pytest.approx(1.25) and r.ingress_per_s == pytest.approx(200.0)
     pushed["yes"] = True
     assert s.snapshot().requests.source == "pushed"
+
+
+def test_a_source_that_retries_is_read_again_after_a_failure_and_comes_back():
+    clock = FakeClock()
+    board = RuntimeBoard()
+    poller = RuntimePoller(board, clock=clock)
+    flaky = FakeRuntime(clock, {REQUESTS_IN: 10.0, REQUESTS_OUT: 10.0}, name="scrape http://x/metrics",
+                        fail_after=2)
+    flaky.retries = True
+    poller.add(flaky)
+    run_rounds(poller, clock, 1.0)
+    (p,) = board.snapshot()
+    assert p.lost and not p.available and not flaky.closed     # down for now, still watched
+    flaky.fail_after = None                                      # the target answers again
+    run_rounds(poller, clock, 1.0)
+    (p,) = board.snapshot()
+    assert p.available and not p.lost and flaky.reads > 4
+
+
+def test_discovery_runs_at_once_when_what_it_watches_changes():
+    clock = FakeClock()
+    board = RuntimeBoard()
+    poller = RuntimePoller(board, clock=clock)
+    found: list = []
+    token = {"v": 0}
+    poller.watch(lambda: list(found), every_s=1000.0, changed=lambda: token["v"])
+    assert not board.tracks
+    found.append(FakeRuntime(clock, {GC_SECONDS: 0.1}, name="jvm 9"))
+    assert not poller._due()                       # nothing changed, the full scan is far off
+    token["v"] = 1                                 # a JVM created its performance file
+    assert poller._due()
+    poller.discover_now()
+    assert [t.source.name for t in board.tracks] == ["jvm 9"]
+
+
+def test_the_hsperfdata_directories_change_when_a_jvm_starts(tmp_path):
+    from coherence.sources.jvm import jvm_files_changed
+    assert jvm_files_changed(str(tmp_path)) == ()
+    d = tmp_path / "hsperfdata_alice"
+    d.mkdir()
+    first = jvm_files_changed(str(tmp_path))
+    assert [name for name, _ in first] == ["hsperfdata_alice"]
+    import os
+    os.utime(d, ns=(1, 1))
+    (d / "4242").write_bytes(b"x")                 # a JVM's file appears: the directory changes
+    assert jvm_files_changed(str(tmp_path)) != first
+    assert jvm_files_changed(str(tmp_path / "nope")) == ()

@@ -407,6 +407,24 @@ def _target(proc_root: str, pid: int, nspid: int, path: str, user: str) -> JvmTa
     return JvmTarget(pid, nspid, path, user, proc_dir, start, _unreadable(path))
 
 
+def jvm_files_changed(tmp_root: str = "/tmp") -> Tuple[Tuple[str, int], ...]:
+    """The hsperfdata_<user> directories of ``tmp_root`` with their modification times: what
+    changes when a JVM sharing our /tmp starts or exits. Cheap enough for every poll round, so a
+    new JVM is read at once instead of at the next full scan."""
+    out = []
+    try:
+        with os.scandir(tmp_root) as entries:
+            for entry in entries:
+                if entry.name.startswith("hsperfdata_"):
+                    try:
+                        out.append((entry.name, entry.stat(follow_symlinks=False).st_mtime_ns))
+                    except OSError:
+                        continue
+    except OSError:
+        return ()
+    return tuple(sorted(out))
+
+
 def discover_jvms(proc_root: str = "/proc", tmp_root: str = "/tmp",
                   pid: Optional[int] = None) -> List[JvmTarget]:
     """Every live JVM with a performance file, by host pid (only ``pid`` when given).

@@ -704,6 +704,7 @@ class ScrapeRuntime:
 
     runtime = "service"
     pid: Optional[int] = None
+    retries = True          # a target down for a moment is read again, never dropped
 
     def __init__(self, target: ScrapeTarget) -> None:
         self.target = target

@@ -105,6 +105,20 @@ def not_ok_reasons(lines: Sequence[Line], detector: str, t0: float, t1: float,
     return list(seen)[:8]
 
 
+def record_control(result: CaseResult, lines: List[Line], t0: float, t1: float) -> None:
+    """What a control showed between t0 and t1: its detector's states, the others', how long it
+    warned and why, on the lines the sentinel sent."""
+    detector = result.detector
+    span = _span_states(lines, t0, t1)
+    result.states = span.pop(detector)
+    result.others = span
+    result.warning_s = seconds_in(lines, detector, "WARNING", t0, t1)
+    result.warning_starts = warning_starts(lines, detector, t0, t1)
+    result.reasons = (not_ok_reasons(lines, detector, t0, t1)
+                      + not_ok_reasons(lines, detector, t0, t1, others=True))
+    result.span_s = t1 - t0
+
+
 def _span_states(lines: Sequence[Line], t0: float, t1: float) -> Dict[str, List[str]]:
     return {det: [l.state(det) for l in lines if t0 <= l.received < t1] for det in DETECTORS}
 
@@ -170,15 +184,7 @@ def _controls(detector: str, phases: List[tuple]) -> List[CaseResult]:
                     sentinel.wait_for(lambda l, end=t0 + seconds: l.received >= end, timeout=seconds + 3)
                     assert load.alive() or load.proc.returncode == 0, f"{cmd} failed"
             t1 = probe.mark()
-            lines = list(sentinel.lines)
-            span = _span_states(lines, t0, t1)
-            result.states = span.pop(detector)
-            result.others = span
-            result.warning_s = seconds_in(lines, detector, "WARNING", t0, t1)
-            result.warning_starts = warning_starts(lines, detector, t0, t1)
-            result.reasons = (not_ok_reasons(lines, detector, t0, t1)
-                              + not_ok_reasons(lines, detector, t0, t1, others=True))
-            result.span_s = t1 - t0
+            record_control(result, list(sentinel.lines), t0, t1)
             result.classic = [probe.cpu(t0, t1), probe.memory(t0, t1)]
             results.append(result)
     return results

@@ -23,9 +23,8 @@ from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional
 
 import amplification as amp
 from classic import ClassicProbe
-from harness import DETECTORS, LOADS, Line, Load, Sentinel, first_critical_after, seconds_in, \
-    warning_starts
-from host import CONTROL_S, DEADLINE_S, FORECAST_ONLY, QUIET_S, CaseResult, MayShow, \
+from harness import DETECTORS, LOADS, Line, Load, Sentinel, first_critical_after
+from host import CONTROL_S, DEADLINE_S, FORECAST_ONLY, QUIET_S, CaseResult, MayShow, record_control, \
     _span_states, not_ok_reasons
 
 START_TIMEOUT_S = 15.0      # a program to print its first line (a JVM touching 1 GB, a Go build)
@@ -135,18 +134,6 @@ def _started(load: Load) -> Iterator[float]:
         assert load.alive(), f"{load.cmd} died early"
 
 
-def _record_control(result: RuntimeResult, lines: List[Line], t0: float, t1: float) -> None:
-    detector = result.detector
-    span = _span_states(lines, t0, t1)
-    result.states = span.pop(detector)
-    result.others = span
-    result.warning_s = seconds_in(lines, detector, "WARNING", t0, t1)
-    result.warning_starts = warning_starts(lines, detector, t0, t1)
-    result.reasons = (not_ok_reasons(lines, detector, t0, t1)
-                      + not_ok_reasons(lines, detector, t0, t1, others=True))
-    result.span_s = t1 - t0
-
-
 def _runtime_values(lines: Sequence[Line], name: str, key: str) -> List[float]:
     return [e[key] for e in (_evidence(l, "fever") for l in lines)
             if e.get("runtime_process") == name and e.get(key) is not None]
@@ -193,7 +180,7 @@ def jvm_healthy(build: str) -> RuntimeResult:
             assert load.alive(), f"{load.cmd} died early"
         result.classic = [probe.cpu(t0, t1), probe.memory(t0, t1)]
         lines = list(sentinel.lines)
-    _record_control(result, lines, t0, t1)
+    record_control(result, lines, t0, t1)
     result.runtime = name
     result.notes["time_to_discovery"] = seen.received - t0
     for key in ("gc_time_pct", "runtime_alloc_mb_s"):
@@ -446,7 +433,7 @@ def go_healthy(build: str) -> RuntimeResult:
             assert load.alive(), f"{load.cmd} died early"
             result.classic = [probe.cpu(t0, t1), probe.memory(t0, t1)]
             lines = list(sentinel.lines)
-    _record_control(result, lines, t0, t1)
+    record_control(result, lines, t0, t1)
     _go_notes(result, load, [l for l in lines if t0 <= l.received < t1], result.runtime)
     return result
 

@@ -105,6 +105,22 @@ def not_ok_reasons(lines: Sequence[Line], detector: str, t0: float, t1: float,
     return list(seen)[:8]
 
 
+def record_fault(result: CaseResult, lines: List[Line], before: List[str], t0: float,
+                 t1: float) -> Optional[Line]:
+    """What a fault that started at t0 showed until t1, given the states judged before it:
+    CRITICAL before it or not, the time to CRITICAL, every detector's states, the others'
+    reasons. The first CRITICAL line, for the caller's evidence."""
+    detector = result.detector
+    result.critical_before_fault = "CRITICAL" in before
+    result.time_to_critical = first_critical_after(lines, detector, t0)
+    span = _span_states(lines, t0, t1)
+    result.states = span.pop(detector)
+    result.others = span
+    result.reasons = not_ok_reasons(lines, detector, t0, t1, others=True)
+    result.span_s = t1 - t0
+    return next((l for l in lines if l.received >= t0 and l.state(detector) == "CRITICAL"), None)
+
+
 def record_control(result: CaseResult, lines: List[Line], t0: float, t1: float) -> None:
     """What a control showed between t0 and t1: its detector's states, the others', how long it
     warned and why, on the lines the sentinel sent."""
@@ -139,15 +155,8 @@ def _fault(case: str, detector: str, load_cmd: List[str]) -> CaseResult:
         lines = list(sentinel.lines)
     before = [l.state(detector) for l in lines if judged <= l.received < t0]
     assert len(before) >= QUIET_S - 1, f"too few judged lines before the fault: {before}"
-    result.critical_before_fault = "CRITICAL" in before
-    result.time_to_critical = first_critical_after(lines, detector, t0)
-    span = _span_states(lines, t0, t1)
-    result.states = span.pop(detector)
-    result.others = span
-    result.reasons = not_ok_reasons(lines, detector, t0, t1, others=True)
-    result.span_s = t1 - t0
+    crit = record_fault(result, lines, before, t0, t1)
     result.classic = [probe.cpu(t0, t1), probe.memory(t0, t1)]
-    crit = next((l for l in lines if l.received >= t0 and l.state(detector) == "CRITICAL"), None)
     if crit is not None:
         result.notes["value_at_critical"] = crit.report["detectors"][detector]["value"]
     return result

@@ -23,9 +23,9 @@ from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional
 
 import amplification as amp
 from classic import ClassicProbe
-from harness import DETECTORS, LOADS, Line, Load, Sentinel, first_critical_after
+from harness import DETECTORS, LOADS, Line, Load, Sentinel
 from host import CONTROL_S, DEADLINE_S, FORECAST_ONLY, QUIET_S, CaseResult, MayShow, record_control, \
-    _span_states, not_ok_reasons
+    record_fault
 
 START_TIMEOUT_S = 15.0      # a program to print its first line (a JVM touching 1 GB, a Go build)
 GC_LIMIT_PCT = 25.0         # fever.gc_time_limit_pct's default: the share a spiral is judged over
@@ -91,14 +91,7 @@ def _judged(line: Line) -> bool:
 def _record_fault(result: RuntimeResult, lines: List[Line], t0: float, t1: float) -> None:
     detector = result.detector
     before = [l.state(detector) for l in lines if l.received < t0]
-    result.critical_before_fault = "CRITICAL" in before
-    result.time_to_critical = first_critical_after(lines, detector, t0)
-    span = _span_states(lines, t0, t1)
-    result.states = span.pop(detector)
-    result.others = span
-    result.reasons = not_ok_reasons(lines, detector, t0, t1, others=True)
-    result.span_s = t1 - t0
-    crit = next((l for l in lines if l.received >= t0 and l.state(detector) == "CRITICAL"), None)
+    crit = record_fault(result, lines, before, t0, t1)
     if crit is not None:
         result.notes["value_at_critical"] = _det(crit, detector)["value"]
         result.evidence = {**_evidence(crit, detector), "unit": _det(crit, detector)["unit"]}

@@ -27,7 +27,7 @@ class SamplerConfig:
     hz: float = 1000.0                 # CPU counters read per second (1-2000)
     slow_hz: float = 20.0              # memory, PSI and request counters (5-20 us a read); at most hz
     rate_half_life_s: float = 1.0      # smoothing of rates: fault rate, request rates, PSI
-    runtime_hz: float = 4.0            # runtime counters (JVM performance data, scrapes), off the tick
+    runtime_hz: float = 2.0            # runtime counters (JVM performance data, scrapes), off the tick
 
 
 @dataclass(frozen=True)

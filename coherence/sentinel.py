@@ -18,7 +18,7 @@ from coherence.monitor import Monitor, Report, sampler_figures
 from coherence.runtime import RuntimePoller, RuntimeSource
 from coherence.sampler import Sampler
 from coherence.sinks.base import Sink, opened
-from coherence.sources.jvm import jvm_files_changed, jvm_runtimes
+from coherence.sources.jvm import JvmDiscovery, JvmFilesWatch
 from coherence.sources.scrape import scrape_runtimes
 from coherence.statsd import StatsdListener
 
@@ -81,7 +81,7 @@ class Sentinel:
         # runtimes' own counters, off the tick: every JVM on the host (only pid's with it)
         runtime = RuntimePoller(sampler.signals.runtime, rate_hz=config.sampler.runtime_hz)
         # at once when a JVM sharing our /tmp starts; every 10 s for those in containers
-        runtime.watch(lambda: jvm_runtimes(pid)[0], changed=jvm_files_changed)
+        runtime.watch(JvmDiscovery(pid), changed=JvmFilesWatch())
         for source in [*scrape_runtimes(config), *runtimes]:
             runtime.add(source)
         return cls(sampler, Monitor(config, sampler.snapshot, lambda: sampler_figures(sampler)),

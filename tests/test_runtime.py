@@ -194,3 +194,23 @@ def test_the_hsperfdata_directories_change_when_a_jvm_starts(tmp_path):
     (d / "4242").write_bytes(b"x")                 # a JVM's file appears: the directory changes
     assert jvm_files_changed(str(tmp_path)) != first
     assert jvm_files_changed(str(tmp_path / "nope")) == ()
+
+
+def test_the_watch_stats_the_directories_and_lists_tmp_only_when_it_changes(tmp_path):
+    import os
+
+    from coherence.sources.jvm import JvmFilesWatch
+    watch = JvmFilesWatch(str(tmp_path))
+    assert watch() == () and watch.listings == 1
+    d = tmp_path / "hsperfdata_alice"
+    d.mkdir()                                      # /tmp changes: listed again
+    first = watch()
+    assert [name for name, _ in first] == ["hsperfdata_alice"] and watch.listings == 2
+    assert watch() == first and watch.listings == 2
+    os.utime(d, ns=(1, 1))
+    (d / "4242").write_bytes(b"x")                 # a JVM's file appears: its directory changes
+    second = watch()
+    assert second != first and watch.listings == 2
+    (d / "4242").unlink()                          # and when it exits
+    assert watch() != second
+    assert JvmFilesWatch(str(tmp_path / "nope"))() == ()

@@ -19,10 +19,13 @@ from coherence.sources.jvm import (
     AllocationTracker,
     CollectorCounters,
     JvmCounters,
+    JvmDiscovery,
     JvmReader,
     JvmTarget,
     PerfDataError,
     PerfDataNotReady,
+    USED,
+    PerfLayout,
     discover_jvms,
     jvm_counters,
     parse_perfdata,
@@ -375,6 +378,33 @@ def test_discovery_through_a_containers_root_by_its_namespace_pid(roots):
     assert discover_jvms(proc, tmp, pid=4242) == expected
 
 
+def test_discovery_looks_into_new_processes_each_time_and_into_all_now_and_then(roots):
+    proc, tmp = roots
+    clock = [0.0]
+    discover = JvmDiscovery(proc_root=proc, tmp_root=tmp, full_every_s=60, clock=lambda: clock[0])
+    old = fake_process(proc, 4242, nspids=[4242, 7])
+    assert discover() == [] and discover.full_scans == 1
+    # a new container's JVM: found at the next scan, which looks at new processes only
+    new = fake_process(proc, 5000, nspids=[5000, 1])
+    perf_file(os.path.join(new, "root", "tmp"), "app", 1)
+    clock[0] = 10
+    assert [r.pid for r in discover()] == [5000] and discover.partial_scans == 1
+    # a process looked at before that became a JVM (exec): not looked into again until a full
+    # scan (nor is 5000: the poller tracks it already)
+    perf_file(os.path.join(old, "root", "tmp"), "app", 7)
+    clock[0] = 20
+    assert discover() == []
+    clock[0] = 61
+    assert [r.pid for r in discover()] == [4242, 5000] and discover.full_scans == 2
+    # a JVM sharing our /tmp is found by every scan, new process or not
+    fake_process(proc, 100)
+    clock[0] = 65
+    assert discover() == []
+    perf_file(tmp, "alice", 100)
+    clock[0] = 70
+    assert [r.pid for r in discover()] == [100]
+
+
 def test_discovery_by_pid_says_why_nothing_is_there(roots):
     proc, tmp = roots
     fake_process(proc, 100)
@@ -424,6 +454,42 @@ def test_reader_not_ready_then_ready(roots):
             f.seek(7)
             f.write(b"\1")
         assert reader.read() is not None
+
+
+def fixture_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("name", ["parallel-gc.hsperf", "g1.hsperf"])
+def test_a_layout_reads_in_place_what_a_whole_parse_reads(name):
+    data = fixture(name)
+    layout = PerfLayout(data, USED)
+    whole = parse_perfdata(data)
+    fast = layout.read(data)
+    assert fast is not None
+    assert dict(fast.values) == {n: v for n, v in whole.values.items() if USED.match(n)}
+    assert len(fast.values) >= 10 and len(fast.values) < len(whole.values) / 4
+    assert jvm_counters(fast) == jvm_counters(whole)
+
+
+def test_a_layout_refuses_a_buffer_whose_entries_changed():
+    layout = PerfLayout(PARALLEL, USED)
+    assert layout.read(poke(PARALLEL, 16, "<q", 99)) is None      # mod_time_stamp: an entry added
+    assert layout.read(poke(PARALLEL, 28, "<i", 1)) is None       # num_entries
+
+
+def test_a_reader_parses_whole_again_when_the_jvm_adds_entries(roots):
+    reader, _, path = open_fake(roots)
+    with reader:
+        assert reader.read() is not None
+        with open(path, "r+b") as f:       # the JVM appends entries: its prologue's stamp moves
+            f.seek(16)
+            f.write(struct.pack("<q", 123456))
+        again = reader.read()
+        assert again is not None and again.gc_collections_total == 17
+        perf = reader.read_perfdata()
+        assert perf is not None and perf.mod_time_stamp == 123456
 
 
 def lost_reason(reader: JvmReader) -> str:
@@ -556,19 +622,25 @@ def test_a_real_jvm_is_found_read_and_lost_when_it_exits(churn):
         # generous: eden is assumed full at each collection, Churn's own count lags by 1 MiB
         assert allocated * 0.75 < estimated < allocated * 1.5, (estimated, allocated)
 
+        # a poll reads the entries it uses in place; the file parsed whole says the same
+        whole_before = parse_perfdata(fixture_file(target.path))
         perf_before = reader.read_perfdata()
         text = subprocess.run(["jcmd", str(pid), "PerfCounter.print"], check=True,
                               capture_output=True, text=True).stdout
         perf_after = reader.read_perfdata()
+        whole_after = parse_perfdata(fixture_file(target.path))
         assert perf_before is not None and perf_after is not None
+        assert set(perf_after.values) == {n for n in whole_after.values if USED.match(n)}
         jcmd = jcmd_text(text)
         for name in ("sun.os.hrt.frequency", "sun.gc.generation.0.space.0.maxCapacity",
                      "sun.gc.collector.0.name", "java.property.java.vm.name"):
-            assert perf_before.values[name] == jcmd[name] == perf_after.values[name]
+            assert whole_before.values[name] == jcmd[name] == whole_after.values[name]
         for name in ("sun.os.hrt.ticks", "sun.gc.collector.0.invocations", "sun.gc.collector.0.time"):
             low, seen, high = perf_before.long(name), jcmd[name], perf_after.long(name)
+            first, last = whole_before.long(name), whole_after.long(name)
             assert low is not None and high is not None and isinstance(seen, int)
-            assert low <= seen <= high, name
+            assert first is not None and last is not None
+            assert first <= low <= seen <= high <= last, name
 
         churn.stop()
         reason = lost_reason(reader)

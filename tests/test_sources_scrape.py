@@ -30,10 +30,13 @@ from coherence.sources.scrape import (
     ScrapeError,
     ScrapeTarget,
     Selector,
+    check_selectors,
     check_url,
     fetch,
     parse,
     recognise,
+    runtime_of,
+    wanted_lines,
 )
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "scrape")
@@ -144,6 +147,9 @@ HEADERS_200 = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nCo
 
 EXPECTED: Dict[str, Dict[str, float]] = {
     "go_client.prom": {"gc_seconds_total": 0.00574846, "gc_collections_total": 6, "alloc_bytes_total": 1047397704},
+    "go_client_v1_11.prom": {"gc_seconds_total": 45.0, "gc_collections_total": 1200, "alloc_bytes_total": 9.6e10},
+    "go_client_runtime_metrics.prom": {"gc_seconds_total": 3.125, "gc_collections_total": 58,
+                                       "alloc_bytes_total": 4449464},
     "micrometer.prom": {"requests_in_total": 1397, "requests_out_total": 230, "gc_seconds_total": 0.976 + 1.047 + 0.004,
                         "gc_collections_total": 21, "alloc_bytes_total": 1402994688},
     "simpleclient_hotspot.prom": {"gc_seconds_total": 1.25, "gc_collections_total": 45,
@@ -167,7 +173,12 @@ SOURCES: Dict[str, Dict[str, str]] = {
                                      "gc_seconds_total": "jvm_gc_pause_seconds_sum"},
     "envoy.prom": {"requests_in_total": 'envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix!="admin"}',
                    "retries_total": "envoy_cluster_upstream_rq_retry"},
-    "go_client.prom": {"alloc_bytes_total": "go_memstats_alloc_bytes_total"},
+    "go_client.prom": {"alloc_bytes_total": "go_memstats_alloc_bytes_total",
+                       "gc_seconds_total": "go_gc_duration_seconds_sum"},   # pauses: all this client has
+    "go_client_v1_11.prom": {"gc_seconds_total": "go_memstats_gc_cpu_fraction * (go_memstats_last_gc_time_seconds"
+                                                 " - process_start_time_seconds)"},
+    "go_client_runtime_metrics.prom": {
+        "gc_seconds_total": "go_cpu_classes_gc_total_cpu_seconds_total / go_sched_gomaxprocs_threads"},
 }
 
 
@@ -649,3 +660,155 @@ def test_exposition_like_text_gives_a_result_or_a_scrape_error(text: str, conten
 def test_shuffled_real_lines_give_a_result_or_a_scrape_error(lines: list, content_type: str) -> None:
     parse_and_recognise("\n".join(lines).encode(), content_type)
 
+
+
+# --- the families the detectors use, parsed alone ------------------------------------------------
+
+def recognised_both_ways(body: bytes, content_type: str,
+                         selectors: Optional[Dict[str, str]] = None) -> tuple:
+    sel = check_selectors(selectors)
+    whole = recognise(parse(body, content_type), sel)
+    only = recognise(parse(body, content_type, wanted_lines(sel.values())), sel)
+    return whole, only
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_parsing_only_the_used_families_recognises_the_same(name: str) -> None:
+    whole, only = recognised_both_ways(fixture(name), OPENMETRICS if name.endswith(".om") else TEXT)
+    assert only.values == whole.values and only.sources == whole.sources and only.missing == whole.missing
+    assert only.families < whole.families        # and it did drop the others
+
+
+def test_parsing_only_the_used_families_keeps_a_users_selector() -> None:
+    body = b'# TYPE http_requests_total counter\nhttp_requests_total{direction="in"} 7\nother_total 1\n'
+    whole, only = recognised_both_ways(body, TEXT, {"ingress": 'http_requests_total{direction="in"}'})
+    assert only.values == whole.values == {"requests_in_total": 7}
+
+
+# Families as clients write them (TYPE, then its samples), in any order and any number: the lines of
+# one family together, as both formats require.
+FAMILIES = [
+    "# TYPE go_gc_duration_seconds summary\ngo_gc_duration_seconds{quantile=\"0\"} 0\n"
+    "go_gc_duration_seconds_sum 1\ngo_gc_duration_seconds_count 4",
+    "# TYPE envoy_cluster_upstream_rq_retry counter\nenvoy_cluster_upstream_rq_retry_total{c=\"a\"} 2",
+    "# HELP go_memstats_alloc_bytes_total x\n# TYPE go_memstats_alloc_bytes_total counter\n"
+    "go_memstats_alloc_bytes_total 17",
+    "# TYPE go_memstats_alloc_bytes gauge\ngo_memstats_alloc_bytes 5",
+    "# TYPE go_memstats_gc_cpu_fraction gauge\ngo_memstats_gc_cpu_fraction 0.5",
+    "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds 10",
+    "# TYPE go_memstats_last_gc_time_seconds gauge\ngo_memstats_last_gc_time_seconds 30",
+    "# TYPE other summary\nother_sum 3\nother_count 1",
+    "# TYPE go_gc_duration_seconds_count_x gauge\ngo_gc_duration_seconds_count_x 1",
+    "# TYPE http_server_requests_seconds summary\nhttp_server_requests_seconds_count{uri=\"/a\"} 5\n"
+    "http_server_requests_seconds_sum{uri=\"/a\"} 0.5",
+    "# TYPE http_server_requests_seconds_max gauge\nhttp_server_requests_seconds_max{uri=\"/a\"} 0.1",
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(families=st.lists(st.sampled_from(FAMILIES), unique=True, max_size=len(FAMILIES)),
+       content_type=st.sampled_from([TEXT, OPENMETRICS]))
+def test_a_valid_exposition_recognises_the_same_either_way(families: list, content_type: str) -> None:
+    body = "\n".join(families + (["# EOF"] if content_type == OPENMETRICS else [])).encode() + b"\n"
+    try:
+        whole = recognise(parse(body, content_type))
+    except ScrapeError:
+        return     # invalid as a whole: the target is unavailable at its first read, never filtered
+    only = recognise(parse(body, content_type, wanted_lines()))
+    assert only.values == whole.values and only.sources == whole.sources
+
+
+def test_a_target_is_parsed_whole_until_it_reads_well_then_only_what_it_uses() -> None:
+    bodies = [b"go_memstats_alloc_bytes_total 10\nunrelated{ 1\n",               # garbage: whole, refused
+              b"go_memstats_alloc_bytes_total 10\n",                             # well: whole
+              b"go_memstats_alloc_bytes_total 20\nunrelated{ 1\n",               # garbage elsewhere: unseen
+              b"go_memstats_alloc_bytes_total{ 30\n",                            # garbage in what it uses
+              b"go_memstats_alloc_bytes_total 40\nunrelated{ 1\n"]               # whole again: refused
+    served = iter(bodies)
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        reply(next(served))(handler)
+
+    with http_server(answer) as url:
+        target = ScrapeTarget(url, timeout_s=2.0)
+        with pytest.raises(SourceUnavailable, match="not Prometheus text"):
+            target.read()
+        assert target.read().values == {"alloc_bytes_total": 10}
+        assert target.read().values == {"alloc_bytes_total": 20}
+        with pytest.raises(SourceUnavailable, match="not Prometheus text"):
+            target.read()
+        with pytest.raises(SourceUnavailable, match="not Prometheus text"):
+            target.read()
+
+
+# --- Go: the collector's CPU, not its pauses ------------------------------------------------------
+
+GO_PAUSES = b"# TYPE go_gc_duration_seconds summary\ngo_gc_duration_seconds_sum 0.5\ngo_gc_duration_seconds_count 9\n"
+
+
+def go_body(fraction: str = "0.25", start: Optional[str] = "100", last: Optional[str] = "140",
+            pauses: bool = True) -> bytes:
+    lines = ["# TYPE go_memstats_gc_cpu_fraction gauge", f"go_memstats_gc_cpu_fraction {fraction}"]
+    if start is not None:
+        lines += ["# TYPE process_start_time_seconds gauge", f"process_start_time_seconds {start}"]
+    if last is not None:
+        lines += ["# TYPE go_memstats_last_gc_time_seconds gauge", f"go_memstats_last_gc_time_seconds {last}"]
+    return "\n".join(lines).encode() + b"\n" + (GO_PAUSES if pauses else b"")
+
+
+def test_go_gc_cpu_fraction_is_weighed_by_the_time_to_the_last_cycle() -> None:
+    got = recognise(parse(go_body(), TEXT))
+    assert got.values["gc_seconds_total"] == 0.25 * 40
+    assert got.clients["gc_seconds_total"] == "Go client"
+    assert runtime_of(got) == "go"
+
+
+def test_go_before_its_first_cycle_has_spent_nothing() -> None:
+    assert recognise(parse(go_body(fraction="0", last="0"), TEXT)).values["gc_seconds_total"] == 0.0
+
+
+@pytest.mark.parametrize("kwargs,problem", [
+    ({"start": None}, "no time to weigh it by"),
+    ({"last": None}, "no time to weigh it by"),
+    ({"fraction": "1.5"}, "is not a fraction"),
+    ({"fraction": "NaN"}, ""),
+])
+def test_go_gc_cpu_fraction_unusable_falls_back_to_pauses_or_says_why(kwargs: dict, problem: str) -> None:
+    got = recognise(parse(go_body(**kwargs), TEXT))
+    assert got.sources["gc_seconds_total"] == "go_gc_duration_seconds_sum"
+    assert got.clients["gc_seconds_total"] == "Go client (pauses only)"
+    alone = recognise(parse(go_body(pauses=False, **kwargs), TEXT))
+    assert "gc_seconds_total" not in alone.values
+    assert problem in alone.missing["gc_seconds_total"]
+
+
+def test_go_runtime_metrics_gc_cpu_needs_gomaxprocs() -> None:
+    body = (b"# TYPE go_cpu_classes_gc_total_cpu_seconds_total counter\n"
+            b"go_cpu_classes_gc_total_cpu_seconds_total 8\n")
+    assert "no GOMAXPROCS" in recognise(parse(body, TEXT)).missing["gc_seconds_total"]
+    both = body + b"# TYPE go_sched_gomaxprocs_threads gauge\ngo_sched_gomaxprocs_threads 2\n"
+    assert recognise(parse(both, TEXT)).values["gc_seconds_total"] == 4.0
+
+
+def test_a_derived_counter_never_goes_back_by_rounding_but_a_restart_passes() -> None:
+    # 0.25 x 40 = 10, then 0.2497 x 40.02 = 9.99 (printed and read at different times), then a
+    # restarted service: 0.1 x 2 = 0.2
+    served = iter([go_body("0.25", "100", "140"), go_body("0.2497", "100", "140.02"),
+                   go_body("0.251", "100", "140.5"), go_body("0.1", "200", "202")])
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        reply(next(served))(handler)
+
+    with http_server(answer) as url:
+        target = ScrapeTarget(url, timeout_s=2.0)
+        seen = [target.read().values["gc_seconds_total"] for _ in range(4)]
+    assert seen[:2] == [10.0, 10.0]
+    assert seen[2] == pytest.approx(0.251 * 40.5)
+    assert seen[3] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("name,runtime", [("go_client.prom", "go"), ("micrometer.prom", "jvm"),
+                                          ("simpleclient_hotspot.prom", "jvm"), ("envoy.prom", "service"),
+                                          ("nodejs_prom_client.prom", "node"), ("python_client.prom", "python")])
+def test_the_runtime_is_named_by_its_clients_gc_names(name: str, runtime: str) -> None:
+    assert runtime_of(recognise(parse(fixture(name), TEXT))) == runtime

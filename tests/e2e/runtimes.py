@@ -386,11 +386,9 @@ def _signalled(load: Load, sent: List[float]) -> Iterator[float]:
 
 
 def go_spiral(build: str) -> RuntimeResult:
-    """A Go program in a GC death spiral from SIGUSR1 on, read through --scrape. Not asserted
-    by the suite (test_e2e_6_go.py says why): run it to measure. Measured: the sentinel's GC
-    share (go_gc_duration_seconds_sum, pauses only) 0.1 % against the runtime's own GC CPU share
-    of ~40 %; and the idle program's 340 MB pointer-rich heap is collected about once a second,
-    a CPU burst that seizure reads, rightly, as swings before the fault."""
+    """A Go program in a GC death spiral from SIGUSR1 on, read through --scrape: fever CRITICAL
+    on its GC share (its GC CPU over GOMAXPROCS, from go_memstats_gc_cpu_fraction), not on its
+    pauses (go_gc_duration_seconds_sum reads 0.1 % in the same spiral)."""
     exe = compile_go("gcload", build)
     result = RuntimeResult("fever: a Go program in a GC death spiral (--scrape)", "fever",
                            fault=True)
@@ -432,8 +430,8 @@ def go_healthy(build: str) -> RuntimeResult:
 
 
 def _go_notes(result: RuntimeResult, load: GoLoad, span: Sequence[Line], name: str) -> None:
-    """What the sentinel read (GC share from go_gc_duration_seconds_sum: pauses only) beside
-    what the Go runtime itself accounts as GC CPU, over the same span."""
+    """What the sentinel read (its GC share: GC CPU over GOMAXPROCS) beside what the Go runtime
+    itself accounts as GC CPU each second, over the same span."""
     if not span:
         return
     for key in ("gc_time_pct", "runtime_alloc_mb_s", "gc_collections_per_s"):

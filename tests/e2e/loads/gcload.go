@@ -36,9 +36,14 @@ type node struct {
 
 var sink []byte
 
-// What the Go client (prometheus/client_golang's Go collector) exposes for these counters:
+// When the program started, for process_start_time_seconds (the Go client's process collector
+// reads it from /proc; the runtime starts a few milliseconds before main).
+var started = time.Now()
+
+// What the Go client (prometheus/client_golang's Go and process collectors, before v1.12.2
+// dropped go_memstats_gc_cpu_fraction for Go 1.17+) exposes for these counters:
 // go_gc_duration_seconds from debug.ReadGCStats' pause quantiles (stop-the-world pauses only),
-// go_memstats_* from runtime.ReadMemStats.
+// go_memstats_* from runtime.ReadMemStats, process_start_time_seconds.
 func metrics(w http.ResponseWriter, _ *http.Request) {
 	stats := debug.GCStats{PauseQuantiles: make([]time.Duration, 5)}
 	debug.ReadGCStats(&stats)
@@ -63,7 +68,13 @@ func metrics(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintf(w, "go_memstats_heap_alloc_bytes %d\n", ms.HeapAlloc)
 	fmt.Fprintln(w, "# HELP go_memstats_gc_cpu_fraction The fraction of this program's available CPU time used by the GC since the program started.")
 	fmt.Fprintln(w, "# TYPE go_memstats_gc_cpu_fraction gauge")
-	fmt.Fprintf(w, "go_memstats_gc_cpu_fraction %g\n", ms.GCCPUFraction)
+	fmt.Fprintf(w, "go_memstats_gc_cpu_fraction %v\n", ms.GCCPUFraction)
+	fmt.Fprintln(w, "# HELP go_memstats_last_gc_time_seconds Number of seconds since 1970 of last garbage collection.")
+	fmt.Fprintln(w, "# TYPE go_memstats_last_gc_time_seconds gauge")
+	fmt.Fprintf(w, "go_memstats_last_gc_time_seconds %.9f\n", float64(ms.LastGC)/1e9)
+	fmt.Fprintln(w, "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.")
+	fmt.Fprintln(w, "# TYPE process_start_time_seconds gauge")
+	fmt.Fprintf(w, "process_start_time_seconds %.3f\n", float64(started.UnixNano())/1e9)
 }
 
 // The runtime's GC CPU fraction is cumulative since the start; its share over the last second

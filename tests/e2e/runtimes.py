@@ -55,18 +55,33 @@ def compile_java(name: str, build_dir: str) -> str:
 # One heap, sized as a service's would be, touched up front (-XX:+AlwaysPreTouch) so that the
 # kernel sees its pages once, at the start, and never again: the churn is invisible to it.
 JVM_HEAP = ["-Xms1g", "-Xmx1g", "-XX:+UseParallelGC"]
+# The collectors the JVM cases can run with (-XX:+Use<name>); the suite asserts ParallelGC only,
+# measure_collectors.py measures them all (G1 is JDK 17's default; ZGC is almost all concurrent).
+JVM_COLLECTORS = ("ParallelGC", "G1GC", "ZGC")
 
 
-def jvm_spiral_cmd(classes: str, seconds: float = 30) -> List[str]:
+def jvm_heap(collector: str = "ParallelGC") -> List[str]:
+    """JVM_HEAP with the collector `collector` (one of JVM_COLLECTORS) instead of ParallelGC."""
+    if collector not in JVM_COLLECTORS:
+        raise ValueError(f"unknown collector {collector!r}: one of {JVM_COLLECTORS}")
+    return [*JVM_HEAP[:-1], f"-XX:+Use{collector}"]
+
+
+def jvm_spiral_cmd(classes: str, seconds: float = 30, collector: str = "ParallelGC",
+                   extra: Sequence[str] = ()) -> List[str]:
     """850 MB live in a 1 GB heap: every collection promotes, the old generation stays full,
-    collections back to back (~80 % of wall time in GC, ~40 collections/s measured)."""
-    return ["java", *JVM_HEAP, "-XX:+AlwaysPreTouch", "-cp", classes, "GcLoad", "850", "0",
+    collections back to back (ParallelGC: ~80 % of wall time in GC, ~40 collections/s
+    measured). `extra`: more JVM flags (-Xlog:gc...)."""
+    return ["java", *jvm_heap(collector), "-XX:+AlwaysPreTouch", *extra, "-cp", classes,
+            "GcLoad", "850", "0", f"{seconds:g}"]
+
+
+def jvm_healthy_cmd(classes: str, seconds: float = 30, collector: str = "ParallelGC",
+                    extra: Sequence[str] = ()) -> List[str]:
+    """50 MB live, 1 GB/s of short-lived arrays: a busy, healthy service (ParallelGC: ~2 % GC
+    measured)."""
+    return ["java", *jvm_heap(collector), *extra, "-cp", classes, "GcLoad", "50", "1000",
             f"{seconds:g}"]
-
-
-def jvm_healthy_cmd(classes: str, seconds: float = 30) -> List[str]:
-    """50 MB live, 1 GB/s of short-lived arrays: a busy, healthy service (~2 % GC measured)."""
-    return ["java", *JVM_HEAP, "-cp", classes, "GcLoad", "50", "1000", f"{seconds:g}"]
 
 
 # ------------------------------------------------------------------------------------ judging
@@ -133,12 +148,12 @@ def _runtime_values(lines: Sequence[Line], name: str, key: str) -> List[float]:
 
 
 # ---------------------------------------------------------------------------------------- JVM
-def jvm_spiral(build: str) -> RuntimeResult:
+def jvm_spiral(build: str, collector: str = "ParallelGC") -> RuntimeResult:
     """A JVM started under the sentinel, in a GC death spiral from its first second: found with
     no configuration, fever CRITICAL on its GC share."""
     classes = compile_java("GcLoad", build)
     result = RuntimeResult("fever: a JVM in a GC death spiral (hsperfdata)", "fever", fault=True)
-    load = Load(*jvm_spiral_cmd(classes))
+    load = Load(*jvm_spiral_cmd(classes, collector=collector))
     lines = _fault(result, _started(load), lambda l: True)
     assert load.proc is not None
     name = f"jvm {load.proc.pid}"
@@ -152,7 +167,7 @@ def jvm_spiral(build: str) -> RuntimeResult:
     return result
 
 
-def jvm_healthy(build: str) -> RuntimeResult:
+def jvm_healthy(build: str, collector: str = "ParallelGC") -> RuntimeResult:
     """A JVM allocating 1 GB/s with a small live set, watched from its start until it has been
     read for CONTROL_S: never CRITICAL."""
     classes = compile_java("GcLoad", build)
@@ -161,7 +176,7 @@ def jvm_healthy(build: str) -> RuntimeResult:
     with Sentinel(duration=90) as sentinel, ClassicProbe() as probe:
         for detector in DETECTORS:
             sentinel.warmed_up(detector)
-        with Load(*jvm_healthy_cmd(classes, DISCOVERY_S + CONTROL_S + 10)) as load:
+        with Load(*jvm_healthy_cmd(classes, DISCOVERY_S + CONTROL_S + 10, collector)) as load:
             assert load.proc is not None
             name = f"jvm {load.proc.pid}"
             t0 = load.started

@@ -65,8 +65,10 @@ def fault_cases(build: str) -> Dict[str, Tuple[str, Callable[[], Any]]]:
         "fever": ("fever", lambda: host.fever_fault(build)),
         "amplification (StatsD)": ("amplification", amplification.storm_via_statsd),
         "amplification (in-process)": ("amplification", amplification.storm_in_process),
-        "fever (JVM, hsperfdata)": ("fever", lambda: runtimes.jvm_spiral(build)),
+        **{f"fever (JVM {c}, hsperfdata)": ("fever", lambda c=c: runtimes.jvm_spiral(build, c))
+           for c in runtimes.JVM_COLLECTORS},
         "amplification (scraped, Micrometer names)": ("amplification", runtimes.storm_scraped),
+        "fever (Go, --scrape)": ("fever", lambda: runtimes.go_spiral(build)),
     }
 
 
@@ -81,8 +83,8 @@ def control_groups(build: str) -> List[Tuple[str, List[str], Callable[[], List[A
          lambda: [amplification.control_fanout3()]),
         ("amplification", ["amplification control: steady 1:1"],
          lambda: [amplification.control_one_to_one()]),
-        ("fever", ["fever control: a healthy JVM allocating 1 GB/s"],
-         lambda: [runtimes.jvm_healthy(build)]),
+        *[("fever", [f"fever control: a healthy JVM allocating 1 GB/s ({c})"],
+           lambda c=c: [runtimes.jvm_healthy(build, c)]) for c in runtimes.JVM_COLLECTORS],
         ("fever", ["fever control: a healthy Go program allocating 1 GB/s (--scrape)"],
          lambda: [runtimes.go_healthy(build)]),
         ("amplification", ["amplification control: steady fan-out x3, scraped"],

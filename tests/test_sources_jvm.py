@@ -26,8 +26,10 @@ from coherence.sources.jvm import (
     PerfDataNotReady,
     USED,
     PerfLayout,
+    StallTracker,
     discover_jvms,
     jvm_counters,
+    jvm_runtimes,
     parse_perfdata,
 )
 
@@ -268,6 +270,45 @@ def counters(eden_used: float, young: int, full: int = 0, capacity: float = 16 *
     collectors = (CollectorCounters(0, "young", young, 0.0, busy), CollectorCounters(1, "full", full, 0.0, False))
     return JvmCounters(1e9, 1.0, 0.0, float(young + full), collectors, eden_used, capacity,
                        eden_used, capacity, "")
+
+
+def zgc(uptime_s: float, cause: str) -> JvmCounters:
+    return JvmCounters(1e9, uptime_s, 0.004, 141.0, (CollectorCounters(2, "Z concurrent cycle pauses", 141, 0.004,
+                                                                       False),),
+                       math.nan, math.nan, 8e8, 1e9, "", gc_cause=cause)
+
+
+def test_allocation_stalls_are_counted_by_the_cause_each_reading_ends_on():
+    t = StallTracker()
+    assert t.update(zgc(10.0, "Allocation Stall")) == 0.0        # the first reading: no interval yet
+    assert t.update(zgc(10.5, "Allocation Stall")) == 0.5
+    assert t.update(zgc(11.0, "Proactive")) == 0.5               # a cycle under way, not a stall
+    assert t.update(zgc(11.5, "No GC")) == 0.5
+    assert t.update(zgc(12.25, "Allocation Stall")) == 1.25
+    assert t.update(zgc(12.25, "Allocation Stall")) == 1.25      # no time passed
+    assert t.update(zgc(math.nan, "Allocation Stall")) == 1.25   # no clock published
+    assert t.update(zgc(5.0, "Allocation Stall")) == 1.25        # another JVM's clock: from here on
+    assert t.update(zgc(5.5, "Allocation Stall")) == 1.75
+
+
+def test_a_zgc_runtimes_gc_time_is_its_pauses_and_its_stalls(roots):
+    proc, tmp = roots
+    fake_process(proc, 100, start=4321)
+    perf_file(tmp, "alice", 100)
+    (runtime,), _ = jvm_runtimes(proc_root=proc, tmp_root=tmp)
+    readings = iter([zgc(10.0, "Allocation Stall"), zgc(10.5, "Allocation Stall"), zgc(11.0, "No GC")])
+
+    class Reader:
+        def read(self) -> JvmCounters:
+            return next(readings)
+
+        def close(self) -> None:
+            pass
+
+    runtime.reader = Reader()  # type: ignore[assignment]
+    assert runtime.read() == {"gc_seconds_total": 0.004, "gc_collections_total": 141.0}
+    assert runtime.read()["gc_seconds_total"] == pytest.approx(0.504)
+    assert runtime.read()["gc_seconds_total"] == pytest.approx(0.504)
 
 
 def test_allocation_between_collections_is_eden_growth():

@@ -152,7 +152,8 @@ def jvm_spiral(build: str, collector: str = "ParallelGC") -> RuntimeResult:
     """A JVM started under the sentinel, in a GC death spiral from its first second: found with
     no configuration, fever CRITICAL on its GC share."""
     classes = compile_java("GcLoad", build)
-    result = RuntimeResult("fever: a JVM in a GC death spiral (hsperfdata)", "fever", fault=True)
+    result = RuntimeResult(f"fever: a JVM in a GC death spiral ({collector}, hsperfdata)", "fever",
+                           fault=True)
     load = Load(*jvm_spiral_cmd(classes, collector=collector))
     lines = _fault(result, _started(load), lambda l: True)
     assert load.proc is not None
@@ -171,8 +172,8 @@ def jvm_healthy(build: str, collector: str = "ParallelGC") -> RuntimeResult:
     """A JVM allocating 1 GB/s with a small live set, watched from its start until it has been
     read for CONTROL_S: never CRITICAL."""
     classes = compile_java("GcLoad", build)
-    result = RuntimeResult("fever control: a healthy JVM allocating 1 GB/s", "fever", fault=False,
-                        may_show=JVM_HEALTHY_MAY_SHOW)
+    result = RuntimeResult(f"fever control: a healthy JVM allocating 1 GB/s ({collector})", "fever",
+                           fault=False, may_show=JVM_HEALTHY_MAY_SHOW)
     with Sentinel(duration=90) as sentinel, ClassicProbe() as probe:
         for detector in DETECTORS:
             sentinel.warmed_up(detector)

@@ -84,12 +84,19 @@ class TlsSettings:
         ctx.maximum_version = TLS_VERSIONS[self.max_version]
         if self.prefer_server_cipher_suites:
             ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            name = getattr(self, key)
+            if name:
+                try:
+                    with open(name, "rb"):
+                        pass
+                except FileNotFoundError:
+                    raise WebConfigError(f"tls_server_config.{key}: {name}: no such file") from None
+                except OSError as err:
+                    raise WebConfigError(f"tls_server_config.{key}: {name}: "
+                                         f"{(err.strerror or str(err)).lower()}") from None
         try:
             ctx.load_cert_chain(self.cert_file, self.key_file)
-        except FileNotFoundError as err:
-            raise WebConfigError(f"tls_server_config: {err.filename}: no such file") from None
-        except PermissionError as err:
-            raise WebConfigError(f"tls_server_config: {err.filename}: permission denied") from None
         except (ssl.SSLError, OSError) as err:
             raise WebConfigError(f"tls_server_config: cannot load cert_file {self.cert_file} with "
                                  f"key_file {self.key_file}: {_ssl_reason(err)}") from None
@@ -97,9 +104,6 @@ class TlsSettings:
         if self.client_ca_file:
             try:
                 ctx.load_verify_locations(cafile=self.client_ca_file)
-            except FileNotFoundError:
-                raise WebConfigError(f"tls_server_config.client_ca_file: {self.client_ca_file}: "
-                                     "no such file") from None
             except (ssl.SSLError, OSError) as err:
                 raise WebConfigError(f"tls_server_config.client_ca_file: cannot load "
                                      f"{self.client_ca_file}: {_ssl_reason(err)}") from None

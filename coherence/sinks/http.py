@@ -41,6 +41,11 @@ WRITE_TIMEOUT_S = 10.0
 MAX_HEAD_BYTES = 16 * 1024
 # On stop, requests in flight get this long to finish; they are bounded by the two deadlines.
 DRAIN_TIMEOUT_S = 5.0
+# After answering, what the client still sends (a body we did not read) is read and dropped for
+# up to this long before the socket closes: closing with unread data sends a TCP reset, which
+# can destroy the answer before the client reads it (Apache's "lingering close").
+LINGER_S = 1.0
+LINGER_BYTES = 64 * 1024
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
             405: "Method Not Allowed", 408: "Request Timeout", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 503: "Service Unavailable",
@@ -106,6 +111,24 @@ def call_wsgi(app: Callable[..., Iterable[bytes]], request: Request) -> Response
 
     body = b"".join(app(environ, start_response))
     return Response(int(started[0].split()[0]), body, tuple(started[1]))
+
+
+def _linger(sock: socket.socket) -> None:
+    """Half-close, then read and drop what the client still sends, bounded in time and size."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline, dropped = time.monotonic() + LINGER_S, 0
+        while dropped < LINGER_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            sock.settimeout(left)
+            chunk = sock.recv(16384)
+            if not chunk:
+                return
+            dropped += len(chunk)
+    except (OSError, ValueError):
+        return
 
 
 def _describe(host: str, port: int) -> str:
@@ -251,12 +274,19 @@ class HttpServer:
             if not full:
                 self._active += 1
         if full:
+            self._count_bad("too_many_connections")
+            # answered without a thread: the request is not read, so a client whose request
+            # arrived first may see the connection reset instead of this answer
+            try:
+                conn.recv(MAX_HEAD_BYTES, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
             try:
                 conn.send(_TOO_MANY, socket.MSG_DONTWAIT)
+                conn.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
             conn.close()
-            self._count_bad("too_many_connections")
             return
         try:
             threading.Thread(target=self._serve, args=(conn,), daemon=True,
@@ -280,6 +310,7 @@ class HttpServer:
             self._count_bad("internal")
             self._report_once(err)
         finally:
+            _linger(held[-1])
             for s in (held[-1], conn):
                 try:
                     s.close()

@@ -380,8 +380,14 @@ def live(as_json: bool, duration: Optional[float], pid: Optional[int], statsd: O
     """Watch this host now: the live dashboard on a terminal, plain status lines on a pipe,
     JSON lines with --json (alias: coherence --live); Prometheus /metrics beside with --listen."""
     config = _config(config_file, limits)
-    sentinel, _ = _watching(config, [_screen(as_json, config)], pid=pid, statsd=statsd,
-                            statsd_prefix=statsd_prefix)
+    sentinel, exporter = _watching(config, [_screen(as_json, config)], pid=pid, statsd=statsd,
+                                   statsd_prefix=statsd_prefix)
+    if exporter is not None:        # before the dashboard takes the screen
+        click.echo(f"coherence: serving /metrics and /healthz on {exporter.url} "
+                   f"({exporter.security()})", err=True)
+        exposed = exporter.exposed_without_protection()
+        if exposed:
+            click.echo(f"coherence: warning: {exposed}", err=True)
     with _until_stopped(), sentinel:
         sentinel.run(duration)
 

@@ -194,7 +194,7 @@ def test_healthz_is_503_with_the_reason_when_reports_are_stale(sink):
 
 def test_healthz_is_503_when_the_sampler_stalls_or_stops(sink):
     sampler = FakeSampler()
-    sink.watch(sampler=sampler)                        # type: ignore[arg-type]
+    sink.watch(sampler=sampler)
     sink.emit(scripted_reports(until=1.0)[-1])
     assert get(sink.server.address, "/healthz")[0] == 200
     sampler.last_tick_s -= sink.stale_after_s + 1
@@ -206,7 +206,7 @@ def test_healthz_is_503_when_the_sampler_stalls_or_stops(sink):
 
 
 def test_the_sampler_figures_are_served(sink):
-    sink.watch(sampler=FakeSampler())                  # type: ignore[arg-type]
+    sink.watch(sampler=FakeSampler())
     families = {f.name: f for f in parse_text(get(sink.server.address)[2].decode())}
     hist = {s.name: s for s in families["coherence_sampler_tick_lateness_seconds"].samples
             if "le" not in s.labels}

@@ -14,6 +14,7 @@ for it.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import platform
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional,
                     Sequence, Tuple)
 
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                     InfoMetricFamily, Metric)
 from prometheus_client.exposition import make_wsgi_app
@@ -61,6 +62,7 @@ LATENESS_BUCKETS_US = (10, 25, 50, 100, 250, 500, 1000, 2048, 4096, 16384, 65536
 _UNITS = ("seconds", "bytes", "ratio", "hertz")
 
 
+@functools.lru_cache(maxsize=None)
 def _unit(name: str) -> str:
     """The OpenMetrics unit of a name that ends with one (`# UNIT` lines)."""
     base = name[:-len("_total")] if name.endswith("_total") else name
@@ -485,9 +487,9 @@ class PrometheusSink:
         self.registry.register(self.series)
         if process_collectors:
             # the process's own CPU, memory and file descriptors, as every client library has
+            # (not python_gc_* nor python_info: each scrape pays for every sample, and
+            # coherence_build_info already names the Python)
             ProcessCollector(registry=self.registry)
-            PlatformCollector(registry=self.registry)
-            GCCollector(registry=self.registry)
         self._metrics = make_wsgi_app(self.registry)
         self.server = HttpServer(listen[0], listen[1], self.app, web_config)
         self.series.server = self.server

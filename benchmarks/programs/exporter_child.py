@@ -86,8 +86,10 @@ def main():
         except (Stop, KeyboardInterrupt):
             pass
         last = snapshot(sentinel, sink)
+        poller = sentinel.runtime._thread if sentinel.runtime is not None else None
+        assert sentinel.sampler._thread is not None and sink.server._thread is not None
         ids = {"sampler": sentinel.sampler._thread.native_id,
-               "runtime": sentinel.runtime._thread.native_id if sentinel.runtime._thread else None,
+               "runtime": poller.native_id if poller is not None else None,
                "main": threading.main_thread().native_id,
                "accept": sink.server._thread.native_id}
     first = marks["first"]

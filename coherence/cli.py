@@ -349,6 +349,8 @@ def _watching(config: Config, sinks: List[Sink], *, pid: Optional[int], statsd: 
     from coherence import hooks
     from coherence.sentinel import Sentinel
     exporter = None
+    if config.exporter.web_config and not (config.exporter.listen or serve):
+        raise click.UsageError("--web-config protects what --listen serves: give --listen too")
     if config.exporter.listen or serve:
         from coherence.sinks.prometheus import PrometheusSink
         listen = parse_listen(config.exporter.listen) if config.exporter.listen \

@@ -398,6 +398,7 @@ def http_get(url: str, timeout: float = 20.0):
      "web config /nonexistent.yml: no such file"),
     (["serve", "--listen", "203.0.113.7:0"], "cannot listen on 203.0.113.7:0: cannot assign requested address"),
     (["serve", "--json"], "coherence serve is headless: --json are for coherence live"),
+    (["live", "--web-config", "/etc/web.yml"], "--web-config protects what --listen serves"),
 ])
 def test_exporter_bad_input_is_one_line_and_exit_2(args, message):
     r = cli(*args, "--duration", "1")

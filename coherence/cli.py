@@ -1,6 +1,6 @@
 """The `coherence` command line: it parses options and chooses what runs and where the reports go;
 the Sentinel (coherence.sentinel) runs, the sinks (coherence.sinks) write. Subcommands `live`,
-`simulate`, `check` and `sources`; `--live` and `--simulate` are aliases of the first two. Bad
+`serve`, `simulate`, `check` and `sources`; `--live` and `--simulate` are aliases of the first two. Bad
 input of any kind ends in one line on stderr and exit 2 (3, UNKNOWN, for `check`), never a
 traceback."""
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 import click
 
 from coherence import __version__
-from coherence.config import Config, ConfigError, load
+from coherence.config import (DEFAULT_EXPORTER_HOST, DEFAULT_EXPORTER_PORT, Config, ConfigError, load,
+                              parse_listen)
 from coherence.sinks.base import Sink, SinkClosed
 
 CHECK_MARGIN_S = 2.0        # check samples warm-up (half a window) + `for` + this, 12 s by default
@@ -128,10 +129,32 @@ watch_options = _options(
 )
 
 
+def _listen(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[str]:
+    if value is not None:
+        try:
+            parse_listen(value)
+        except ValueError as err:
+            raise click.BadParameter(str(err)) from None
+    return value
+
+
+# The exporter (the settings file's [exporter]): /metrics and /healthz over HTTP.
+exporter_options = _options(
+    click.option("--listen", "exporter__listen", metavar="HOST:PORT", callback=_listen,
+                 help="Serve Prometheus /metrics and /healthz here (serve's default: "
+                      f"{DEFAULT_EXPORTER_HOST}:{DEFAULT_EXPORTER_PORT}). A bare :PORT is "
+                      f"{DEFAULT_EXPORTER_HOST}, not every interface: say 0.0.0.0:PORT or [::]:PORT."),
+    click.option("--web-config", "exporter__web_config", metavar="FILE",
+                 help="TLS and basic auth for --listen: a Prometheus exporter-toolkit web config "
+                      "(the file node_exporter's --web.config.file takes)."),
+)
+EXPORTER_KEYS = ("exporter.listen", "exporter.web_config")
+
+
 def _config(config_file: Optional[str], limits: Dict[str, Any]) -> Config:
     """Defaults, then the file, then the flags given (the limit options' values)."""
     overrides = {key: limits.pop(key.replace(".", "__"), None) for _, key, _, _ in LIMIT_OPTIONS}
-    for key in ["runtime.scrape", *(key for _, key, _ in RUNTIME_OPTIONS)]:
+    for key in [*EXPORTER_KEYS, "runtime.scrape", *(key for _, key, _ in RUNTIME_OPTIONS)]:
         value = limits.pop(key.replace(".", "__"), None)
         overrides[key] = value or None           # not given: the file's or the default
     return load(config_file).with_overrides(overrides)
@@ -288,6 +311,7 @@ def main(ctx: click.Context) -> None:
     coherence --live --json          JSON lines (one per second and per state change)
     coherence check                  a Nagios/Icinga/Sensu check: exit 0/1/2/3
     coherence sources                what is read on this host, and why
+    coherence serve                  headless: Prometheus /metrics and /healthz on 127.0.0.1:21950
     coherence --simulate             the demo: seizure, fever, retry storm, cascade
     """
     if ctx.invoked_subcommand is None:
@@ -318,22 +342,89 @@ def _until_stopped() -> Iterator[None]:
         pass
 
 
+def _watching(config: Config, sinks: List[Sink], *, pid: Optional[int], statsd: Optional[str],
+              statsd_prefix: str, serve: bool = False) -> Any:
+    """The Sentinel, with the exporter first among its sinks when [exporter] listen is set (or
+    always, for `serve`): it binds before anything starts and serves before the screen opens."""
+    from coherence import hooks
+    from coherence.sentinel import Sentinel
+    exporter = None
+    if config.exporter.web_config and not (config.exporter.listen or serve):
+        raise click.UsageError("--web-config protects what --listen serves: give --listen too")
+    if config.exporter.listen or serve:
+        from coherence.sinks.prometheus import PrometheusSink
+        listen = parse_listen(config.exporter.listen) if config.exporter.listen \
+            else (DEFAULT_EXPORTER_HOST, DEFAULT_EXPORTER_PORT)
+        exporter = PrometheusSink.from_config(config, listen)
+        sinks = [exporter, *sinks]
+    try:
+        sentinel = Sentinel.from_config(config, pid=pid, statsd=_hostport(statsd),
+                                        statsd_prefix=statsd_prefix, sinks=sinks)
+    except BaseException:
+        if exporter is not None:
+            exporter.server.stop()
+        raise
+    if exporter is not None:
+        exporter.watch(sentinel.sampler, sentinel.listener, sentinel.runtime,
+                       counters=(hooks.INGRESS, hooks.EGRESS))
+    return sentinel, exporter
+
+
 @main.command(cls=Command, stray="{options} are for {home}")
 @json_option
 @click.option("--duration", type=float, callback=_seconds, metavar="SECONDS",
               help="Stop after this long and exit 0 (default: until Ctrl-C).")
+@exporter_options
 @watch_options
 @limit_options
 def live(as_json: bool, duration: Optional[float], pid: Optional[int], statsd: Optional[str],
          statsd_prefix: str, config_file: Optional[str], **limits: Any) -> None:
     """Watch this host now: the live dashboard on a terminal, plain status lines on a pipe,
-    JSON lines with --json (alias: coherence --live)."""
-    from coherence.sentinel import Sentinel
+    JSON lines with --json (alias: coherence --live); Prometheus /metrics beside with --listen."""
     config = _config(config_file, limits)
-    sentinel = Sentinel.from_config(config, pid=pid, statsd=_hostport(statsd),
-                                    statsd_prefix=statsd_prefix, sinks=[_screen(as_json, config)])
+    sentinel, exporter = _watching(config, [_screen(as_json, config)], pid=pid, statsd=statsd,
+                                   statsd_prefix=statsd_prefix)
+    if exporter is not None:        # before the dashboard takes the screen
+        click.echo(f"coherence: serving /metrics and /healthz on {exporter.url} "
+                   f"({exporter.security()})", err=True)
+        exposed = exporter.exposed_without_protection()
+        if exposed:
+            click.echo(f"coherence: warning: {exposed}", err=True)
     with _until_stopped(), sentinel:
         sentinel.run(duration)
+
+
+@main.command(cls=Command, stray="{me} is headless: {options} are for {home}")
+@click.option("--duration", type=float, callback=_seconds, metavar="SECONDS",
+              help="Stop after this long and exit 0 (default: until SIGTERM or Ctrl-C).")
+@exporter_options
+@watch_options
+@limit_options
+def serve(duration: Optional[float], pid: Optional[int], statsd: Optional[str],
+          statsd_prefix: str, config_file: Optional[str], **limits: Any) -> None:
+    """Headless, for a service manager: Prometheus /metrics and /healthz on --listen (default
+    127.0.0.1:21950), nothing on stdout, a log of start, state changes and stop on stderr.
+    SIGTERM stops serving, lets the scrapes in flight finish, and exits 0."""
+    from coherence.sentinel import Stop
+    from coherence.sinks.log import StateLog, configure_logging
+    log = configure_logging()
+    config = _config(config_file, limits)
+    sentinel, exporter = _watching(config, [StateLog()], pid=pid, statsd=statsd,
+                                   statsd_prefix=statsd_prefix, serve=True)
+    with _until_stopped(), sentinel:
+        log.info("serving /metrics and /healthz on %s (%s); sampling at %g Hz; sources: %s",
+                 exporter.url, exporter.security(), sentinel.sampler.hz,
+                 ", ".join(f"{r.family}={r.name}" for r in sentinel.sampler.sources() if r.in_use))
+        exposed = exporter.exposed_without_protection()
+        if exposed:
+            log.warning(exposed)
+        try:
+            sentinel.run(duration)
+        except (Stop, KeyboardInterrupt) as stop:
+            log.info("%s: letting the requests in flight finish, then stopping",
+                     "SIGTERM" if isinstance(stop, Stop) else "interrupted")
+            raise
+    log.info("stopped")
 
 
 @main.command(cls=Command, stray="{me} replays a script: {options} are for {home}")
@@ -426,7 +517,9 @@ def sources(pid: Optional[int], as_json: bool, config_file: Optional[str], **lim
 def run(argv: Optional[List[str]] = None) -> int:
     """The console entry point: click without its multi-line errors and tracebacks."""
     from coherence.sampler import SamplerError
+    from coherence.sinks.http import ExporterError
     from coherence.statsd import StatsdError
+    from coherence.webconfig import WebConfigError
     args = sys.argv[1:] if argv is None else argv
     command = main.commands.get(main.command_name(args) or "")
     bad = command.usage_exit_code if isinstance(command, Command) else EXIT_USAGE
@@ -439,7 +532,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     except click.ClickException as e:
         click.echo(f"coherence: {e.format_message()}", err=True)
         return bad
-    except (ConfigError, SamplerError, StatsdError, ValueError) as e:
+    except (ConfigError, SamplerError, StatsdError, ExporterError, WebConfigError, ValueError) as e:
         click.echo(f"coherence: {e}", err=True)
         return bad
     except (BrokenPipeError, SinkClosed, KeyboardInterrupt):

@@ -87,6 +87,43 @@ class RuntimeConfig:
     scrape_max_mb: float = 4.0         # a larger answer is refused, not read
 
 
+# The exporter's port when none is given: outside 9100-9999, Prometheus' range of default
+# exporter ports, full since 2023, and the 10000s where new allocations now go; under the
+# kernel's ephemeral range (32768-60999), so an outgoing connection never holds it; in no
+# /etc/services entry. (README, "Prometheus".)
+DEFAULT_EXPORTER_PORT = 21950
+DEFAULT_EXPORTER_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    # HOST:PORT for /metrics and /healthz; "" serves nothing (coherence serve then takes
+    # 127.0.0.1:DEFAULT_EXPORTER_PORT). A bare ":PORT" or "PORT" is 127.0.0.1, never every interface.
+    listen: str = ""
+    web_config: str = ""               # exporter-toolkit's web config file: TLS, basic auth
+    # /healthz answers 503 once the last report or the sampler's last tick is older than this:
+    # 20 missed judgements at 4 a second, 5 missed ticks at the lowest --hz
+    stale_after_s: float = 5.0
+
+
+def parse_listen(text: str) -> Tuple[str, int]:
+    """HOST:PORT, [IPv6]:PORT, :PORT or PORT as (host, port); a missing host is 127.0.0.1, not
+    every interface (say 0.0.0.0 or [::] for those). ValueError with the reason."""
+    text = text.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        raise ValueError(f"{text!r} is not HOST:PORT (write an IPv6 address in brackets: [::1]:PORT)")
+    host = host[1:-1] if host.startswith("[") else host
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        # 0: any free port (`coherence serve` logs the one it got)
+        raise ValueError(f"{text!r} is not HOST:PORT with a port from 0 to 65535")
+    if any(c.isspace() for c in host):
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host or DEFAULT_EXPORTER_HOST, int(port)
+
+
 @dataclass(frozen=True)
 class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -96,6 +133,7 @@ class Config:
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
 
     def validate(self) -> "Config":
         """Check every value and the relations between them; ConfigError naming the first bad one."""
@@ -137,6 +175,11 @@ class Config:
             raise ConfigError("amplification.window_s and fever.window_s must hold at least two "
                               "reads at sampler.slow_hz")
         self._validate_runtime()
+        if self.exporter.listen:
+            try:
+                parse_listen(self.exporter.listen)
+            except ValueError as err:
+                raise ConfigError(f"exporter.listen: {err}") from None
         for name, count, least in (("verdict.flap_changes", self.verdict.flap_changes, 2),
                                    ("seizure.min_swings", self.seizure.min_swings, 2)):
             if int(count) != count or count < least:

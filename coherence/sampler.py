@@ -73,6 +73,9 @@ class SamplerStats:
     tick_lateness_max_us: float
     cpu_percent: float         # the sampler thread's CPU time over wall time, % of one core
     elapsed_s: float
+    cpu_s: float = 0.0         # the sampler thread's CPU time so far
+    tick_lateness_sum_s: float = 0.0   # over the ticks the lateness histogram holds
+    last_tick_s: float = math.nan      # monotonic time the last tick woke up (a heartbeat)
 
 
 def _positive(name: str, value: float) -> float:
@@ -280,6 +283,9 @@ class Sampler:
             tick_lateness_max_us=float(hist[-1][0]) if hist else math.nan,
             cpu_percent=100.0 * s["thread_cpu_s"] / elapsed if elapsed > 0 else math.nan,
             elapsed_s=elapsed,
+            cpu_s=s["thread_cpu_s"],
+            tick_lateness_sum_s=s["lateness_sum_us"] / 1e6,
+            last_tick_s=s["last_tick_s"] if s["last_tick_s"] > 0 else math.nan,
         )
 
     def snapshot(self) -> Snapshot:

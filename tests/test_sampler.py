@@ -357,3 +357,20 @@ def test_files_are_opened_read_only_and_closed_by_stop():
     assert checked >= 3
     s.stop()
     assert fds() == before
+
+
+def test_heartbeat_and_lateness_sum_are_read_live():
+    """/healthz judges a stalled sampler by its last tick, and /metrics' tick-lateness
+    histogram takes its _sum from the engine: both move while the loop runs, and the sum lies
+    within the histogram's own bins."""
+    with Sampler(hz=500) as s:
+        assert math.isnan(s.stats().last_tick_s) or s.stats().last_tick_s > 0
+        assert wait_for(lambda: s.stats().ticks > 20)
+        first = s.stats().last_tick_s
+        assert first <= time.monotonic()
+        assert wait_for(lambda: s.stats().last_tick_s > first)
+    stats, hist = s.stats(), s.engine.lateness_histogram()
+    low = sum((upper - 1 if upper <= 2048 else upper // 2) * n for upper, n in hist)
+    high = sum(upper * n for upper, n in hist)
+    assert low / 1e6 <= stats.tick_lateness_sum_s <= high / 1e6
+    assert stats.cpu_s > 0

@@ -351,6 +351,8 @@ cdef class Engine:
     cdef int prev_req_ok[NSLOTS]
     # self-measurement
     cdef int64_t lat_hist[LAT_LINEAR + LAT_LOG]
+    cdef int64_t lat_sum_us          # sum of the lateness counted in lat_hist (atomic)
+    cdef int64_t last_tick_ns        # when the last tick woke up, monotonic (atomic): a heartbeat
     cdef stats_t stats_priv
     cdef stats_t stats_pub[2]
     cdef uint64_t stats_seq
@@ -549,6 +551,7 @@ cdef class Engine:
                 now = now_ns(CLOCK_MONOTONIC)
                 late = (now - deadline) // 1000
                 self._record_lateness(late if late > 0 else 0)
+                coh_store_i64(&self.last_tick_ns, now)
                 self.stats_priv.last_ns = now
             self.stats_priv.thread_cpu_ns = now_ns(CLOCK_THREAD_CPUTIME_ID)
             self.stats_priv.last_ns = now_ns(CLOCK_MONOTONIC)
@@ -716,6 +719,7 @@ cdef class Engine:
 
     cdef void _record_lateness(self, int64_t us) noexcept nogil:
         cdef int b = 0
+        coh_store_i64(&self.lat_sum_us, self.lat_sum_us + us)
         if us < LAT_LINEAR:
             coh_store_i64(&self.lat_hist[us], self.lat_hist[us] + 1)
             return
@@ -730,10 +734,14 @@ cdef class Engine:
 
     # ------------------------------------------------------------------ readers
     def stats(self):
-        """The sampler's own figures, readable while it runs (no lock)."""
+        """The sampler's own figures, readable while it runs (no lock). ``last_tick_s`` (the
+        monotonic time the last tick woke up, 0 before the first) and ``lateness_sum_us`` (over
+        the lateness histogram's ticks) are read live, not through the latch."""
         cdef stats_t s
         coh_latch_read(&self.stats_seq, self.stats_pub, &s, sizeof(stats_t))
         return {
+            "last_tick_s": coh_load_i64(&self.last_tick_ns) / 1e9,
+            "lateness_sum_us": coh_load_i64(&self.lat_sum_us),
             "ticks": s.ticks,
             "overruns": s.overruns,
             "elapsed_s": (s.last_ns - s.start_ns) / 1e9,

@@ -6,8 +6,8 @@
 #     tests/e2e/test_e2e_4_jvm.py runs one in a GC death spiral
 #   go (golang-go): tests/e2e/test_e2e_6_go.py builds a Go program that exposes its runtime counters
 #   promtool, prometheus (prometheus): tests/test_sinks_prometheus.py runs `promtool check metrics`
-#     on a real scrape, tests/test_prometheus_rules.py `promtool check rules` and `promtool test rules` on
-#     deploy/prometheus/; tests/e2e/test_e2e_7_prometheus.py runs the server itself
+#     on a real scrape, tests/test_prometheus_rules.py `promtool check rules` and `promtool test
+#     rules` on deploy/prometheus/; tests/e2e/test_e2e_7_prometheus.py runs the server itself
 #   prometheus-alertmanager (Debian's name for alertmanager), amtool (prometheus-alertmanager):
 #     tests/e2e/test_e2e_7_prometheus.py routes a real Prometheus's alerts through it;
 #     tests/test_prometheus_rules.py checks the example Alertmanager configuration with amtool

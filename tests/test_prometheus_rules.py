@@ -88,6 +88,15 @@ def test_each_detector_has_a_critical_and_a_warning_alert_with_its_recommendatio
     assert set(ALERT_OF) == set(DETECTORS)
 
 
+def test_the_fleet_alert_names_each_detectors_critical_recommendation(rules):
+    """CoherenceFleetCritical is one rule for every detector: its veto label is a template."""
+    fleet = [a for a in alerts(rules) if a["alert"] == "CoherenceFleetCritical"]
+    assert len(fleet) == 1
+    for cls in (Seizure, Fever, Amplification):
+        veto = CRITICAL_VETO.get(cls.name, cls.veto)
+        assert f'eq $labels.detector "{cls.name}" }}}}{veto}{{{{' in fleet[0]["labels"]["veto"]
+
+
 def test_fleet_share_is_recorded_under_the_name_the_dashboard_reads(rules):
     recorded = {r["record"]: r["expr"].strip() for r in rules if "record" in r}
     assert recorded[FLEET_SHARE] == "avg by (job, detector, state) (coherence_detector_state)"

@@ -248,6 +248,9 @@ class Fleet:
         return self
 
     def _start(self) -> None:
+        for binary in ("prometheus", "prometheus-alertmanager"):
+            assert shutil.which(binary), \
+                f"no {binary}: run tools/test-deps.sh (the README's test command does)"
         self.webhook.__enter__()
         with open(ALERTMANAGER_CONFIG) as f:
             am_config = fast_alertmanager(yaml.safe_load(f), self.webhook.url)

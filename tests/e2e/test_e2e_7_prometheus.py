@@ -86,6 +86,10 @@ def test_a_real_seizure_pages_through_prometheus_and_alertmanager_then_resolves(
     print(f"judged {healthy_from - started:.1f} s after the start; healthy {t0 - healthy_from:.1f} s; "
           f"paged {paged_after:.1f} s after the fault started; resolved {resolved_after:.1f} s "
           f"after it stopped; {len(alerts)} alerts in {hook.notifications} notifications")
+    for a in alerts:
+        if a.status == "firing":
+            print(f"{a.path} {a.labels}\n  summary: {a.annotations.get('summary')}\n"
+                  f"  description: {a.annotations.get('description')}")
 
     # nothing before the fault: not received, not started
     early = [a for a in alerts if a.received < t0 or unix(a.starts_at) < t0]

@@ -187,8 +187,10 @@ class PerfLayout:
 
     def read(self, data: bytes) -> Optional[PerfData]:
         """The wanted values of ``data``, or None when its prologue (its layout) changed."""
-        # the prologue's first 32 bytes: magic to num_entries; mod_time_stamp moves with the layout
-        if data[:PROLOGUE_SIZE] != self.key:
+        # the prologue's first 32 bytes: magic to num_entries; mod_time_stamp moves with the layout;
+        # a buffer shorter than the size it says it uses (a file cut short between the fstat and
+        # the pread) does not hold the places either
+        if data[:PROLOGUE_SIZE] != self.key or len(data) < self.perf.used_bytes:
             return None
         unpack = self._long.unpack_from
         values: Dict[str, Value] = {name: unpack(data, at)[0] for name, at in self.longs}

@@ -41,9 +41,10 @@ def test_fuzzing_finds_nothing(harness, tmp_path):
         cwd=ROOT, env=dict(os.environ, PYTHON=sys.executable, FUZZ_ARTIFACTS=str(artifacts)),
         capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
-    found = {p.name: p.read_bytes() for p in artifacts.iterdir()} if artifacts.exists() else {}
-    # an input that breaks the harness: add it to fuzz/corpus/<harness>/ and a test, then fix
-    assert not found and proc.returncode == 0, (found, out[-8000:])
+    found = "".join(f"\n{p.name}: {p.read_bytes()!r}" for p in artifacts.iterdir()) if artifacts.exists() else ""
+    # an input that breaks the harness, printed whole: add it to fuzz/corpus/<harness>/ and a
+    # test beside the module's others, then fix it
+    assert not found and proc.returncode == 0, f"{out[-6000:]}\ninputs that broke fuzz/fuzz_{harness}.py:{found}"
     assert "INITED" in out and "DONE" in out, out[-5000:]     # every seed ran, then fuzzing did
     runs = int(out.split("stat::number_of_executed_units:")[1].split()[0])
     assert runs > len(corpus(harness)), out[-3000:]

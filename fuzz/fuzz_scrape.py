@@ -4,10 +4,9 @@ Run: tools/fuzz.sh scrape [libFuzzer options]; replay a file: python fuzz/fuzz_s
 
 Every body is parsed both as the Prometheus text format and as OpenMetrics. What must hold: parse
 returns families or raises ScrapeError (its reason one line), nothing else; and when the whole
-body parses into families each of one group of lines (as the formats require), the body filtered
-to the lines wanted_lines keeps parses too and is recognised the same (values, the names they
-came from, the reasons for what is missing, the clients), with the known names alone and with a
-user's selectors.
+body parses and is valid as the formats define it (see valid), the body filtered to the lines
+wanted_lines keeps parses too and is recognised the same (values, the names they came from, the
+reasons for what is missing, the clients), with the known names alone and with a user's selectors.
 """
 import sys
 from typing import Dict, List, Mapping, Pattern, Tuple
@@ -15,6 +14,8 @@ from typing import Dict, List, Mapping, Pattern, Tuple
 import atheris
 
 with atheris.instrument_imports(include=["coherence", "prometheus_client"]):
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.parser import _split_quoted
     from coherence.sources.scrape import Recognised, ScrapeError, check_selectors, parse, recognise, wanted_lines
 
 CONTENT_TYPES = ("text/plain; version=0.0.4; charset=utf-8", "application/openmetrics-text; version=1.0.0")
@@ -33,6 +34,23 @@ def summary(r: Recognised) -> Dict[str, str]:
             "missing": repr(sorted(r.missing.items())), "clients": repr(sorted(r.clients.items()))}
 
 
+def valid(data: bytes, families: List[Metric]) -> bool:
+    """Whether a body prometheus_client parsed is also valid as the formats define it, beyond that
+    parser's laxities, which filtering need not reproduce: each metric's lines in one group (else
+    the parser gives its later samples a family of their own, untyped, and the lines standing
+    between decide their type), and "#" a token of its own before TYPE and HELP (the parser also
+    honours "#junk TYPE name gauge")."""
+    if len({family.name for family in families}) < len(families):
+        return False
+    for line in data.decode("utf-8").split("\n"):
+        text = line.strip()
+        if text.startswith("#"):
+            tokens = _split_quoted(text, None, 3)
+            if len(tokens) > 2 and tokens[1] in ("TYPE", "HELP") and tokens[0] != "#":
+                return False
+    return True
+
+
 def test_one_input(data: bytes) -> None:
     for content_type in CONTENT_TYPES:
         try:
@@ -40,10 +58,7 @@ def test_one_input(data: bytes) -> None:
         except ScrapeError as err:
             assert str(err) and "\n" not in str(err), repr(str(err))
             continue
-        if len({family.name for family in whole}) < len(whole):
-            # A metric's lines not in one group, which the format forbids: prometheus_client's
-            # text parser then gives its later samples a family of their own, untyped, and which
-            # lines stand between them decides their type. Not an exposition to hold filtering to.
+        if not valid(data, whole):
             continue
         for selectors, only in WANTED:
             try:

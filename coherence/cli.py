@@ -40,6 +40,27 @@ def _hostport(value: Optional[str]) -> Optional[Tuple[str, int]]:
     return host, int(port)
 
 
+class ProcessId(click.ParamType):
+    """A process id: a whole number from 1 (click's IntRange answers "not a valid integer range")."""
+
+    name = "pid"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            text = str(value).strip()
+            if not text.isdigit():
+                self.fail(f"{value!r} is not a process id (a whole number from 1)", param, ctx)
+            number = int(text)
+        if number < 1:
+            self.fail(f"{value!r} is not a process id (a whole number from 1)", param, ctx)
+        return number
+
+
+PID = ProcessId()
+
+
 def _seconds(ctx: click.Context, param: click.Parameter, value: Optional[float]) -> Optional[float]:
     """A finite, positive number of seconds (click's FloatRange lets nan and inf through)."""
     if value is not None and not (0 < value < 1e9):
@@ -125,7 +146,7 @@ watch_options = _options(
                  help="Prefix of the StatsD counters."),
     click.option("--statsd", metavar="HOST:PORT",
                  help="Listen for StatsD counters <prefix>.ingress/.egress (e.g. 127.0.0.1:8125)."),
-    click.option("--pid", type=click.IntRange(min=1), help="Watch one process instead of the host/container."),
+    click.option("--pid", type=PID, help="Watch one process instead of the host/container."),
 )
 
 
@@ -175,7 +196,7 @@ class Command(click.Command):
     option"."""
 
     def __init__(self, *args: Any, usage_exit_code: int = EXIT_USAGE,
-                 stray: str = "{options} are for {home}", **kwargs: Any) -> None:
+                 stray: str = "{options} {verb} for {home}", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.usage_exit_code = usage_exit_code
         self.stray = stray
@@ -197,8 +218,8 @@ class Command(click.Command):
                 a.split("=", 1)[0] for a in given
                 if a.split("=", 1)[0] not in mine and any(a.split("=", 1)[0] in _opts(c) for c in siblings)))
             raise click.UsageError(self.stray.format(
-                options=", ".join(stray), me=_spelling(ctx, self.name), home=_spelling(ctx, home.name)),
-                ctx) from None
+                options=", ".join(stray), verb="is" if len(stray) == 1 else "are",
+                me=_spelling(ctx, self.name), home=_spelling(ctx, home.name)), ctx) from None
 
 
 def _spelling(ctx: click.Context, name: Optional[str]) -> str:
@@ -370,7 +391,7 @@ def _watching(config: Config, sinks: List[Sink], *, pid: Optional[int], statsd: 
     return sentinel, exporter
 
 
-@main.command(cls=Command, stray="{options} are for {home}")
+@main.command(cls=Command, stray="{options} {verb} for {home}")
 @json_option
 @click.option("--duration", type=float, callback=_seconds, metavar="SECONDS",
               help="Stop after this long and exit 0 (default: until Ctrl-C).")
@@ -394,7 +415,7 @@ def live(as_json: bool, duration: Optional[float], pid: Optional[int], statsd: O
         sentinel.run(duration)
 
 
-@main.command(cls=Command, stray="{me} is headless: {options} are for {home}")
+@main.command(cls=Command, stray="{me} is headless: {options} {verb} for {home}")
 @click.option("--duration", type=float, callback=_seconds, metavar="SECONDS",
               help="Stop after this long and exit 0 (default: until SIGTERM or Ctrl-C).")
 @exporter_options
@@ -427,7 +448,7 @@ def serve(duration: Optional[float], pid: Optional[int], statsd: Optional[str],
     log.info("stopped")
 
 
-@main.command(cls=Command, stray="{me} replays a script: {options} are for {home}")
+@main.command(cls=Command, stray="{me} replays a script: {options} {verb} for {home}")
 @json_option
 @click.option("--scenario", default="story", show_default=True, metavar="NAME", callback=_scenario,
               help="Simulation scenario: story, healthy, seizure, fever, storm, cascade, leak.")
@@ -485,7 +506,7 @@ def check(ctx: click.Context, duration: Optional[float], pid: Optional[int],
 
 
 @main.command(cls=Command)
-@click.option("--pid", type=click.IntRange(min=1), help="Watch one process instead of the host/container.")
+@click.option("--pid", type=PID, help="Watch one process instead of the host/container.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per source, one per line.")
 @click.option("--scrape", "runtime__scrape", metavar="URL", multiple=True,
               help="Also read this /metrics endpoint once and say what it gives. Repeatable.")

@@ -18,13 +18,17 @@ else:  # pragma: no cover - exercised on 3.9/3.10 only
     import tomli as tomllib
 
 
+# The fastest the sampler reads (ticks per second).
+MAX_HZ = 2000
+
+
 class ConfigError(Exception):
     """An invalid setting; ``str(err)`` is one line naming it."""
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    hz: float = 1000.0                 # CPU counters read per second (1-2000)
+    hz: float = 1000.0                 # CPU counters read per second (1-MAX_HZ)
     slow_hz: float = 20.0              # memory, PSI and request counters (5-20 us a read); at most hz
     rate_half_life_s: float = 1.0      # smoothing of rates: fault rate, request rates, PSI
     runtime_hz: float = 2.0            # runtime counters (JVM performance data, scrapes), off the tick
@@ -149,15 +153,19 @@ class Config:
                 if v <= 0:
                     raise ConfigError(f"{name} must be > 0, got {v!r}")
         s = self.sampler
-        if not 1 <= s.hz <= 2000:
-            raise ConfigError(f"sampler.hz must be between 1 and 2000, got {s.hz:g}")
+        if not 1 <= s.hz <= MAX_HZ:
+            raise ConfigError(f"sampler.hz must be between 1 and {MAX_HZ}, got {s.hz:g}")
         if s.runtime_hz > 20:
             # each round reads every JVM file and scrape target in Python, off the tick
             raise ConfigError(f"sampler.runtime_hz must be at most 20, got {s.runtime_hz:g}")
         z = self.seizure
         if z.resolution_s < 1.0 / s.hz:
-            raise ConfigError(f"seizure.resolution_s ({z.resolution_s:g} s) is shorter than one "
-                              f"tick at {s.hz:g} Hz: raise hz to at least {1 / z.resolution_s:g} "
+            what = f"seizure.resolution_s ({z.resolution_s:g} s) is shorter than one tick at {s.hz:g} Hz"
+            if 1 / z.resolution_s > MAX_HZ:     # no hz can give it: only the resolution can change
+                raise ConfigError(f"{what}, and the sampler reads at most {MAX_HZ} times a second: "
+                                  f"raise the resolution to at least {1 / s.hz:g} s "
+                                  f"({1 / MAX_HZ:g} s with hz = {MAX_HZ})")
+            raise ConfigError(f"{what}: raise hz to at least {math.ceil(1 / z.resolution_s):g} "
                               f"or the resolution to {1 / s.hz:g} s")
         if z.window_s < 2 * z.resolution_s:
             raise ConfigError(f"seizure.window_s ({z.window_s:g} s) must hold at least two buckets "

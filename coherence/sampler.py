@@ -292,6 +292,16 @@ class Sampler:
         """Every signal's current figures, each read without a lock (see Signals.snapshot)."""
         return self.signals.snapshot()
 
+    def read_figures(self) -> Dict[str, Dict[str, int]]:
+        """Per source read from files: reads, read errors and parse misses (a field not found in
+        what was read: a format this kernel writes differently), summed over its files."""
+        out: Dict[str, Dict[str, int]] = {}
+        for (name, _path), f in zip(self._files, self.engine.file_stats()):
+            mine = out.setdefault(name, {"reads": 0, "errors": 0, "parse_misses": 0})
+            for key in mine:
+                mine[key] += int(f[key])
+        return out
+
     def sources(self) -> List[Row]:
         """Every candidate source with availability, the one in use per family, and why; a
         source whose file became unreadable while running (its process exited) shows as lost."""

@@ -145,7 +145,7 @@ def test_lines_from_a_real_sampler_validate(validator):
     from coherence.sampler import Sampler
     sampler = Sampler(hz=500).start()
     try:
-        monitor = Monitor(Config().validate(), sampler.snapshot, lambda: sampler_figures(sampler))
+        monitor = Monitor(Config().validate(), sampler.snapshot, sampler_figures(sampler))
         out = io.StringIO()
         sink = JsonLinesSink(out, interval_s=0.2)
         for _ in range(12):

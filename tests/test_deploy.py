@@ -385,6 +385,10 @@ def test_user() -> Iterator[str]:
     try:
         yield TEST_USER
     finally:
+        try:
+            os.rmdir(f"/tmp/hsperfdata_{TEST_USER}")   # its JVM's directory, empty once it exited
+        except OSError:
+            pass
         if created:
             subprocess.run(["userdel", TEST_USER], check=False)
 

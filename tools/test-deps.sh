@@ -8,6 +8,8 @@
 #   promtool (prometheus): tests/test_sinks_prometheus.py runs `promtool check metrics` on a real
 #     scrape. The package ships a Prometheus server as a service: it is kept from starting during
 #     the install (policy-rc.d) and stopped and disabled after it, so nothing listens on 9090.
+#   systemd-analyze (systemd), strace: tests/test_deploy.py verifies deploy/systemd/coherence.service
+#     and traces `coherence serve` against its system call filter (nothing is started)
 set -euo pipefail
 need=()
 command -v perf >/dev/null 2>&1 || need+=(linux-perf)
@@ -15,6 +17,8 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc)
 command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
 command -v go >/dev/null || need+=(golang-go)
 command -v promtool >/dev/null || need+=(prometheus)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v strace >/dev/null || need+=(strace)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "tools/test-deps.sh: the tests need ${need[*]}: install them (apt-get install ${need[*]}) or run this as root" >&2

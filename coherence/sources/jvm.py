@@ -457,7 +457,8 @@ def _unreadable(path: str) -> str:
     except SourceUnavailable as err:
         reason = str(err)
         if reason.startswith("permission denied"):
-            reason += " (run as the JVM's user or root)"
+            # measured: root whose capabilities are dropped (a container) is refused too
+            reason += " (run as the JVM's user, or with CAP_DAC_READ_SEARCH)"
         return reason
     return ""
 
@@ -582,7 +583,7 @@ def _why_no_file(proc_root: str, pid: int) -> str:
         os.listdir(os.path.join(proc_dir, "root", "tmp"))
     except OSError as err:
         if err.errno in (errno.EACCES, errno.EPERM):
-            return f"permission denied: {proc_dir}/root/tmp (run as the JVM's user or root)"
+            return f"permission denied: {proc_dir}/root/tmp (run as its user, or with CAP_SYS_PTRACE)"
     return (f"no hsperfdata file for process {pid}: not a JVM, or one started with "
             "-XX:-UsePerfData or -XX:+PerfDisableSharedMem")
 

@@ -26,6 +26,11 @@ class ConfigError(Exception):
     """An invalid setting; ``str(err)`` is one line naming it."""
 
 
+# Values one window keeps (8 bytes each, in several accumulators): a day of 0.1 s buckets is
+# 864 000; a window past this would fail to allocate at start-up, long after the file was read.
+MAX_WINDOW_VALUES = 1_000_000
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     hz: float = 1000.0                 # CPU counters read per second (1-MAX_HZ)
@@ -182,6 +187,12 @@ class Config:
         if a.window_s * s.slow_hz < 2 or self.fever.window_s * s.slow_hz < 2:
             raise ConfigError("amplification.window_s and fever.window_s must hold at least two "
                               "reads at sampler.slow_hz")
+        for name, values in (("seizure.window_s / seizure.resolution_s", z.window_s / z.resolution_s),
+                             ("amplification.window_s * sampler.slow_hz", a.window_s * s.slow_hz),
+                             ("amplification.window_s * sampler.runtime_hz", a.window_s * s.runtime_hz),
+                             ("fever.window_s * sampler.slow_hz", self.fever.window_s * s.slow_hz)):
+            if values > MAX_WINDOW_VALUES:
+                raise ConfigError(f"{name} is {values:g} values a window: at most {MAX_WINDOW_VALUES:g}")
         self._validate_runtime()
         if self.exporter.listen:
             try:
@@ -204,6 +215,8 @@ class Config:
                 raise ConfigError(f"runtime.scrape: {err}") from None
         if len(set(r.scrape)) != len(r.scrape):
             raise ConfigError("runtime.scrape: the same URL twice")
+        if r.scrape_max_mb * (1 << 20) < 1:
+            raise ConfigError(f"runtime.scrape_max_mb must be at least one byte, got {r.scrape_max_mb:g}")
         for key in ("ingress_metric", "egress_metric", "alloc_metric"):
             text = getattr(r, key)
             if text:
@@ -223,12 +236,17 @@ class Config:
         return _apply(self, sections, "override").validate()
 
 
+def _shown(name: str) -> str:
+    # TOML's quoted keys may hold newlines and control characters: the error stays one line
+    return name if name.isprintable() else repr(name)
+
+
 def _apply(config: Config, data: Mapping[str, Any], origin: str) -> Config:
     known_sections = {f.name: f for f in fields(config)}
     changes: Dict[str, Any] = {}
     for section, values in data.items():
         if section not in known_sections:
-            raise ConfigError(f"{origin}: unknown section [{section}] "
+            raise ConfigError(f"{origin}: unknown section [{_shown(section)}] "
                               f"(known: {', '.join(sorted(known_sections))})")
         if not isinstance(values, Mapping):
             raise ConfigError(f"{origin}: [{section}] must be a table of settings")
@@ -237,7 +255,7 @@ def _apply(config: Config, data: Mapping[str, Any], origin: str) -> Config:
         values = dict(values)
         for key, value in values.items():
             if key not in known:
-                raise ConfigError(f"{origin}: unknown setting {section}.{key} "
+                raise ConfigError(f"{origin}: unknown setting {section}.{_shown(key)} "
                                   f"(known: {', '.join(sorted(known))})")
             default = known[key].default
             if isinstance(default, tuple):

@@ -520,6 +520,24 @@ def test_a_layout_refuses_a_buffer_whose_entries_changed():
     assert layout.read(poke(PARALLEL, 28, "<i", 1)) is None       # num_entries
 
 
+def test_a_reason_naming_an_entry_is_one_line():
+    # found by fuzz/fuzz_jvm.py in CI: an entry's name holding a newline made a two-line reason
+    data = poke(build([("sun.gc.x\ny", 1)]), FIRST + 16, "<i", 36)     # the long past its 40 bytes
+    with pytest.raises(PerfDataError, match="long runs past") as err:
+        parse_perfdata(data)
+    assert "\n" not in str(err.value) and "'sun.gc.x\\ny'" in str(err.value)
+
+
+@pytest.mark.parametrize("cut", [32, 4096, len(PARALLEL) - 1])
+def test_a_layout_refuses_a_buffer_cut_short(cut):
+    # found by fuzz/fuzz_jvm.py: the prologue intact, the places past the end: struct.error
+    # escaped read() instead of None (parse again, which names what is wrong)
+    layout = PerfLayout(PARALLEL, USED)
+    assert layout.read(PARALLEL[:cut]) is None
+    with pytest.raises(PerfDataError, match="used size"):
+        parse_perfdata(PARALLEL[:cut])
+
+
 def test_a_reader_parses_whole_again_when_the_jvm_adds_entries(roots):
     reader, _, path = open_fake(roots)
     with reader:

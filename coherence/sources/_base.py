@@ -18,6 +18,10 @@ log = logging.getLogger("coherence.sources")
 READ_SIZE = 65536
 # Counters are exposed by the kernel as unsigned 64-bit integers; anything longer is junk.
 MAX_COUNTER = 2**64 - 1
+# The compiled parser keeps a field's prefix and after_last in fixed buffers of these sizes
+# (field_t in csrc/coherence/_sampler.pyx): a Field longer than that could not be sampled.
+MAX_PREFIX_BYTES = 40
+MAX_AFTER_LAST_BYTES = 8
 
 
 def _sysconf(name: str, default: int) -> int:
@@ -54,6 +58,9 @@ class Field:
             raise ValueError("Field.signal must be a non-empty name with its unit")
         if not isinstance(self.prefix, bytes) or not isinstance(self.after_last, bytes):
             raise ValueError(f"Field {self.signal!r}: prefix and after_last must be bytes")
+        if len(self.prefix) > MAX_PREFIX_BYTES or len(self.after_last) > MAX_AFTER_LAST_BYTES:
+            raise ValueError(f"Field {self.signal!r}: prefix longer than {MAX_PREFIX_BYTES} bytes or "
+                             f"after_last longer than {MAX_AFTER_LAST_BYTES}")
         if self.index < 0 or self.occurrence < 0:
             raise ValueError(f"Field {self.signal!r}: index and occurrence must be >= 0")
         if not (math.isfinite(self.scale) and self.scale > 0):

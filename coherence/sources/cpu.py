@@ -255,14 +255,25 @@ def _cgroup_levels(mount: str, member: Optional[str]) -> List[str]:
     return levels
 
 
+# No kernel numbers CPUs this high (CONFIG_NR_CPUS is at most 8192): a larger number is junk.
+MAX_CPU_NUMBER = 1 << 16
+
+
+def _cpu_number(text: str) -> int:
+    # isdigit() alone would pass "²" and numbers too long for int() or float()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 5 else MAX_CPU_NUMBER
+
+
 def parse_cpu_list(text: str) -> int:
     """How many CPUs a kernel CPU list names ("0-3,8,10-11" is 7); 0 if it is not one."""
     count = 0
     for part in text.strip().split(","):
-        lo, sep, hi = part.partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
+        lo_text, sep, hi_text = part.partition("-")
+        lo = _cpu_number(lo_text)
+        hi = _cpu_number(hi_text) if sep else lo
+        if not lo <= hi < MAX_CPU_NUMBER:
             return 0
-        count += (int(hi) - int(lo) + 1) if sep else 1
+        count += hi - lo + 1
     return count
 
 
@@ -306,7 +317,8 @@ def cpu_capacity(proc_root: str = "/proc", sys_root: str = "/sys",
             continue
         for level in _cgroup_levels(mount, member.get(key)):
             quota, path = quota_of(level)
-            if quota is not None and quota < cpus:
+            # 0 is no quota a kernel sets (it refuses under 1 ms a period): junk, not "no CPU"
+            if quota is not None and 0 < quota < cpus:
                 cpus = quota
                 reasons.append(f"quota {quota:g} CPUs ({path})")
     return cpus, "; ".join(reasons)

@@ -150,16 +150,18 @@ def _parse_entries(data: bytes, bo: str, limit: int, offset: int, count: int,
         if not raw_name or len(raw_name) > MAX_NAME_BYTES:
             raise PerfDataError(f"entry {index} at {offset}: empty or overlong name")
         name = raw_name.decode("ascii", "replace")
+        # a reason is one line: a name holding a newline or other control bytes is shown escaped
+        shown = name if name.isprintable() else repr(name)
         start = offset + data_at
         if dtype == TYPE_LONG and vector == 0:
             if data_at + 8 > length:
-                raise PerfDataError(f"entry {index} ({name}): long runs past its entry")
+                raise PerfDataError(f"entry {index} ({shown}): long runs past its entry")
             if name not in values and where is not None:
                 where[name] = (start, 0)
             values.setdefault(name, long_.unpack_from(data, start)[0])
         elif dtype == TYPE_BYTE and vector > 0 and units == UNITS_STRING:
             if data_at + vector > length:
-                raise PerfDataError(f"entry {index} ({name}): string runs past its entry")
+                raise PerfDataError(f"entry {index} ({shown}): string runs past its entry")
             text = data[start:start + vector].split(b"\0", 1)[0]
             if name not in values and where is not None:
                 where[name] = (start, vector)
@@ -187,8 +189,10 @@ class PerfLayout:
 
     def read(self, data: bytes) -> Optional[PerfData]:
         """The wanted values of ``data``, or None when its prologue (its layout) changed."""
-        # the prologue's first 32 bytes: magic to num_entries; mod_time_stamp moves with the layout
-        if data[:PROLOGUE_SIZE] != self.key:
+        # the prologue's first 32 bytes: magic to num_entries; mod_time_stamp moves with the layout;
+        # a buffer shorter than the size it says it uses (a file cut short between the fstat and
+        # the pread) does not hold the places either
+        if data[:PROLOGUE_SIZE] != self.key or len(data) < self.perf.used_bytes:
             return None
         unpack = self._long.unpack_from
         values: Dict[str, Value] = {name: unpack(data, at)[0] for name, at in self.longs}

@@ -602,7 +602,7 @@ cdef class Engine:
                 for k in range(f.first_field, f.first_field + f.nfields):
                     self._miss(self.fields[k].slot)
                 continue
-            n = pread(f.fd, buf, READ_BUF - 1, 0)
+            n = pread(f.fd, buf, READ_BUF, 0)   # as many bytes as Source.read() parses
             t = <double>now_ns(CLOCK_MONOTONIC) / NS
             if n <= 0:
                 # The file went away (process exited, cgroup removed): stop reading it, once,

@@ -6,7 +6,6 @@ traceback."""
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
@@ -500,9 +499,12 @@ def sources(pid: Optional[int], as_json: bool, config_file: Optional[str], **lim
     """
     from coherence import runtime
     from coherence.sinks.sources import json_lines, table_lines
-    from coherence.sources import cpu_capacity, describe
-    if pid is not None and not os.path.isdir(f"/proc/{pid}"):
-        raise click.BadParameter(f"no process {pid}", param_hint="'--pid'")
+    from coherence.sources import SourceUnavailable, cpu_capacity, describe, pid_dir
+    if pid is not None:
+        try:
+            pid_dir("/proc", pid)       # "no process N", or hidden from us (hidepid)
+        except SourceUnavailable as err:
+            raise click.BadParameter(str(err), param_hint="'--pid'") from None
     config = _config(config_file, limits)
     rows = describe(pid=pid) + runtime.rows(config, pid)
     ncpu, why = cpu_capacity(pid=pid)

@@ -118,6 +118,10 @@ class Finding(Generic[E]):
     max_state: State = State.CRITICAL  # a forecast warns; it never escalates
 
 
+# Why a source read until now is not any more: its file or clock became unreadable.
+LOST = "lost while running: it became unreadable (the watched process exited, or its cgroup was removed)"
+
+
 def _nan(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
@@ -159,7 +163,7 @@ class Seizure:
         if not cpu.available:
             return Finding(detector=self.name, condition=Condition.UNAVAILABLE, value=math.nan,
                            limit=c.std_limit_pct, unit=self.unit, veto=self.veto,
-                           reason="no CPU source (lost: the watched process exited?)")
+                           reason=f"CPU source {LOST}")
         crossings = swings(cpu.history_pct[-n:]) if n else 0
         evidence = SeizureEvidence(mean_pct=mean, std_pct=std, buckets=n, swings=crossings,
                                    resolution_s=c.resolution_s, window_s=c.window_s,
@@ -266,6 +270,8 @@ class Fever:
                     evidence=evidence, reason=(
                         f"{worst.name}: {worst.gc_share * 100:.1f} % of its time in GC (limit "
                         f"{c.gc_time_limit_pct:g} %); no kernel memory source"))
+            if m.lost:
+                return finding(Condition.UNAVAILABLE, f"memory source {LOST}")
             return finding(Condition.UNAVAILABLE, "no memory source on this host "
                            "(see `coherence sources`)")
         if _nan(churn) or _nan(growth) or m.trend_points < m.trend_points_needed // 2:

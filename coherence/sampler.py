@@ -304,5 +304,5 @@ class Sampler:
         if cpu is not None and cpu.clock is not None and self.signals.gauges.state()[2][Slot.CPU_NS]:
             lost[cpu.name] = f"the CPU clock of process {self.pid}"
         return [row._replace(available=False, reason=f"lost while running: {lost[row.name]} "
-                                                     "became unreadable (process exited?)")
+                                                     "became unreadable (process exited, or cgroup removed?)")
                 if row.name in lost else row for row in describe(self.chosen)]

@@ -14,7 +14,7 @@ import click
 from coherence import __version__
 from coherence.config import (DEFAULT_EXPORTER_HOST, DEFAULT_EXPORTER_PORT, Config, ConfigError, load,
                               parse_listen)
-from coherence.sinks.base import Sink, SinkClosed
+from coherence.sinks.base import Sink, SinkClosed, SinkFailed
 
 CHECK_MARGIN_S = 2.0        # check samples warm-up (half a window) + `for` + this, 12 s by default
 EXIT_USAGE = 2
@@ -323,7 +323,7 @@ def _screen(as_json: bool, config: Config) -> Sink:
     if as_json:
         from coherence.sinks.jsonl import JsonLinesSink
         return JsonLinesSink.from_config(config, sys.stdout)
-    if sys.stdout.isatty():
+    if sys.stdout is not None and sys.stdout.isatty():
         from coherence.sinks.dashboard import Dashboard
         return Dashboard.from_config(config)
     from coherence.sinks.plain import PlainStatusSink
@@ -480,6 +480,8 @@ def check(ctx: click.Context, duration: Optional[float], pid: Optional[int],
             sentinel.run(duration)
     except (KeyboardInterrupt, Stop):
         raise click.ClickException("check interrupted") from None
+    except SinkClosed:
+        pass            # nobody reads the line (`| grep -q`): the exit code still says the status
     ctx.exit(sink.exit_code)
 
 
@@ -534,7 +536,8 @@ def run(argv: Optional[List[str]] = None) -> int:
     except click.ClickException as e:
         click.echo(f"coherence: {e.format_message()}", err=True)
         return bad
-    except (ConfigError, SamplerError, StatsdError, ExporterError, WebConfigError, ValueError) as e:
+    except (ConfigError, SamplerError, StatsdError, ExporterError, WebConfigError, ValueError,
+            SinkFailed) as e:
         click.echo(f"coherence: {e}", err=True)
         return bad
     except (BrokenPipeError, SinkClosed, KeyboardInterrupt):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Dict, Generic, Optional, Tuple, TypeVar
+from typing import Any, Dict, Generic, Iterable, Optional, Tuple, TypeVar
 
 import numpy as np
 
@@ -224,11 +224,20 @@ class Fever:
             self.alloc_baseline[p.name] = base + alpha * (p.alloc_bytes_per_s - base)
         self._learned_at[p.name] = now
 
+    def _forget(self, names: Iterable[str]) -> None:
+        """Forget the usual rates of runtimes no longer listed: on a host where JVMs come and
+        go (a build agent), one kept per JVM ever seen would grow without end."""
+        listed = set(names)
+        for name in [n for n in self.alloc_baseline if n not in listed]:
+            del self.alloc_baseline[name]
+            self._learned_at.pop(name, None)
+
     def evaluate(self, snap: Snapshot, now: float) -> Finding[FeverEvidence]:
         m, c = snap.memory, self.c
         judged = [p for p in snap.runtime if p.available and not _nan(p.gc_share)]
         for p in judged:
             self._learn_alloc(p, now)
+        self._forget(p.name for p in snap.runtime)
         worst = max(judged, key=lambda p: p.gc_share, default=None)
         churn = m.churn_bytes_per_s / MB
         resident, total, growth = m.resident_bytes, m.total_bytes, m.resident_growth_bytes_per_s

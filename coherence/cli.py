@@ -6,7 +6,6 @@ traceback."""
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
@@ -15,7 +14,7 @@ import click
 from coherence import __version__
 from coherence.config import (DEFAULT_EXPORTER_HOST, DEFAULT_EXPORTER_PORT, Config, ConfigError, load,
                               parse_listen)
-from coherence.sinks.base import Sink, SinkClosed
+from coherence.sinks.base import Sink, SinkClosed, SinkFailed
 
 CHECK_MARGIN_S = 2.0        # check samples warm-up (half a window) + `for` + this, 12 s by default
 EXIT_USAGE = 2
@@ -345,7 +344,7 @@ def _screen(as_json: bool, config: Config) -> Sink:
     if as_json:
         from coherence.sinks.jsonl import JsonLinesSink
         return JsonLinesSink.from_config(config, sys.stdout)
-    if sys.stdout.isatty():
+    if sys.stdout is not None and sys.stdout.isatty():
         from coherence.sinks.dashboard import Dashboard
         return Dashboard.from_config(config)
     from coherence.sinks.plain import PlainStatusSink
@@ -502,6 +501,8 @@ def check(ctx: click.Context, duration: Optional[float], pid: Optional[int],
             sentinel.run(duration)
     except (KeyboardInterrupt, Stop):
         raise click.ClickException("check interrupted") from None
+    except SinkClosed:
+        pass            # nobody reads the line (`| grep -q`): the exit code still says the status
     ctx.exit(sink.exit_code)
 
 
@@ -521,9 +522,12 @@ def sources(pid: Optional[int], as_json: bool, config_file: Optional[str], **lim
     """
     from coherence import runtime
     from coherence.sinks.sources import json_lines, table_lines
-    from coherence.sources import cpu_capacity, describe
-    if pid is not None and not os.path.isdir(f"/proc/{pid}"):
-        raise click.BadParameter(f"no process {pid}", param_hint="'--pid'")
+    from coherence.sources import SourceUnavailable, cpu_capacity, describe, pid_dir
+    if pid is not None:
+        try:
+            pid_dir("/proc", pid)       # "no process N", or hidden from us (hidepid)
+        except SourceUnavailable as err:
+            raise click.BadParameter(str(err), param_hint="'--pid'") from None
     config = _config(config_file, limits)
     rows = describe(pid=pid) + runtime.rows(config, pid)
     ncpu, why = cpu_capacity(pid=pid)
@@ -553,7 +557,8 @@ def run(argv: Optional[List[str]] = None) -> int:
     except click.ClickException as e:
         click.echo(f"coherence: {e.format_message()}", err=True)
         return bad
-    except (ConfigError, SamplerError, StatsdError, ExporterError, WebConfigError, ValueError) as e:
+    except (ConfigError, SamplerError, StatsdError, ExporterError, WebConfigError, ValueError,
+            SinkFailed) as e:
         click.echo(f"coherence: {e}", err=True)
         return bad
     except (BrokenPipeError, SinkClosed, KeyboardInterrupt):

@@ -190,7 +190,8 @@ class Sampler:
                 self.engine.set_rule(SLOTS[derived], rule.floor, rule.hold, rule.take_min)
         if source.clock is not None:
             for slot, _coef in targets.get(source.clock_signal, ()):
-                self.engine.add_clock(source.clock, slot, every, phase)
+                alive = source.clock_alive
+                self.engine.add_clock(source.clock, slot, every, phase, -1 if alive is None else alive)
         elif source.readers:
             for reader in source.readers:
                 fields = [(f.prefix, f.index, f.occurrence, f.after_last, slot, coef * f.scale)
@@ -313,5 +314,5 @@ class Sampler:
         if cpu is not None and cpu.clock is not None and self.signals.gauges.state()[2][Slot.CPU_NS]:
             lost[cpu.name] = f"the CPU clock of process {self.pid}"
         return [row._replace(available=False, reason=f"lost while running: {lost[row.name]} "
-                                                     "became unreadable (process exited?)")
+                                                     "became unreadable (process exited, or cgroup removed?)")
                 if row.name in lost else row for row in describe(self.chosen)]

@@ -299,6 +299,26 @@ def test_a_process_that_exits_is_lost_once_not_an_error_per_tick():
         child.wait()
 
 
+def test_a_process_that_exited_is_lost_even_while_its_clock_still_reads():
+    """An exited process unreaped (a zombie) still has a CPU clock, and once reaped its pid may
+    be given to another process, whose clock the same id reads: the engine asks the process's
+    pidfd after each read, and loses the clock as soon as it exited."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        s = Sampler(hz=200, pid=child.pid).start()
+        assert s.chosen["cpu"].source is not None and s.chosen["cpu"].source.name == "cpu.pidclock"
+        assert wait_for(lambda: s.stats().ticks > 20)
+        assert not s.signals.gauges.state()[2][Slot.CPU_NS]
+        child.kill()                            # not reaped: its clock still answers
+        assert wait_for(lambda: s.signals.gauges.state()[2][Slot.CPU_NS])
+        rows = {r.name: r for r in s.sources()}
+        assert not rows["cpu.pidclock"].available and "lost" in rows["cpu.pidclock"].reason
+        s.stop()
+    finally:
+        child.kill()
+        child.wait()
+
+
 # ------------------------------------------------------------------ the Sampler
 @pytest.mark.parametrize("kwargs, match", [
     ({"hz": 0}, "hz must be a positive"),

@@ -275,7 +275,7 @@ def test_piped_into_head_the_run_ends_quietly_with_exit_0():
 def test_report_json_keys_and_types(reports):
     obj = report_json(report_at(reports, 25.0))
     assert list(obj) == ["ts", "elapsed_s", "status", "changed", "detectors", "veto", "incidents",
-                         "sampler"]
+                         "sampler", "runtime"]
     assert list(obj["detectors"]) == ["seizure", "fever", "amplification"]
     for d in obj["detectors"].values():
         assert list(d) == ["state", "for_s", "value", "limit", "unit", "reason", "evidence", "veto"]

@@ -41,6 +41,14 @@ cdef extern from "<sys/prctl.h>" nogil:
 cdef extern from "<errno.h>" nogil:
     int errno
 
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum: POLLIN
+
 # --- signals the engine knows; each source declares which of its fields feed which slot, and
 # with what sign and scale, and how a slot's value is bounded (coherence.sources: recipe, rules)
 cpdef enum Slot:
@@ -108,6 +116,7 @@ ctypedef struct counter_src_t:
 
 ctypedef struct clock_src_t:
     clockid_t clock          # a CPU-time clock (another process's: all its threads, in ns)
+    int alive_fd             # a pidfd of that process, readable once it exited (-1: none)
     int slot
     int every
     int phase
@@ -133,6 +142,16 @@ cdef inline int64_t now_ns(int clk) noexcept nogil:
     cdef timespec ts
     clock_gettime(clk, &ts)
     return <int64_t>ts.tv_sec * NS + ts.tv_nsec
+
+
+cdef inline bint exited(int pidfd) noexcept nogil:
+    # A pidfd polls readable once its process has exited, and stays so. A failed poll (EINTR)
+    # says nothing: the next read asks again.
+    cdef pollfd p
+    p.fd = pidfd
+    p.events = POLLIN
+    p.revents = 0
+    return poll(&p, 1, 0) > 0
 
 
 cdef inline bint is_space(char c) noexcept nogil:
@@ -431,13 +450,17 @@ cdef class Engine:
         self.counters[self.ncounters].phase = phase
         self.ncounters += 1
 
-    def add_clock(self, int clock, int slot, int every, int phase):
-        """A clock_gettime clock read as a counter in ns (the CPU time of a process)."""
+    def add_clock(self, int clock, int slot, int every, int phase, int alive_fd=-1):
+        """A clock_gettime clock read as a counter in ns (the CPU time of a process).
+        ``alive_fd``: a pidfd of that process, kept open by the caller; a process CPU clock is
+        named by a pid number, which another process may take once it exited: a read made
+        after the pidfd says it exited is not the watched process's, and the clock is lost."""
         self._configuring()
         _check_slot(slot)
         if self.nclocks >= MAX_CLOCKS or every < 1 or not (0 <= phase < every):
             raise ValueError("too many clocks or a bad schedule")
         self.clocks[self.nclocks].clock = clock
+        self.clocks[self.nclocks].alive_fd = alive_fd
         self.clocks[self.nclocks].slot = slot
         self.clocks[self.nclocks].every = every
         self.clocks[self.nclocks].phase = phase
@@ -623,8 +646,11 @@ cdef class Engine:
         for i in range(self.nclocks):
             if self.clocks[i].lost or tick % self.clocks[i].every != self.clocks[i].phase:
                 continue
-            if clock_gettime(self.clocks[i].clock, &ts) != 0:
-                self.clocks[i].lost = 1          # the process exited
+            # read, then ask whether the process had exited by then: alive after the read, it
+            # was alive during it, and its pid could not belong to another process
+            if clock_gettime(self.clocks[i].clock, &ts) != 0 or (
+                    self.clocks[i].alive_fd >= 0 and exited(self.clocks[i].alive_fd)):
+                self.clocks[i].lost = 1          # the process exited (its pid may be reused)
                 self._lose(self.clocks[i].slot)
                 continue
             self._take(self.clocks[i].slot, <double>ts.tv_sec * 1e9 + <double>ts.tv_nsec,

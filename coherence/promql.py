@@ -112,9 +112,9 @@ def _matrix(path: str) -> List[Series]:
         raise RecordingError(f"{path}: {err.strerror or err}") from None
     except (ValueError, UnicodeDecodeError):
         raise RecordingError(f"{path}: not JSON (the answer of /api/v1/query_range?)") from None
-    if not isinstance(doc, dict) or "data" not in doc:
-        raise RecordingError(f"{path}: not a Prometheus API answer (no \"data\")")
-    if doc.get("status") != "success":
+    if not isinstance(doc, dict) or "status" not in doc:
+        raise RecordingError(f"{path}: not a Prometheus API answer (no \"status\")")
+    if doc.get("status") != "success" or "data" not in doc:
         raise RecordingError(f"{path}: the query failed: {doc.get('error', doc.get('status'))}")
     data = doc["data"]
     if not isinstance(data, dict) or data.get("resultType") != "matrix":
@@ -166,6 +166,13 @@ def _cpu_count(terms: Sequence[Term], matrix: Sequence[Series]) -> Optional[floa
     return float(len(cpus)) if cpus else None
 
 
+def _one_instance(instances: Set[str], path: str, what: str) -> None:
+    if len(instances) > 1:
+        raise RecordingError(f"{path}: {what} come from {len(instances)} instances "
+                             f"({', '.join(sorted(instances)[:3])}): replay one at a time "
+                             "(add instance=\"...\" to the query or the mapping's selectors)")
+
+
 def load(path: str, mapping_path: str) -> Tuple[Header, Iterator[Union[Chunk, End]]]:
     """The header and records of a Prometheus range query, through the mapping file."""
     mapping = SeriesMap(read_file(mapping_path), f"mapping {mapping_path}")
@@ -175,14 +182,15 @@ def load(path: str, mapping_path: str) -> Tuple[Header, Iterator[Union[Chunk, En
     signals = {name: _combine(terms, matrix, used, instances)
                for name, terms in mapping.signals.items()}
     signals = {name: points for name, points in signals.items() if points}
-    runtime = {track: (kind, {c: p for c, terms in counters.items()
-                              if (p := _combine(terms, matrix, used, instances))})
-               for track, (kind, counters) in mapping.runtime.items()}
-    runtime = {t: v for t, v in runtime.items() if v[1]}
-    if len(instances) > 1:
-        raise RecordingError(f"{path}: series of {len(instances)} instances "
-                             f"({', '.join(sorted(instances)[:3])}...): replay one host at a "
-                             "time (add instance=\"...\" to the query)")
+    _one_instance(instances, path, "the host's signals")
+    runtime = {}
+    for track, (kind, counters) in mapping.runtime.items():
+        theirs: Set[str] = set()
+        found = {c: p for c, terms in counters.items()
+                 if (p := _combine(terms, matrix, used, theirs))}
+        _one_instance(theirs, path, f"runtime {track}")
+        if found:
+            runtime[track] = (kind, found)
     if not signals and not runtime:
         raise RecordingError(f"{path}: no series matches the mapping {mapping_path}")
     stamps = sorted({ts for p in signals.values() for ts in p}

@@ -52,12 +52,12 @@ def replay_config(header: Header, file_config: Optional[Mapping[str, Any]] = Non
     sampler = {"hz": min(max(header.hz, 1.0 / config.seizure.resolution_s, 1.0), 2000.0),
                "slow_hz": header.slow_hz, "runtime_hz": min(header.runtime_hz, 20.0)}
     config = replace(config, sampler=replace(config.sampler, **sampler))
-    # windows must hold two reads: scrapes every 15 s widen the fever and amplification windows
-    least = 2.0 / header.slow_hz
+    # a trend needs three reads, a ratio two: scrapes every 15 s widen those windows
+    read_s = 1.0 / header.slow_hz
     config = replace(config,
-                     fever=replace(config.fever, window_s=max(config.fever.window_s, least)),
-                     amplification=replace(config.amplification,
-                                           window_s=max(config.amplification.window_s, least)))
+                     fever=replace(config.fever, window_s=max(config.fever.window_s, 3 * read_s)),
+                     amplification=replace(config.amplification, window_s=max(
+                         config.amplification.window_s, 2 * read_s)))
     config = config.with_overrides(given)
     factor = config.seizure.resolution_s / header.resolution_s
     if factor >= 1 - _EPS and abs(factor - round(factor)) > 1e-6:
@@ -70,15 +70,20 @@ def replay_config(header: Header, file_config: Optional[Mapping[str, Any]] = Non
 def unavailable_for(header: Header, config: Config) -> Dict[str, str]:
     """The detectors the data cannot feed at the timescale the settings ask, and why."""
     out = dict(header.unavailable)
-    res = config.seizure.resolution_s
-    if res < header.resolution_s - _EPS:
-        out["seizure"] = (f"the {header.origin} has a CPU reading every {header.resolution_s:g} s: "
-                          f"a seizure shows in {res * 1000:g} ms buckets, which these data cannot "
-                          f"show (--resolution {header.resolution_s:g} --window "
-                          f"{20 * header.resolution_s:g} judges that coarser timescale)")
-    if "cpu" not in header.available and "seizure" not in out:
-        out["seizure"] = f"the {header.origin} has no CPU series"
+    res, what = config.seizure.resolution_s, _what(header)
+    if "cpu" not in header.available:
+        out.setdefault("seizure", f"the {what} have no CPU series")
+    elif res < header.resolution_s - _EPS:
+        out.setdefault("seizure", (
+            f"the {what} have a CPU reading every {header.resolution_s:g} s: a seizure shows in "
+            f"{res * 1000:g} ms buckets, which these data cannot show (--resolution "
+            f"{header.resolution_s:g} --window {20 * header.resolution_s:g} judges that coarser "
+            "timescale)"))
     return out
+
+
+def _what(header: Header) -> str:
+    return "Prometheus data" if header.origin == "prometheus" else f"{header.origin}'s data"
 
 
 class Unavailable:

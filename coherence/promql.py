@@ -183,10 +183,10 @@ def load(path: str, mapping_path: str) -> Tuple[Header, Iterator[Union[Chunk, En
                for name, terms in mapping.signals.items()}
     signals = {name: points for name, points in signals.items() if points}
     _one_instance(instances, path, "the host's signals")
-    runtime = {}
-    for track, (kind, counters) in mapping.runtime.items():
+    runtime: Dict[str, Tuple[str, Dict[str, Dict[float, float]]]] = {}
+    for track, (kind, terms_of) in mapping.runtime.items():
         theirs: Set[str] = set()
-        found = {c: p for c, terms in counters.items()
+        found = {c: p for c, terms in terms_of.items()
                  if (p := _combine(terms, matrix, used, theirs))}
         _one_instance(theirs, path, f"runtime {track}")
         if found:
@@ -218,7 +218,8 @@ def load(path: str, mapping_path: str) -> Tuple[Header, Iterator[Union[Chunk, En
     for name, points in signals.items():
         ts_sorted = sorted(points)
         series[name] = ([ts - t0 for ts in ts_sorted], [points[ts] for ts in ts_sorted])
-    tracks, events = [], []
+    tracks: List[Track] = []
+    events: List[Tuple[float, int, Optional[Dict[str, float]], str]] = []
     for index, (track, (kind, counters)) in enumerate(runtime.items()):
         tracks.append(Track(index, track, kind, None))
         for ts in sorted({ts for p in counters.values() for ts in p}):

@@ -61,7 +61,7 @@ def write(tmp_path, doc: Any, name: str = "range.json") -> str:
     return str(path)
 
 
-def replayed(path: str, mapping: str = NODE, **overrides: Any) -> List[Report]:
+def replayed(path: str, mapping: str = NODE, **overrides: float) -> List[Report]:
     header, records = load(path, mapping)
     reports: List[Report] = []
     config = replay_config(header, None, overrides)
@@ -93,8 +93,8 @@ def test_node_exporter_data_judge_fever_and_say_why_seizure_cannot(tmp_path):
 
 
 def test_a_coarser_resolution_asked_for_is_judged(tmp_path):
-    reports = replayed(write(tmp_path, node_matrix()), **{"seizure.resolution_s": 15.0,
-                                                          "seizure.window_s": 300.0})
+    coarse = {"seizure.resolution_s": 15.0, "seizure.window_s": 300.0}
+    reports = replayed(write(tmp_path, node_matrix()), NODE, **coarse)
     assert reports[-1].verdict.states["seizure"] == State.OK      # a steady 40 %
     assert reports[-1].snapshot.cpu.util_mean_pct == pytest.approx(40.0, abs=0.01)
 

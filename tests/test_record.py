@@ -64,7 +64,8 @@ def test_a_recording_replays_to_what_the_live_monitor_saw(tmp_path):
     rec = Recording(path)
     h = rec.header
     assert (h.hz, h.slow_hz, h.ncpu, h.resolution_s) == (200.0, 20.0, sampler.ncpu, 0.1)
-    assert h.sources["cpu"] == sampler.chosen["cpu"].source.name
+    cpu = sampler.chosen["cpu"].source
+    assert cpu is not None and h.sources["cpu"] == cpu.name
     records = list(rec.records())
     assert isinstance(records[-1], End) and records[-1].reason == "duration"
     chunks = [r for r in records if isinstance(r, Chunk)]
@@ -85,9 +86,9 @@ def test_a_recording_replays_to_what_the_live_monitor_saw(tmp_path):
     assert again.cpu.util_mean_pct == pytest.approx(live.cpu.util_mean_pct, abs=1e-3)
     assert again.memory.resident_bytes == live.memory.resident_bytes
     assert again.memory.minor_faults_per_s == pytest.approx(live.memory.minor_faults_per_s,
-                                                            rel=1e-6, abs=1e-6)
+                                                            rel=1e-4)   # times to the us
     (p,) = again.runtime
-    assert p.gc_share == pytest.approx(live.runtime[0].gc_share, rel=1e-6)
+    assert p.gc_share == pytest.approx(live.runtime[0].gc_share, rel=1e-4)
 
 
 def test_values_the_taps_lost_are_counted_not_invented():

@@ -539,6 +539,97 @@ def sources(pid: Optional[int], as_json: bool, config_file: Optional[str], **lim
         click.echo(line)
 
 
+# ---------------------------------------------------------------------------------- record, replay
+# (issue 13) `coherence record` writes what the detectors judge; `coherence replay` judges it again.
+@main.command(cls=Command)
+@click.option("-o", "--output", required=True, metavar="FILE",
+              help="The recording to write: JSON lines, gzip-compressed when FILE ends in .gz "
+                   "(about 1 MB an hour with .gz, README: Record and replay).")
+@click.option("--duration", type=float, callback=_seconds, metavar="SECONDS",
+              help="Stop after this long and exit 0 (default: until Ctrl-C or SIGTERM, which "
+                   "also leave a complete file).")
+@json_option
+@watch_options
+@limit_options
+def record(output: str, duration: Optional[float], as_json: bool, pid: Optional[int],
+           statsd: Optional[str], statsd_prefix: str, config_file: Optional[str],
+           **limits: Any) -> None:
+    """Record the raw signals the detectors judge (CPU buckets, memory, faults, PSI, request and
+    runtime counters, each with its source) for `coherence replay`, while judging them live:
+    plain status lines on stdout, JSON lines with --json."""
+    from coherence.record import Recorder
+    from coherence.recording import open_for_writing
+    from coherence.sentinel import Sentinel
+    from coherence.sinks.plain import PlainStatusSink
+    config = _config(config_file, limits)
+    if as_json:
+        from coherence.sinks.jsonl import JsonLinesSink
+        sink: Sink = JsonLinesSink.from_config(config, sys.stdout)
+    else:
+        sink = PlainStatusSink.from_config(config, sys.stdout)
+    stream = open_for_writing(output)
+    try:
+        sentinel = Sentinel.from_config(config, pid=pid, statsd=_hostport(statsd),
+                                        statsd_prefix=statsd_prefix, sinks=[sink])
+    except BaseException:
+        stream.close()
+        os.unlink(output)
+        raise
+    recorder = Recorder.attach(output, sentinel, config, stream)
+    with _until_stopped(), recorder, sentinel:
+        sentinel.run(duration, on_report=recorder.poll)
+        recorder.end_reason = "duration"
+    click.echo(f"coherence: recorded {recorder.chunks} s to {output} "
+               f"({recorder.size_bytes / 1e3:.0f} kB)", err=True)
+
+
+@main.command(cls=Command, stray="{me} judges a recording: {options} are for {home}")
+@click.argument("file", metavar="FILE")
+@json_option
+@click.option("--mapping", metavar="TOML",
+              help="FILE is the JSON of a Prometheus /api/v1/query_range (a matrix): this file "
+                   "maps its series to coherence's signals (README: Replaying Prometheus data).")
+@limit_options
+def replay(file: str, as_json: bool, mapping: Optional[str], config_file: Optional[str],
+           **limits: Any) -> None:
+    """Judge a recording (coherence record) or a Prometheus range query again, with the same
+    detectors and verdicts, as fast as the machine goes: the live outputs (plain status lines,
+    JSON lines with --json), then each alarm with the classic alerts beside it. Flags and
+    --config change the settings the recording was made with. A file that stops being
+    readable is replayed up to there, then one line says why and the exit is 2."""
+    from coherence.config import read_file
+    from coherence.replay import play, replay_config
+    from coherence.sinks import replay as replay_sink
+    from coherence.sinks.base import opened
+    from coherence.sinks.plain import PlainStatusSink
+    if mapping is not None:
+        from coherence.promql import load as load_prometheus
+        header, records = load_prometheus(file, mapping)
+    else:
+        from coherence.recording import Recording
+        recording = Recording(file)
+        header, records = recording.header, recording.records()
+    overrides = {key: limits.pop(key.replace(".", "__"), None) for _, key, _, _ in LIMIT_OPTIONS}
+    config = replay_config(header, read_file(config_file) if config_file else None, overrides)
+    if as_json:
+        from coherence.sinks.jsonl import JsonLinesSink
+        sink: Sink = JsonLinesSink.from_config(config, sys.stdout)
+    else:
+        sink = PlainStatusSink.from_config(config, sys.stdout)
+    result = None
+    with _until_stopped(), opened([sink]) as emit:
+        result = play(header, records, config, on_report=emit, source=file)
+    if result is None:
+        return
+    if sys.stdout.isatty() and not as_json:
+        from rich.console import Console
+        Console().print(replay_sink.result_table(result))
+    else:
+        click.echo(replay_sink.format_result(result), err=as_json)
+    if result.error is not None:
+        raise click.ClickException(str(result.error))
+
+
 def run(argv: Optional[List[str]] = None) -> int:
     """The console entry point: click without its multi-line errors and tracebacks."""
     from coherence.sampler import SamplerError

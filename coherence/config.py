@@ -277,9 +277,14 @@ def load(path: Optional[str]) -> Config:
     config = Config()
     if path is None:
         return config.validate()
+    return _apply(config, read_file(path), f"config file {path}").validate()
+
+
+def read_file(path: str) -> Dict[str, Any]:
+    """The TOML settings file at ``path`` as tables, not yet applied; ConfigError if unreadable."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path}: no such file") from None
     except PermissionError:
@@ -290,7 +295,6 @@ def load(path: Optional[str]) -> Config:
         raise ConfigError(f"config file {path}: {err.strerror or err}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {path}: not valid TOML: {err}") from None
-    return _apply(config, data, f"config file {path}").validate()
 
 
 def as_dict(config: Config) -> Dict[str, Dict[str, float]]:

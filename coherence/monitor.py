@@ -47,6 +47,11 @@ class Monitor:
         self._sampler_stats = sampler_stats or (lambda: None)
         self._start: Optional[float] = None
 
+    @property
+    def started_at(self) -> Optional[float]:
+        """The ``now`` of the first step (None before it): a report's is this + elapsed_s."""
+        return self._start
+
     def step(self, now: float, wall: float) -> Report:
         if self._start is None:
             self._start = now

@@ -306,6 +306,15 @@ cdef class Gauges:
             self.slots.t[<int>slot] = t
         self.publish()
 
+    def lose(self, int slot):
+        """Mark the slot's source lost (it became unreadable), for a writer without an engine
+        (a replay of a recording in which the watched process exited)."""
+        if self.fed:
+            raise RuntimeError("Gauges: an engine writes these; one writer at a time")
+        _check_slot(slot)
+        self.slots.lost[slot] = 1
+        self.publish()
+
     def values(self):
         """The last complete value of each slot (NaN: never read), one consistent copy."""
         cdef slots_t snap
@@ -361,6 +370,9 @@ cdef class Engine:
     cdef ring_t *gauge_history[NSLOTS]
     cdef ratio_t *pushed_ratio
     cdef ratio_t *proxy_ratio
+    # a recording's taps (coherence.record): every value a slot takes and the time of its read
+    cdef ring_t *tap_value[NSLOTS]
+    cdef ring_t *tap_time[NSLOTS]
     # CPU buckets
     cdef int64_t bucket_t0
     cdef double bucket_u0
@@ -509,6 +521,17 @@ cdef class Engine:
         gauges.fed = True
         self._keep.append(gauges)
         self.gauges = gauges
+
+    def feed_tap(self, int slot, RingBuffer values, RingBuffer times):
+        """Every value the slot takes, and the monotonic time of its read, into two rings: what
+        a recording (coherence.record) drains. For CPU_NS, every bucket's utilization and the
+        time it closed. The time is pushed after its value: a reader that sees n times has n
+        values to pair them with."""
+        self._configuring()
+        _check_slot(slot)
+        self._keep += [values, times]
+        self.tap_value[slot] = &values.state
+        self.tap_time[slot] = &times.state
 
     def feed_ratios(self, RatioWindow pushed, RatioWindow proxy):
         """Egress/ingress deltas: from pushed counters, and from the TCP proxy."""
@@ -713,6 +736,9 @@ cdef class Engine:
                         util = 100.0 * du / (<double>(t_ns - self.bucket_t0) * self.ncpu)
                         rolling_push(self.cpu_buckets, util)
                         ring_push(self.cpu_history, util)
+                        if self.tap_time[k] != NULL:
+                            ring_push(self.tap_value[k], util)
+                            ring_push(self.tap_time[k], t)
                         self.stats_priv.buckets += 1
                     self.bucket_t0 = t_ns
                     self.bucket_u0 = v
@@ -721,6 +747,9 @@ cdef class Engine:
                 ewma_update(self.rates[k], t, v)
             if self.gauge_history[k] != NULL:
                 ring_push(self.gauge_history[k], v)
+            if self.tap_time[k] != NULL:
+                ring_push(self.tap_value[k], v)
+                ring_push(self.tap_time[k], t)
         if self.pushed_ratio != NULL:
             self._feed_ratio(EGRESS, INGRESS, self.pushed_ratio)
             self._feed_ratio(TCP_ACTIVE, TCP_PASSIVE, self.proxy_ratio)

@@ -6,6 +6,7 @@ traceback."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 

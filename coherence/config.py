@@ -18,6 +18,10 @@ else:  # pragma: no cover - exercised on 3.9/3.10 only
     import tomli as tomllib
 
 
+# The fastest the sampler reads (ticks per second).
+MAX_HZ = 2000
+
+
 class ConfigError(Exception):
     """An invalid setting; ``str(err)`` is one line naming it."""
 
@@ -29,7 +33,7 @@ MAX_WINDOW_VALUES = 1_000_000
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    hz: float = 1000.0                 # CPU counters read per second (1-2000)
+    hz: float = 1000.0                 # CPU counters read per second (1-MAX_HZ)
     slow_hz: float = 20.0              # memory, PSI and request counters (5-20 us a read); at most hz
     rate_half_life_s: float = 1.0      # smoothing of rates: fault rate, request rates, PSI
     runtime_hz: float = 2.0            # runtime counters (JVM performance data, scrapes), off the tick
@@ -92,6 +96,43 @@ class RuntimeConfig:
     scrape_max_mb: float = 4.0         # a larger answer is refused, not read
 
 
+# The exporter's port when none is given: outside 9100-9999, Prometheus' range of default
+# exporter ports, full since 2023, and the 10000s where new allocations now go; under the
+# kernel's ephemeral range (32768-60999), so an outgoing connection never holds it; in no
+# /etc/services entry. (README, "Prometheus".)
+DEFAULT_EXPORTER_PORT = 21950
+DEFAULT_EXPORTER_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    # HOST:PORT for /metrics and /healthz; "" serves nothing (coherence serve then takes
+    # 127.0.0.1:DEFAULT_EXPORTER_PORT). A bare ":PORT" or "PORT" is 127.0.0.1, never every interface.
+    listen: str = ""
+    web_config: str = ""               # exporter-toolkit's web config file: TLS, basic auth
+    # /healthz answers 503 once the last report or the sampler's last tick is older than this:
+    # 20 missed judgements at 4 a second, 5 missed ticks at the lowest --hz
+    stale_after_s: float = 5.0
+
+
+def parse_listen(text: str) -> Tuple[str, int]:
+    """HOST:PORT, [IPv6]:PORT, :PORT or PORT as (host, port); a missing host is 127.0.0.1, not
+    every interface (say 0.0.0.0 or [::] for those). ValueError with the reason."""
+    text = text.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        raise ValueError(f"{text!r} is not HOST:PORT (write an IPv6 address in brackets: [::1]:PORT)")
+    host = host[1:-1] if host.startswith("[") else host
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        # 0: any free port (`coherence serve` logs the one it got)
+        raise ValueError(f"{text!r} is not HOST:PORT with a port from 0 to 65535")
+    if any(c.isspace() for c in host):
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host or DEFAULT_EXPORTER_HOST, int(port)
+
+
 @dataclass(frozen=True)
 class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -101,6 +142,7 @@ class Config:
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
 
     def validate(self) -> "Config":
         """Check every value and the relations between them; ConfigError naming the first bad one."""
@@ -116,15 +158,19 @@ class Config:
                 if v <= 0:
                     raise ConfigError(f"{name} must be > 0, got {v!r}")
         s = self.sampler
-        if not 1 <= s.hz <= 2000:
-            raise ConfigError(f"sampler.hz must be between 1 and 2000, got {s.hz:g}")
+        if not 1 <= s.hz <= MAX_HZ:
+            raise ConfigError(f"sampler.hz must be between 1 and {MAX_HZ}, got {s.hz:g}")
         if s.runtime_hz > 20:
             # each round reads every JVM file and scrape target in Python, off the tick
             raise ConfigError(f"sampler.runtime_hz must be at most 20, got {s.runtime_hz:g}")
         z = self.seizure
         if z.resolution_s < 1.0 / s.hz:
-            raise ConfigError(f"seizure.resolution_s ({z.resolution_s:g} s) is shorter than one "
-                              f"tick at {s.hz:g} Hz: raise hz to at least {1 / z.resolution_s:g} "
+            what = f"seizure.resolution_s ({z.resolution_s:g} s) is shorter than one tick at {s.hz:g} Hz"
+            if 1 / z.resolution_s > MAX_HZ:     # no hz can give it: only the resolution can change
+                raise ConfigError(f"{what}, and the sampler reads at most {MAX_HZ} times a second: "
+                                  f"raise the resolution to at least {1 / s.hz:g} s "
+                                  f"({1 / MAX_HZ:g} s with hz = {MAX_HZ})")
+            raise ConfigError(f"{what}: raise hz to at least {math.ceil(1 / z.resolution_s):g} "
                               f"or the resolution to {1 / s.hz:g} s")
         if z.window_s < 2 * z.resolution_s:
             raise ConfigError(f"seizure.window_s ({z.window_s:g} s) must hold at least two buckets "
@@ -148,6 +194,11 @@ class Config:
             if values > MAX_WINDOW_VALUES:
                 raise ConfigError(f"{name} is {values:g} values a window: at most {MAX_WINDOW_VALUES:g}")
         self._validate_runtime()
+        if self.exporter.listen:
+            try:
+                parse_listen(self.exporter.listen)
+            except ValueError as err:
+                raise ConfigError(f"exporter.listen: {err}") from None
         for name, count, least in (("verdict.flap_changes", self.verdict.flap_changes, 2),
                                    ("seizure.min_swings", self.seizure.min_swings, 2)):
             if int(count) != count or count < least:
@@ -226,9 +277,14 @@ def load(path: Optional[str]) -> Config:
     config = Config()
     if path is None:
         return config.validate()
+    return _apply(config, read_file(path), f"config file {path}").validate()
+
+
+def read_file(path: str) -> Dict[str, Any]:
+    """The TOML settings file at ``path`` as tables, not yet applied; ConfigError if unreadable."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path}: no such file") from None
     except PermissionError:
@@ -239,7 +295,6 @@ def load(path: Optional[str]) -> Config:
         raise ConfigError(f"config file {path}: {err.strerror or err}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {path}: not valid TOML: {err}") from None
-    return _apply(config, data, f"config file {path}").validate()
 
 
 def as_dict(config: Config) -> Dict[str, Dict[str, float]]:

@@ -237,6 +237,30 @@ class StatsdListener:
             raise StatsdError(f"cannot listen for StatsD on {where}: {_reason(err)}") from err
         return sock
 
+    def dropped(self, proc_root: str = "/proc") -> Optional[int]:
+        """Datagrams the kernel dropped for this socket (its receive queue was full: a flood, or
+        the thread kept from the GIL), from the `drops` column of /proc/net/udp{,6}; None where
+        the socket is not found there (closed, or no procfs)."""
+        try:
+            inode = str(os.fstat(self._sock.fileno()).st_ino).encode()
+        except (OSError, ValueError):
+            return None
+        for name in ("udp", "udp6"):
+            try:
+                with open(os.path.join(proc_root, "net", name), "rb") as f:
+                    lines = f.read().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                # sl local rem st queues tr:tm retrnsmt uid timeout inode ref pointer drops
+                if len(fields) >= 13 and fields[9] == inode:
+                    try:
+                        return int(fields[12])
+                    except ValueError:
+                        return None
+        return None
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

@@ -47,6 +47,11 @@ def cli(*args, timeout=60, env=None, **kw):
     (["--live", "--hz", "-5"], "Invalid value for '--hz'"),
     (["--live", "--hz", "abc"], "'abc' is not a valid float"),
     (["--live", "--hz", "5"], "is shorter than one tick at 5 Hz: raise hz to at least 10"),
+    (["--live", "--resolution", "0.0001"],
+     "the sampler reads at most 2000 times a second: raise the resolution to at least 0.001 s"),
+    (["--live", "--pid", "abc"], "'abc' is not a process id (a whole number from 1)"),
+    (["--live", "--pid", "0"], "'0' is not a process id"),
+    (["--live", "--pid", "-3"], "is not a process id"),
     (["--live", "--window", "0.1"], "must hold at least two buckets"),
     (["--live", "--config", "/nonexistent.toml"], "config file /nonexistent.toml: no such file"),
     (["--live", "--pid", "4194305"], "no process 4194305"),
@@ -58,7 +63,7 @@ def cli(*args, timeout=60, env=None, **kw):
     (["--simulate", "--pid", "1"], "--simulate replays a script"),
     (["--live", "--duration", "nan"], "not a positive, finite number of seconds"),
     (["--live", "--duration", "inf"], "not a positive, finite number of seconds"),
-    (["--live", "--seed", "3"], "--seed are for --simulate"),
+    (["--live", "--seed", "3"], "--seed is for --simulate"),
     (["--hz", "1000"], "say what to do: --live"),
     (["--simulate", "--scenario", "check"], "choose from story"),
     (["sources", "--pid", "4194305"], "no process 4194305"),
@@ -112,8 +117,8 @@ def test_check_is_unknown_on_bad_input_in_any_order_and_nothing_leaks(capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["live", "--seed", "3"], "--seed are for coherence simulate"),
-    (["simulate", "--pid", "1"], "coherence simulate replays a script: --pid are for coherence live"),
+    (["live", "--seed", "3"], "--seed is for coherence simulate"),
+    (["simulate", "--pid", "1"], "coherence simulate replays a script: --pid is for coherence live"),
     (["--simulate", "--duration", "3", "--statsd", "x"],
      "--simulate replays a script: --duration, --statsd are for --live"),
     (["--live", "--seed", "3", "--speed=2"], "--seed, --speed are for --simulate"),
@@ -166,7 +171,10 @@ def test_sources_json_lists_every_family():
     r = CliRunner().invoke(main, ["sources", "--json"])
     assert r.exit_code == 0
     rows = [json.loads(line) for line in r.output.splitlines()]
-    assert {row["family"] for row in rows[:-1]} == {"cpu", "memory", "pressure", "requests"}
+    # a JVM running anywhere on the host (another test's) is a "runtime" row, rightly
+    families = {row["family"] for row in rows[:-1]}
+    assert {"cpu", "memory", "pressure", "requests"} <= families <= {"cpu", "memory", "pressure", "requests",
+                                                                     "runtime"}
     assert rows[-1]["cpus"] > 0
 
 
@@ -370,3 +378,132 @@ def test_ctrl_c_leaves_the_live_dashboard_cleanly():
     assert proc.returncode == 0
     assert "Traceback" not in screen and "KeyboardInterrupt" not in screen
     assert "\x1b[?25h" in screen                    # the cursor is given back
+
+
+# ------------------------------------------------------------------ the exporter: serve, --listen
+def started_url(stream) -> str:
+    """The URL `coherence serve` (or live --listen) says it serves on, from its stderr."""
+    line = stream.readline()
+    match = re.search(r"serving /metrics and /healthz on (https?://\S+)", line)
+    assert match, line
+    return match.group(1)
+
+
+def http_get(url: str, timeout: float = 20.0):
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["serve", "--listen", "localhost:notaport"], "Invalid value for '--listen'"),
+    (["live", "--listen", "::1:80"], "write an IPv6 address in brackets"),
+    (["serve", "--listen", "127.0.0.1:0", "--web-config", "/nonexistent.yml"],
+     "web config /nonexistent.yml: no such file"),
+    (["serve", "--listen", "203.0.113.7:0"], "cannot listen on 203.0.113.7:0: cannot assign requested address"),
+    (["serve", "--json"], "coherence serve is headless: --json is for coherence live"),
+    (["live", "--web-config", "/etc/web.yml"], "--web-config protects what --listen serves"),
+])
+def test_exporter_bad_input_is_one_line_and_exit_2(args, message):
+    r = cli(*args, "--duration", "1")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("coherence: ") and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    ("tls_server_config: [\n", "not valid YAML at line 2"),
+    ("basic_auth_users:\n  prometheus: hunter2\n", "basic_auth_users.prometheus: not a bcrypt hash"),
+    ("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n",
+     "tls_server_config.cert_file: "),
+])
+def test_a_bad_web_config_is_one_line_and_exit_2(tmp_path, text, message):
+    path = tmp_path / "web.yml"
+    path.write_text(text)
+    r = cli("serve", "--listen", "127.0.0.1:0", "--web-config", str(path), "--duration", "1")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == f"coherence: web config {path}: " + r.stderr.split(": ", 2)[2]
+    assert r.stderr.count("\n") == 1 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_exporter_settings_are_validated_in_the_file(tmp_path, capsys):
+    bad = tmp_path / "c.toml"
+    bad.write_text("[exporter]\nlisten = 'nowhere'\n")
+    assert run(["serve", "--config", str(bad)]) == 2
+    assert capsys.readouterr().err == \
+        "coherence: exporter.listen: 'nowhere' is not HOST:PORT with a port from 0 to 65535\n"
+
+
+def test_serve_is_headless_serves_and_drains_on_sigterm():
+    """Nothing on stdout; the log on stderr; /metrics and /healthz answer; on SIGTERM a request
+    already in flight is answered in full, then the process exits 0."""
+    p = subprocess.Popen(COHERENCE + ["serve", "--listen", "127.0.0.1:0", "--hz", "200"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stderr is not None
+        url = started_url(p.stderr)
+        assert url.startswith("http://127.0.0.1:")
+        status, body = http_get(url + "/metrics")
+        assert status == 200 and 'coherence_sampler_target_hertz 200.0' in body
+        deadline = time.monotonic() + 30                      # the first report may be a moment away
+        while http_get(url + "/healthz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert http_get(url + "/healthz")[0] == 200
+        host, port = url[len("http://"):].split(":")
+        inflight = socket.create_connection((host, int(port)), timeout=20)
+        inflight.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")      # not finished yet
+        while "coherence_http_connections 2.0" not in http_get(url + "/metrics")[1]:
+            assert time.monotonic() < deadline                       # the server holds it
+        p.send_signal(signal.SIGTERM)
+        inflight.sendall(b"\r\n")
+        answer = b""
+        while True:
+            chunk = inflight.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        inflight.close()
+        out, err = p.communicate(timeout=20)
+    finally:
+        p.kill()
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"coherence_status" in answer
+    assert p.returncode == 0 and out == ""
+    assert "SIGTERM: letting the requests in flight finish" in err and err.rstrip().endswith("stopped")
+    assert "Traceback" not in err
+
+
+def test_serve_binds_loopback_on_the_default_port_unless_told():
+    from coherence.config import DEFAULT_EXPORTER_PORT
+    p = subprocess.Popen(COHERENCE + ["serve", "--hz", "100"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stderr is not None
+        assert started_url(p.stderr) == f"http://127.0.0.1:{DEFAULT_EXPORTER_PORT}"
+        assert http_get(f"http://127.0.0.1:{DEFAULT_EXPORTER_PORT}/metrics")[0] == 200
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=20)
+    finally:
+        p.kill()
+    assert p.returncode == 0
+
+
+def test_live_json_and_metrics_side_by_side():
+    p = subprocess.Popen(COHERENCE + ["live", "--json", "--listen", ":0", "--hz", "200"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stderr is not None and p.stdout is not None
+        url = started_url(p.stderr)
+        first = json.loads(p.stdout.readline())               # JSON lines go on
+        status, body = http_get(url + "/metrics")
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=20)
+    finally:
+        p.kill()
+    assert p.returncode == 0 and status == 200
+    jsonschema.validate(first, SCHEMA)
+    stamp = re.search(r"^coherence_report_timestamp_seconds (\S+)$", body, re.M)
+    assert stamp and float(stamp.group(1)) >= first["ts"] - 0.001     # the same reports, later
+    assert body.count('coherence_detector_state{detector="seizure"') == 5

@@ -299,6 +299,26 @@ def test_a_process_that_exits_is_lost_once_not_an_error_per_tick():
         child.wait()
 
 
+def test_a_process_that_exited_is_lost_even_while_its_clock_still_reads():
+    """An exited process unreaped (a zombie) still has a CPU clock, and once reaped its pid may
+    be given to another process, whose clock the same id reads: the engine asks the process's
+    pidfd after each read, and loses the clock as soon as it exited."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        s = Sampler(hz=200, pid=child.pid).start()
+        assert s.chosen["cpu"].source is not None and s.chosen["cpu"].source.name == "cpu.pidclock"
+        assert wait_for(lambda: s.stats().ticks > 20)
+        assert not s.signals.gauges.state()[2][Slot.CPU_NS]
+        child.kill()                            # not reaped: its clock still answers
+        assert wait_for(lambda: s.signals.gauges.state()[2][Slot.CPU_NS])
+        rows = {r.name: r for r in s.sources()}
+        assert not rows["cpu.pidclock"].available and "lost" in rows["cpu.pidclock"].reason
+        s.stop()
+    finally:
+        child.kill()
+        child.wait()
+
+
 # ------------------------------------------------------------------ the Sampler
 @pytest.mark.parametrize("kwargs, match", [
     ({"hz": 0}, "hz must be a positive"),
@@ -389,3 +409,20 @@ def test_files_are_opened_read_only_and_closed_by_stop():
     assert checked >= 3
     s.stop()
     assert fds() == before
+
+
+def test_heartbeat_and_lateness_sum_are_read_live():
+    """/healthz judges a stalled sampler by its last tick, and /metrics' tick-lateness
+    histogram takes its _sum from the engine: both move while the loop runs, and the sum lies
+    within the histogram's own bins."""
+    with Sampler(hz=500) as s:
+        assert math.isnan(s.stats().last_tick_s) or s.stats().last_tick_s > 0
+        assert wait_for(lambda: s.stats().ticks > 20)
+        first = s.stats().last_tick_s
+        assert first <= time.monotonic()
+        assert wait_for(lambda: s.stats().last_tick_s > first)
+    stats, hist = s.stats(), s.engine.lateness_histogram()
+    low = sum((upper - 1 if upper <= 2048 else upper // 2) * n for upper, n in hist)
+    high = sum(upper * n for upper, n in hist)
+    assert low / 1e6 <= stats.tick_lateness_sum_s <= high / 1e6
+    assert stats.cpu_s > 0

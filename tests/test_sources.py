@@ -1,7 +1,9 @@
 """Sources against fake /proc and /sys trees (tests/fixtures/) and the parse_fields contract."""
 import os
 import shutil
+import subprocess
 import sys
+import time
 from typing import Any, Dict, Optional
 
 import pytest
@@ -9,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coherence import sources
-from coherence.sources import Field, cpu, memory, netsnmp, parse_fields, pressure
+from coherence.sources import Field, SourceUnavailable, cpu, memory, netsnmp, parse_fields, pressure
+from coherence.sources.cpu import PidClockCpu
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 TICK_NS = 1e9 / os.sysconf("SC_CLK_TCK")
@@ -301,6 +304,40 @@ def test_pid_sources_come_first_and_a_missing_pid_falls_back():
         assert in_use(chosen["cpu"]) == "cpu.cgroup2"
     finally:
         sources.close_all(chosen)
+
+
+def test_the_pid_clock_refuses_a_read_once_its_process_exited():
+    """A zombie's clock still reads (and a reused pid's reads another process): the pidfd says
+    the process exited, and the source is unavailable from then on."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        source = PidClockCpu(child.pid)
+        assert source.available and source.clock_alive is not None
+        assert source.read()["cpu_usage_ns_total"] >= 0
+        child.kill()
+        deadline = time.monotonic() + 10
+        while source.read():
+            assert time.monotonic() < deadline, "still read after the process exited"
+        assert source.reason == f"process {child.pid} exited" and source.clock_alive is None
+        source.close()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_pid_hidden_by_hidepid_is_told_from_a_missing_one(monkeypatch):
+    """/proc mounted with hidepid hides other users' processes: signal 0 still finds them."""
+    import coherence.sources._base as base
+
+    def not_ours(pid: int, sig: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(base.os, "kill", not_ours)
+    with pytest.raises(SourceUnavailable, match="process 4194305 is hidden from this user: "
+                                                "/proc is mounted with hidepid"):
+        base.pid_dir("/proc", 4_194_305)
+    # a fake tree lends no real processes: there it is only missing
+    with pytest.raises(SourceUnavailable, match="^no process 4194305$"):
+        base.pid_dir(tree("cgroup2")["proc_root"], 4_194_305)
 
 
 @pytest.mark.parametrize("pid", [0, -1, "42", 1.5, True])

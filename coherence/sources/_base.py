@@ -283,6 +283,7 @@ class Source:
     rules: Mapping[str, Rule] = {}
     clock: Optional[int] = None
     clock_signal = ""
+    clock_alive: Optional[int] = None   # an fd readable once the clock's process exited (pidfd)
 
     def __init__(self) -> None:
         self.readers: List[FileReader] = []
@@ -374,11 +375,27 @@ def check_pid(pid: Optional[int]) -> Optional[int]:
 
 
 def pid_dir(proc_root: str, pid: int) -> str:
-    """/proc/<pid>, or SourceUnavailable('no process <pid>')."""
+    """/proc/<pid>, or SourceUnavailable: 'no process <pid>', or, when the process exists but
+    /proc hides it from this user (mounted with hidepid=1 or 2), that it is hidden."""
     path = os.path.join(proc_root, str(pid))
     if not os.path.isdir(path):
+        if proc_root == "/proc" and _exists_hidden(pid):
+            raise SourceUnavailable(f"process {pid} is hidden from this user: {proc_root} is mounted "
+                                    "with hidepid (run as its user, or root)")
         raise SourceUnavailable(f"no process {pid}")
     return path
+
+
+def _exists_hidden(pid: int) -> bool:
+    """Signal 0 checks that a process exists without touching it: EPERM means it does, and
+    belongs to another user."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
 
 
 # --- cgroups ---------------------------------------------------------------------------------

@@ -1,0 +1,430 @@
+"""The exporter's HTTP endpoint: a thread per connection up to a cap, a deadline on the whole
+request head (TLS handshake included) and on the whole response, a size limit on the head, TLS
+and basic auth from an exporter-toolkit web config. A slow or broken client holds one thread
+for at most HEAD_TIMEOUT_S; every bad request is counted by reason and none raises or logs.
+
+    server = HttpServer("127.0.0.1", 0, app)      # bound now: a port in use fails here
+    with server:                                 # accepting, on a thread of its own
+        ...                                      # app(Request) -> Response, on each connection's
+"""
+from __future__ import annotations
+
+import http.client
+import io
+import logging
+import os
+import selectors
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from email.message import Message
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from urllib.parse import urlsplit
+
+from coherence.webconfig import BasicAuth, WebConfig, WebConfigError, WebConfigFile
+
+__all__ = ["ExporterError", "HttpServer", "Request", "Response", "call_wsgi"]
+
+log = logging.getLogger(__name__)
+
+# node_exporter serves at most 40 scrapes at once (--web.max-requests); a connection here costs
+# a thread while its head arrives, so the cap is on connections, a little higher.
+MAX_CONNECTIONS = 64
+# Prometheus sends its request at once; a client whose head (with the TLS handshake) takes
+# longer than this is slow or hostile, and its connection is closed.
+HEAD_TIMEOUT_S = 10.0
+# ... and one that takes longer than this to read the whole answer (~20 KB) is dropped.
+WRITE_TIMEOUT_S = 10.0
+# Prometheus' scrape request is ~300 bytes; with basic auth and a long Accept, under 1 KB.
+MAX_HEAD_BYTES = 16 * 1024
+# On stop, requests in flight get this long to finish; they are bounded by the two deadlines.
+DRAIN_TIMEOUT_S = 5.0
+# After answering, what the client still sends (a body we did not read) is read and dropped for
+# up to this long before the socket closes: closing with unread data sends a TCP reset, which
+# can destroy the answer before the client reads it (Apache's "lingering close").
+LINGER_S = 1.0
+LINGER_BYTES = 64 * 1024
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            405: "Method Not Allowed", 408: "Request Timeout", 431: "Request Header Fields Too Large",
+            500: "Internal Server Error", 503: "Service Unavailable",
+            505: "HTTP Version Not Supported"}
+_TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21"
+             b"\r\nConnection: close\r\n\r\ntoo many connections\n")
+# Bad requests, by the reason counted (coherence_http_bad_requests_total{reason}).
+BAD_REASONS = ("timeout", "too_large", "malformed", "incomplete", "tls", "client_cert",
+               "too_many_connections", "write_failed", "web_config", "internal")
+PATHS = ("/metrics", "/healthz", "/")
+
+
+class ExporterError(Exception):
+    """The exporter cannot serve as asked (address in use, no such address); one line."""
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: Message
+    scheme: str = "http"
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes = b""
+    headers: Tuple[Tuple[str, str], ...] = (("Content-Type", "text/plain; charset=utf-8"),)
+
+    @classmethod
+    def text(cls, status: int, text: str,
+             headers: Tuple[Tuple[str, str], ...] = ()) -> "Response":
+        return cls(status, text.encode(), (("Content-Type", "text/plain; charset=utf-8"), *headers))
+
+
+App = Callable[[Request], Response]
+
+
+class _Dropped(Exception):
+    """The connection ends here, counted under ``reason``; ``status`` is answered first if set."""
+
+    def __init__(self, reason: str, status: Optional[int] = None, text: str = "") -> None:
+        super().__init__(reason)
+        self.reason, self.status, self.text = reason, status, text
+
+
+def call_wsgi(app: Callable[..., Iterable[bytes]], request: Request) -> Response:
+    """A WSGI application (prometheus_client's make_wsgi_app) called for one request."""
+    environ: Dict[str, Any] = {
+        "REQUEST_METHOD": request.method, "PATH_INFO": request.path,
+        "QUERY_STRING": request.query, "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": request.scheme, "wsgi.input": io.BytesIO(), "wsgi.errors": io.StringIO(),
+    }
+    for name, value in request.headers.items():
+        key = "HTTP_" + name.upper().replace("-", "_")
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    started: List[Any] = []
+
+    def start_response(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> None:
+        started[:] = [status, headers]
+
+    body = b"".join(app(environ, start_response))
+    return Response(int(started[0].split()[0]), body, tuple(started[1]))
+
+
+def _linger(sock: socket.socket) -> None:
+    """Half-close, then read and drop what the client still sends, bounded in time and size."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline, dropped = time.monotonic() + LINGER_S, 0
+        while dropped < LINGER_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            sock.settimeout(left)
+            chunk = sock.recv(16384)
+            if not chunk:
+                return
+            dropped += len(chunk)
+    except (OSError, ValueError):
+        return
+
+
+def _describe(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_head(head: bytes, scheme: str) -> Request:
+    line, _, rest = head.partition(b"\n")
+    try:
+        method, target, version = line.decode("ascii").strip().split(" ")
+    except (UnicodeDecodeError, ValueError):
+        raise _Dropped("malformed", 400, "bad request line") from None
+    if not method.isalpha() or not method.isupper():
+        raise _Dropped("malformed", 400, "bad method")
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        if version.startswith("HTTP/"):
+            raise _Dropped("malformed", 505, "HTTP/1.0 and HTTP/1.1 only")
+        raise _Dropped("malformed", 400, "bad request line")
+    if not (target.startswith("/") or target.startswith(("http://", "https://"))):
+        raise _Dropped("malformed", 400, "bad request target")
+    try:
+        headers = http.client.parse_headers(io.BytesIO(rest))
+    except (http.client.HTTPException, UnicodeDecodeError):
+        raise _Dropped("malformed", 400, "bad headers") from None
+    url = urlsplit(target)
+    return Request(method, url.path or "/", url.query, headers, scheme)
+
+
+class HttpServer:
+    """Serves ``app`` on (host, port), bound at construction (ExporterError if it cannot be).
+    ``web_config``: TLS and basic auth, read again when its files change. ``figures()``: what
+    it served and refused, and the CPU time its connections' threads took."""
+
+    def __init__(self, host: str, port: int, app: App, web_config: Optional[WebConfigFile] = None,
+                 *, max_connections: int = MAX_CONNECTIONS, head_timeout_s: float = HEAD_TIMEOUT_S,
+                 write_timeout_s: float = WRITE_TIMEOUT_S,
+                 max_head_bytes: int = MAX_HEAD_BYTES) -> None:
+        self.app, self.web_config = app, web_config
+        self.max_connections, self.head_timeout_s = max_connections, head_timeout_s
+        self.write_timeout_s, self.max_head_bytes = write_timeout_s, max_head_bytes
+        self._auth = BasicAuth()
+        self._sock = self._bind(host, port)
+        bound = self._sock.getsockname()
+        self.address: Tuple[str, int] = (bound[0], bound[1])
+        self._cond = threading.Condition()
+        self._active = 0
+        self.requests: Dict[Tuple[str, int], int] = {}
+        self.bad: Dict[str, int] = {reason: 0 for reason in BAD_REASONS}
+        self.cpu_s = 0.0
+        self._wake_r, self._wake_w = os.pipe()
+        self._stopping = False
+        self._thread: Optional[threading.Thread] = None
+        self._reported: set = set()
+
+    @staticmethod
+    def _bind(host: str, port: int) -> socket.socket:
+        where = _describe(host, port)
+        try:
+            family, kind, proto, _, sockaddr = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        except socket.gaierror as err:
+            raise ExporterError(f"cannot listen on {where}: {err.strerror}") from None
+        sock = socket.socket(family, kind, proto)
+        try:
+            # restart while old connections linger in TIME_WAIT; on Linux this never lets two
+            # listeners share a port, so a port in use is still refused
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(sockaddr)
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError as err:
+            sock.close()
+            reason = (err.strerror or str(err)).lower()
+            raise ExporterError(f"cannot listen on {where}: {reason}") from None
+        return sock
+
+    @property
+    def scheme(self) -> str:
+        if self.web_config is None:
+            return "http"
+        try:
+            return self.web_config.current()[0].scheme
+        except WebConfigError:
+            return "https"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{_describe(*self.address)}"
+
+    # ------------------------------------------------------------------ running
+    def start(self) -> "HttpServer":
+        if self._thread is not None:
+            raise RuntimeError("an HttpServer starts once")
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True,
+                                        name=f"coherence-http-{self.address[1]}")
+        self._thread.start()
+        return self
+
+    def stop(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Stop accepting, close the socket, then give the requests in flight up to
+        ``drain_timeout_s`` to finish. Idempotent."""
+        if self._stopping:
+            return
+        self._stopping = True
+        os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join()
+        self._sock.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        with self._cond:
+            self._cond.wait_for(lambda: self._active == 0, timeout=drain_timeout_s)
+
+    def __enter__(self) -> "HttpServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def figures(self) -> Dict[str, Any]:
+        """Requests served by (path, status), bad requests by reason, connections open, and
+        the CPU seconds the connections' threads took (TLS, auth and rendering included)."""
+        with self._cond:
+            return {"requests": dict(self.requests), "bad": dict(self.bad),
+                    "connections": self._active, "cpu_s": self.cpu_s}
+
+    def _accept_loop(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._sock, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping:
+                selector.select()
+                while not self._stopping:
+                    try:
+                        conn, _peer = self._sock.accept()
+                    except OSError:            # nothing queued (or the peer gave up): wait again
+                        break
+                    self._admit(conn)
+
+    def _admit(self, conn: socket.socket) -> None:
+        with self._cond:
+            full = self._active >= self.max_connections
+            if not full:
+                self._active += 1
+        if full:
+            self._count_bad("too_many_connections")
+            # answered without a thread: the request is not read, so a client whose request
+            # arrived first may see the connection reset instead of this answer
+            try:
+                conn.recv(MAX_HEAD_BYTES, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            try:
+                conn.send(_TOO_MANY, socket.MSG_DONTWAIT)
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            conn.close()
+            return
+        try:
+            threading.Thread(target=self._serve, args=(conn,), daemon=True,
+                             name="coherence-http-conn").start()
+        except RuntimeError:                    # no thread to be had: refuse, as when full
+            conn.close()
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+            self._count_bad("too_many_connections")
+
+    # ------------------------------------------------------------------ one connection
+    def _serve(self, conn: socket.socket) -> None:
+        t0 = time.thread_time()
+        held = [conn]                   # the socket to close: conn, or the TLS one around it
+        try:
+            self._handle(conn, held)
+        except _Dropped as d:
+            self._count_bad(d.reason)
+        except Exception as err:        # a bug, not a request: counted, and said once
+            self._count_bad("internal")
+            self._report_once(err)
+        finally:
+            _linger(held[-1])
+            for s in (held[-1], conn):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+            with self._cond:
+                self.cpu_s += time.thread_time() - t0
+                self._active -= 1
+                self._cond.notify_all()
+
+    def _handle(self, conn: socket.socket, held: List[socket.socket]) -> None:
+        deadline = time.monotonic() + self.head_timeout_s
+        web, context = WebConfig(), None
+        if self.web_config is not None:
+            try:
+                web, context = self.web_config.current()
+            except WebConfigError:
+                raise _Dropped("web_config") from None     # fail closed; logged once by the file
+        sock: socket.socket = conn
+        if context is not None:
+            sock = self._handshake(conn, context, deadline, web)
+            held.append(sock)
+        try:
+            request = _parse_head(self._read_head(sock, deadline), web.scheme)
+            if web.users and not self._auth.check(web.users, request.headers.get("Authorization")):
+                response = Response.text(401, "Unauthorized\n",
+                                         (("WWW-Authenticate", 'Basic realm="coherence"'),))
+            elif request.method not in ("GET", "HEAD", "OPTIONS"):
+                response = Response.text(405, f"{request.method} is not served: use GET\n",
+                                         (("Allow", "GET, HEAD, OPTIONS"),))
+            else:
+                response = self._call_app(request)
+        except _Dropped as d:
+            if d.status is not None:
+                self._send(sock, Response.text(d.status, d.text + "\n"), web.headers, False)
+            raise
+        path = request.path if request.path in PATHS else "other"
+        with self._cond:
+            key = (path, response.status)
+            self.requests[key] = self.requests.get(key, 0) + 1
+        self._send(sock, response, web.headers, request.method == "HEAD")
+
+    def _handshake(self, conn: socket.socket, context: ssl.SSLContext, deadline: float,
+                   web: WebConfig) -> socket.socket:
+        tls = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        try:
+            tls.settimeout(max(0.001, deadline - time.monotonic()))
+            tls.do_handshake()
+        except (OSError, ValueError):          # ssl.SSLError and timeouts are OSErrors
+            tls.close()
+            raise _Dropped("tls") from None
+        if web.tls is not None and not web.tls.allows(tls.getpeercert()):
+            tls.close()
+            raise _Dropped("client_cert")
+        return tls
+
+    def _read_head(self, sock: socket.socket, deadline: float) -> bytes:
+        buf = bytearray()
+        while True:
+            ends = [i for i in (buf.find(b"\r\n\r\n"), buf.find(b"\n\n")) if i >= 0]
+            if ends:
+                end = min(ends)
+                if end > self.max_head_bytes:
+                    break
+                return bytes(buf[:end]) + b"\r\n\r\n"
+            if len(buf) > self.max_head_bytes:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Dropped("timeout", 408, "request not received in time")
+            try:
+                sock.settimeout(left)
+                chunk = sock.recv(4096)
+            except socket.timeout:
+                raise _Dropped("timeout", 408, "request not received in time") from None
+            except OSError:
+                raise _Dropped("incomplete") from None
+            if not chunk:
+                raise _Dropped("incomplete")
+            buf += chunk
+        raise _Dropped("too_large", 431, f"request head over {self.max_head_bytes} bytes")
+
+    def _call_app(self, request: Request) -> Response:
+        app_request = request
+        if request.method == "HEAD":             # answered as GET, without the body
+            app_request = Request("GET", request.path, request.query, request.headers,
+                                  request.scheme)
+        try:
+            return self.app(app_request)
+        except Exception as err:     # a bug: one line in the log, a 500 for the client
+            self._count_bad("internal")
+            self._report_once(err)
+            return Response.text(500, "internal error: see coherence's log\n")
+
+    def _send(self, sock: socket.socket, response: Response,
+              extra: Tuple[Tuple[str, str], ...], head_only: bool) -> None:
+        status = response.status
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
+                 *(f"{k}: {v}" for k, v in response.headers if k.lower() != "content-length"),
+                 *(f"{k}: {v}" for k, v in extra),
+                 f"Content-Length: {len(response.body)}", "Connection: close", "", ""]
+        data = "\r\n".join(lines).encode("latin-1") + (b"" if head_only else response.body)
+        try:
+            sock.settimeout(self.write_timeout_s)      # the whole sendall, since Python 3.5
+            sock.sendall(data)
+        except (OSError, ValueError):
+            raise _Dropped("write_failed") from None
+
+    def _count_bad(self, reason: str) -> None:
+        with self._cond:
+            self.bad[reason] = self.bad.get(reason, 0) + 1
+
+    def _report_once(self, err: BaseException) -> None:
+        key = type(err).__name__
+        if key not in self._reported:
+            self._reported.add(key)
+            log.error("the exporter failed to answer a request: %s: %s (reported once)", key, err)

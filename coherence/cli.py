@@ -15,7 +15,7 @@ import click
 from coherence import __version__
 from coherence.config import (DEFAULT_EXPORTER_HOST, DEFAULT_EXPORTER_PORT, Config, ConfigError, load,
                               parse_listen)
-from coherence.sinks.base import Sink, SinkClosed
+from coherence.sinks.base import Sink, SinkClosed, SinkFailed
 
 CHECK_MARGIN_S = 2.0        # check samples warm-up (half a window) + `for` + this, 12 s by default
 EXIT_USAGE = 2
@@ -38,6 +38,27 @@ def _hostport(value: Optional[str]) -> Optional[Tuple[str, int]]:
         raise click.BadParameter(f"{value!r} is not HOST:PORT with a port from 1 to 65535",
                                  param_hint="'--statsd'")
     return host, int(port)
+
+
+class ProcessId(click.ParamType):
+    """A process id: a whole number from 1 (click's IntRange answers "not a valid integer range")."""
+
+    name = "pid"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            text = str(value).strip()
+            if not text.isdigit():
+                self.fail(f"{value!r} is not a process id (a whole number from 1)", param, ctx)
+            number = int(text)
+        if number < 1:
+            self.fail(f"{value!r} is not a process id (a whole number from 1)", param, ctx)
+        return number
+
+
+PID = ProcessId()
 
 
 def _seconds(ctx: click.Context, param: click.Parameter, value: Optional[float]) -> Optional[float]:
@@ -125,7 +146,7 @@ watch_options = _options(
                  help="Prefix of the StatsD counters."),
     click.option("--statsd", metavar="HOST:PORT",
                  help="Listen for StatsD counters <prefix>.ingress/.egress (e.g. 127.0.0.1:8125)."),
-    click.option("--pid", type=click.IntRange(min=1), help="Watch one process instead of the host/container."),
+    click.option("--pid", type=PID, help="Watch one process instead of the host/container."),
 )
 
 
@@ -175,7 +196,7 @@ class Command(click.Command):
     option"."""
 
     def __init__(self, *args: Any, usage_exit_code: int = EXIT_USAGE,
-                 stray: str = "{options} are for {home}", **kwargs: Any) -> None:
+                 stray: str = "{options} {verb} for {home}", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.usage_exit_code = usage_exit_code
         self.stray = stray
@@ -197,8 +218,8 @@ class Command(click.Command):
                 a.split("=", 1)[0] for a in given
                 if a.split("=", 1)[0] not in mine and any(a.split("=", 1)[0] in _opts(c) for c in siblings)))
             raise click.UsageError(self.stray.format(
-                options=", ".join(stray), me=_spelling(ctx, self.name), home=_spelling(ctx, home.name)),
-                ctx) from None
+                options=", ".join(stray), verb="is" if len(stray) == 1 else "are",
+                me=_spelling(ctx, self.name), home=_spelling(ctx, home.name)), ctx) from None
 
 
 def _spelling(ctx: click.Context, name: Optional[str]) -> str:
@@ -324,7 +345,7 @@ def _screen(as_json: bool, config: Config) -> Sink:
     if as_json:
         from coherence.sinks.jsonl import JsonLinesSink
         return JsonLinesSink.from_config(config, sys.stdout)
-    if sys.stdout.isatty():
+    if sys.stdout is not None and sys.stdout.isatty():
         from coherence.sinks.dashboard import Dashboard
         return Dashboard.from_config(config)
     from coherence.sinks.plain import PlainStatusSink
@@ -370,7 +391,7 @@ def _watching(config: Config, sinks: List[Sink], *, pid: Optional[int], statsd: 
     return sentinel, exporter
 
 
-@main.command(cls=Command, stray="{options} are for {home}")
+@main.command(cls=Command, stray="{options} {verb} for {home}")
 @json_option
 @click.option("--duration", type=float, callback=_seconds, metavar="SECONDS",
               help="Stop after this long and exit 0 (default: until Ctrl-C).")
@@ -394,7 +415,7 @@ def live(as_json: bool, duration: Optional[float], pid: Optional[int], statsd: O
         sentinel.run(duration)
 
 
-@main.command(cls=Command, stray="{me} is headless: {options} are for {home}")
+@main.command(cls=Command, stray="{me} is headless: {options} {verb} for {home}")
 @click.option("--duration", type=float, callback=_seconds, metavar="SECONDS",
               help="Stop after this long and exit 0 (default: until SIGTERM or Ctrl-C).")
 @exporter_options
@@ -427,7 +448,7 @@ def serve(duration: Optional[float], pid: Optional[int], statsd: Optional[str],
     log.info("stopped")
 
 
-@main.command(cls=Command, stray="{me} replays a script: {options} are for {home}")
+@main.command(cls=Command, stray="{me} replays a script: {options} {verb} for {home}")
 @json_option
 @click.option("--scenario", default="story", show_default=True, metavar="NAME", callback=_scenario,
               help="Simulation scenario: story, healthy, seizure, fever, storm, cascade, leak.")
@@ -481,11 +502,13 @@ def check(ctx: click.Context, duration: Optional[float], pid: Optional[int],
             sentinel.run(duration)
     except (KeyboardInterrupt, Stop):
         raise click.ClickException("check interrupted") from None
+    except SinkClosed:
+        pass            # nobody reads the line (`| grep -q`): the exit code still says the status
     ctx.exit(sink.exit_code)
 
 
 @main.command(cls=Command)
-@click.option("--pid", type=click.IntRange(min=1), help="Watch one process instead of the host/container.")
+@click.option("--pid", type=PID, help="Watch one process instead of the host/container.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per source, one per line.")
 @click.option("--scrape", "runtime__scrape", metavar="URL", multiple=True,
               help="Also read this /metrics endpoint once and say what it gives. Repeatable.")
@@ -500,9 +523,12 @@ def sources(pid: Optional[int], as_json: bool, config_file: Optional[str], **lim
     """
     from coherence import runtime
     from coherence.sinks.sources import json_lines, table_lines
-    from coherence.sources import cpu_capacity, describe
-    if pid is not None and not os.path.isdir(f"/proc/{pid}"):
-        raise click.BadParameter(f"no process {pid}", param_hint="'--pid'")
+    from coherence.sources import SourceUnavailable, cpu_capacity, describe, pid_dir
+    if pid is not None:
+        try:
+            pid_dir("/proc", pid)       # "no process N", or hidden from us (hidepid)
+        except SourceUnavailable as err:
+            raise click.BadParameter(str(err), param_hint="'--pid'") from None
     config = _config(config_file, limits)
     rows = describe(pid=pid) + runtime.rows(config, pid)
     ncpu, why = cpu_capacity(pid=pid)
@@ -512,6 +538,97 @@ def sources(pid: Optional[int], as_json: bool, config_file: Optional[str], **lim
         return
     for line in table_lines(rows, ncpu, why):
         click.echo(line)
+
+
+# ---------------------------------------------------------------------------------- record, replay
+# (issue 13) `coherence record` writes what the detectors judge; `coherence replay` judges it again.
+@main.command(cls=Command)
+@click.option("-o", "--output", required=True, metavar="FILE",
+              help="The recording to write: JSON lines, gzip-compressed when FILE ends in .gz "
+                   "(about 1 MB an hour with .gz, README: Record and replay).")
+@click.option("--duration", type=float, callback=_seconds, metavar="SECONDS",
+              help="Stop after this long and exit 0 (default: until Ctrl-C or SIGTERM, which "
+                   "also leave a complete file).")
+@json_option
+@watch_options
+@limit_options
+def record(output: str, duration: Optional[float], as_json: bool, pid: Optional[int],
+           statsd: Optional[str], statsd_prefix: str, config_file: Optional[str],
+           **limits: Any) -> None:
+    """Record the raw signals the detectors judge (CPU buckets, memory, faults, PSI, request and
+    runtime counters, each with its source) for `coherence replay`, while judging them live:
+    plain status lines on stdout, JSON lines with --json."""
+    from coherence.record import Recorder
+    from coherence.recording import open_for_writing
+    from coherence.sentinel import Sentinel
+    from coherence.sinks.plain import PlainStatusSink
+    config = _config(config_file, limits)
+    if as_json:
+        from coherence.sinks.jsonl import JsonLinesSink
+        sink: Sink = JsonLinesSink.from_config(config, sys.stdout)
+    else:
+        sink = PlainStatusSink.from_config(config, sys.stdout)
+    stream = open_for_writing(output)
+    try:
+        sentinel = Sentinel.from_config(config, pid=pid, statsd=_hostport(statsd),
+                                        statsd_prefix=statsd_prefix, sinks=[sink])
+    except BaseException:
+        stream.close()
+        os.unlink(output)
+        raise
+    recorder = Recorder.attach(output, sentinel, config, stream)
+    with _until_stopped(), recorder, sentinel:
+        sentinel.run(duration, on_report=recorder.poll)
+        recorder.end_reason = "duration"
+    click.echo(f"coherence: recorded {recorder.chunks} s to {output} "
+               f"({recorder.size_bytes / 1e3:.0f} kB)", err=True)
+
+
+@main.command(cls=Command, stray="{me} judges a recording: {options} are for {home}")
+@click.argument("file", metavar="FILE")
+@json_option
+@click.option("--mapping", metavar="TOML",
+              help="FILE is the JSON of a Prometheus /api/v1/query_range (a matrix): this file "
+                   "maps its series to coherence's signals (README: Replaying Prometheus data).")
+@limit_options
+def replay(file: str, as_json: bool, mapping: Optional[str], config_file: Optional[str],
+           **limits: Any) -> None:
+    """Judge a recording (coherence record) or a Prometheus range query again, with the same
+    detectors and verdicts, as fast as the machine goes: the live outputs (plain status lines,
+    JSON lines with --json), then each alarm with the classic alerts beside it. Flags and
+    --config change the settings the recording was made with. A file that stops being
+    readable is replayed up to there, then one line says why and the exit is 2."""
+    from coherence.config import read_file
+    from coherence.replay import play, replay_config
+    from coherence.sinks import replay as replay_sink
+    from coherence.sinks.base import opened
+    from coherence.sinks.plain import PlainStatusSink
+    if mapping is not None:
+        from coherence.promql import load as load_prometheus
+        header, records = load_prometheus(file, mapping)
+    else:
+        from coherence.recording import Recording
+        recording = Recording(file)
+        header, records = recording.header, recording.records()
+    overrides = {key: limits.pop(key.replace(".", "__"), None) for _, key, _, _ in LIMIT_OPTIONS}
+    config = replay_config(header, read_file(config_file) if config_file else None, overrides)
+    if as_json:
+        from coherence.sinks.jsonl import JsonLinesSink
+        sink: Sink = JsonLinesSink.from_config(config, sys.stdout)
+    else:
+        sink = PlainStatusSink.from_config(config, sys.stdout)
+    result = None
+    with _until_stopped(), opened([sink]) as emit:
+        result = play(header, records, config, on_report=emit, source=file)
+    if result is None:
+        return
+    if sys.stdout.isatty() and not as_json:
+        from rich.console import Console
+        Console().print(replay_sink.result_table(result))
+    else:
+        click.echo(replay_sink.format_result(result), err=as_json)
+    if result.error is not None:
+        raise click.ClickException(str(result.error))
 
 
 def run(argv: Optional[List[str]] = None) -> int:
@@ -532,7 +649,8 @@ def run(argv: Optional[List[str]] = None) -> int:
     except click.ClickException as e:
         click.echo(f"coherence: {e.format_message()}", err=True)
         return bad
-    except (ConfigError, SamplerError, StatsdError, ExporterError, WebConfigError, ValueError) as e:
+    except (ConfigError, SamplerError, StatsdError, ExporterError, WebConfigError, ValueError,
+            SinkFailed) as e:
         click.echo(f"coherence: {e}", err=True)
         return bad
     except (BrokenPipeError, SinkClosed, KeyboardInterrupt):

@@ -18,13 +18,22 @@ else:  # pragma: no cover - exercised on 3.9/3.10 only
     import tomli as tomllib
 
 
+# The fastest the sampler reads (ticks per second).
+MAX_HZ = 2000
+
+
 class ConfigError(Exception):
     """An invalid setting; ``str(err)`` is one line naming it."""
 
 
+# Values one window keeps (8 bytes each, in several accumulators): a day of 0.1 s buckets is
+# 864 000; a window past this would fail to allocate at start-up, long after the file was read.
+MAX_WINDOW_VALUES = 1_000_000
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
-    hz: float = 1000.0                 # CPU counters read per second (1-2000)
+    hz: float = 1000.0                 # CPU counters read per second (1-MAX_HZ)
     slow_hz: float = 20.0              # memory, PSI and request counters (5-20 us a read); at most hz
     rate_half_life_s: float = 1.0      # smoothing of rates: fault rate, request rates, PSI
     runtime_hz: float = 2.0            # runtime counters (JVM performance data, scrapes), off the tick
@@ -149,15 +158,19 @@ class Config:
                 if v <= 0:
                     raise ConfigError(f"{name} must be > 0, got {v!r}")
         s = self.sampler
-        if not 1 <= s.hz <= 2000:
-            raise ConfigError(f"sampler.hz must be between 1 and 2000, got {s.hz:g}")
+        if not 1 <= s.hz <= MAX_HZ:
+            raise ConfigError(f"sampler.hz must be between 1 and {MAX_HZ}, got {s.hz:g}")
         if s.runtime_hz > 20:
             # each round reads every JVM file and scrape target in Python, off the tick
             raise ConfigError(f"sampler.runtime_hz must be at most 20, got {s.runtime_hz:g}")
         z = self.seizure
         if z.resolution_s < 1.0 / s.hz:
-            raise ConfigError(f"seizure.resolution_s ({z.resolution_s:g} s) is shorter than one "
-                              f"tick at {s.hz:g} Hz: raise hz to at least {1 / z.resolution_s:g} "
+            what = f"seizure.resolution_s ({z.resolution_s:g} s) is shorter than one tick at {s.hz:g} Hz"
+            if 1 / z.resolution_s > MAX_HZ:     # no hz can give it: only the resolution can change
+                raise ConfigError(f"{what}, and the sampler reads at most {MAX_HZ} times a second: "
+                                  f"raise the resolution to at least {1 / s.hz:g} s "
+                                  f"({1 / MAX_HZ:g} s with hz = {MAX_HZ})")
+            raise ConfigError(f"{what}: raise hz to at least {math.ceil(1 / z.resolution_s):g} "
                               f"or the resolution to {1 / s.hz:g} s")
         if z.window_s < 2 * z.resolution_s:
             raise ConfigError(f"seizure.window_s ({z.window_s:g} s) must hold at least two buckets "
@@ -174,6 +187,12 @@ class Config:
         if a.window_s * s.slow_hz < 2 or self.fever.window_s * s.slow_hz < 2:
             raise ConfigError("amplification.window_s and fever.window_s must hold at least two "
                               "reads at sampler.slow_hz")
+        for name, values in (("seizure.window_s / seizure.resolution_s", z.window_s / z.resolution_s),
+                             ("amplification.window_s * sampler.slow_hz", a.window_s * s.slow_hz),
+                             ("amplification.window_s * sampler.runtime_hz", a.window_s * s.runtime_hz),
+                             ("fever.window_s * sampler.slow_hz", self.fever.window_s * s.slow_hz)):
+            if values > MAX_WINDOW_VALUES:
+                raise ConfigError(f"{name} is {values:g} values a window: at most {MAX_WINDOW_VALUES:g}")
         self._validate_runtime()
         if self.exporter.listen:
             try:
@@ -196,6 +215,8 @@ class Config:
                 raise ConfigError(f"runtime.scrape: {err}") from None
         if len(set(r.scrape)) != len(r.scrape):
             raise ConfigError("runtime.scrape: the same URL twice")
+        if r.scrape_max_mb * (1 << 20) < 1:
+            raise ConfigError(f"runtime.scrape_max_mb must be at least one byte, got {r.scrape_max_mb:g}")
         for key in ("ingress_metric", "egress_metric", "alloc_metric"):
             text = getattr(r, key)
             if text:
@@ -215,12 +236,17 @@ class Config:
         return _apply(self, sections, "override").validate()
 
 
+def _shown(name: str) -> str:
+    # TOML's quoted keys may hold newlines and control characters: the error stays one line
+    return name if name.isprintable() else repr(name)
+
+
 def _apply(config: Config, data: Mapping[str, Any], origin: str) -> Config:
     known_sections = {f.name: f for f in fields(config)}
     changes: Dict[str, Any] = {}
     for section, values in data.items():
         if section not in known_sections:
-            raise ConfigError(f"{origin}: unknown section [{section}] "
+            raise ConfigError(f"{origin}: unknown section [{_shown(section)}] "
                               f"(known: {', '.join(sorted(known_sections))})")
         if not isinstance(values, Mapping):
             raise ConfigError(f"{origin}: [{section}] must be a table of settings")
@@ -229,7 +255,7 @@ def _apply(config: Config, data: Mapping[str, Any], origin: str) -> Config:
         values = dict(values)
         for key, value in values.items():
             if key not in known:
-                raise ConfigError(f"{origin}: unknown setting {section}.{key} "
+                raise ConfigError(f"{origin}: unknown setting {section}.{_shown(key)} "
                                   f"(known: {', '.join(sorted(known))})")
             default = known[key].default
             if isinstance(default, tuple):
@@ -251,9 +277,14 @@ def load(path: Optional[str]) -> Config:
     config = Config()
     if path is None:
         return config.validate()
+    return _apply(config, read_file(path), f"config file {path}").validate()
+
+
+def read_file(path: str) -> Dict[str, Any]:
+    """The TOML settings file at ``path`` as tables, not yet applied; ConfigError if unreadable."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path}: no such file") from None
     except PermissionError:
@@ -264,7 +295,6 @@ def load(path: Optional[str]) -> Config:
         raise ConfigError(f"config file {path}: {err.strerror or err}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {path}: not valid TOML: {err}") from None
-    return _apply(config, data, f"config file {path}").validate()
 
 
 def as_dict(config: Config) -> Dict[str, Dict[str, float]]:

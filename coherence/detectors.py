@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Dict, Generic, Optional, Tuple, TypeVar
+from typing import Any, Dict, Generic, Iterable, Optional, Tuple, TypeVar
 
 import numpy as np
 
@@ -118,6 +118,10 @@ class Finding(Generic[E]):
     max_state: State = State.CRITICAL  # a forecast warns; it never escalates
 
 
+# Why a source read until now is not any more: its file or clock became unreadable.
+LOST = "lost while running: it became unreadable (the watched process exited, or its cgroup was removed)"
+
+
 def _nan(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
@@ -159,7 +163,7 @@ class Seizure:
         if not cpu.available:
             return Finding(detector=self.name, condition=Condition.UNAVAILABLE, value=math.nan,
                            limit=c.std_limit_pct, unit=self.unit, veto=self.veto,
-                           reason="no CPU source (lost: the watched process exited?)")
+                           reason=f"CPU source {LOST}")
         crossings = swings(cpu.history_pct[-n:]) if n else 0
         evidence = SeizureEvidence(mean_pct=mean, std_pct=std, buckets=n, swings=crossings,
                                    resolution_s=c.resolution_s, window_s=c.window_s,
@@ -220,11 +224,20 @@ class Fever:
             self.alloc_baseline[p.name] = base + alpha * (p.alloc_bytes_per_s - base)
         self._learned_at[p.name] = now
 
+    def _forget(self, names: Iterable[str]) -> None:
+        """Forget the usual rates of runtimes no longer listed: on a host where JVMs come and
+        go (a build agent), one kept per JVM ever seen would grow without end."""
+        listed = set(names)
+        for name in [n for n in self.alloc_baseline if n not in listed]:
+            del self.alloc_baseline[name]
+            self._learned_at.pop(name, None)
+
     def evaluate(self, snap: Snapshot, now: float) -> Finding[FeverEvidence]:
         m, c = snap.memory, self.c
         judged = [p for p in snap.runtime if p.available and not _nan(p.gc_share)]
         for p in judged:
             self._learn_alloc(p, now)
+        self._forget(p.name for p in snap.runtime)
         worst = max(judged, key=lambda p: p.gc_share, default=None)
         churn = m.churn_bytes_per_s / MB
         resident, total, growth = m.resident_bytes, m.total_bytes, m.resident_growth_bytes_per_s
@@ -266,6 +279,8 @@ class Fever:
                     evidence=evidence, reason=(
                         f"{worst.name}: {worst.gc_share * 100:.1f} % of its time in GC (limit "
                         f"{c.gc_time_limit_pct:g} %); no kernel memory source"))
+            if m.lost:
+                return finding(Condition.UNAVAILABLE, f"memory source {LOST}")
             return finding(Condition.UNAVAILABLE, "no memory source on this host "
                            "(see `coherence sources`)")
         if _nan(churn) or _nan(growth) or m.trend_points < m.trend_points_needed // 2:

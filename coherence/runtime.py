@@ -83,6 +83,8 @@ class RuntimeTrack:
         self.lost = False          # it failed: never read again
         self.reason = "not read yet"
         self.recognised: Tuple[str, ...] = ()
+        # a recording's tap (coherence.record): told every reading and every loss
+        self.tap: Optional["RuntimeTap"] = None
 
     def update(self, t: float, values: Mapping[str, float]) -> None:
         """Take one reading at monotonic time t (a source that came back is no longer lost)."""
@@ -94,6 +96,8 @@ class RuntimeTrack:
         self._feed_ratio(values)
         self.recognised = tuple(name for name in COUNTERS if name in values)
         self.read, self.reason = True, "read"
+        if self.tap is not None:
+            self.tap.read(self, t, values)
 
     def _feed_ratio(self, values: Mapping[str, float]) -> None:
         out, in_ = values.get(REQUESTS_OUT), values.get(REQUESTS_IN)
@@ -108,6 +112,8 @@ class RuntimeTrack:
 
     def lose(self, reason: str) -> None:
         self.lost, self.reason = True, reason
+        if self.tap is not None:
+            self.tap.lost(self, reason)
 
     def snapshot(self) -> RuntimeProcess:
         r = {name: rate.rate for name, rate in self.rates.items()}
@@ -122,17 +128,33 @@ class RuntimeTrack:
             ingress_in_window=ratio.denominator)
 
 
+class RuntimeTap(Protocol):
+    """What a recording (coherence.record) is told, from the poller's thread."""
+
+    def read(self, track: RuntimeTrack, t: float, values: Mapping[str, float]) -> None: ...
+
+    def lost(self, track: RuntimeTrack, reason: str) -> None: ...
+
+
 class RuntimeBoard:
     """Every runtime source's track. Signals owns the board; the poller adds and writes tracks."""
 
     def __init__(self, half_life_s: float = 1.0, ratio_points: int = 20) -> None:
         self.half_life_s, self.ratio_points = half_life_s, ratio_points
         self._tracks: Tuple[RuntimeTrack, ...] = ()      # replaced whole: readers never lock
+        self._tap: Optional[RuntimeTap] = None
+
+    def set_tap(self, tap: Optional[RuntimeTap]) -> None:
+        """Tell ``tap`` every reading and loss of every track, present and to come."""
+        self._tap = tap
+        for track in self._tracks:
+            track.tap = tap
 
     def add(self, source: RuntimeSource) -> RuntimeTrack:
         """A track for ``source``; one lost under the same name (a JVM whose pid came back) goes,
         and only the last MAX_LOST lost tracks are kept to be shown."""
         track = RuntimeTrack(source, self.half_life_s, self.ratio_points)
+        track.tap = self._tap
         kept = [t for t in self._tracks if not (t.lost and t.source.name == source.name)]
         lost = [t for t in kept if t.lost]
         if len(lost) > MAX_LOST:

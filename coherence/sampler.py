@@ -190,7 +190,8 @@ class Sampler:
                 self.engine.set_rule(SLOTS[derived], rule.floor, rule.hold, rule.take_min)
         if source.clock is not None:
             for slot, _coef in targets.get(source.clock_signal, ()):
-                self.engine.add_clock(source.clock, slot, every, phase)
+                alive = source.clock_alive
+                self.engine.add_clock(source.clock, slot, every, phase, -1 if alive is None else alive)
         elif source.readers:
             for reader in source.readers:
                 fields = [(f.prefix, f.index, f.occurrence, f.after_last, slot, coef * f.scale)
@@ -292,6 +293,16 @@ class Sampler:
         """Every signal's current figures, each read without a lock (see Signals.snapshot)."""
         return self.signals.snapshot()
 
+    def read_figures(self) -> Dict[str, Dict[str, int]]:
+        """Per source read from files: reads, read errors and parse misses (a field not found in
+        what was read: a format this kernel writes differently), summed over its files."""
+        out: Dict[str, Dict[str, int]] = {}
+        for (name, _path), f in zip(self._files, self.engine.file_stats()):
+            mine = out.setdefault(name, {"reads": 0, "errors": 0, "parse_misses": 0})
+            for key in mine:
+                mine[key] += int(f[key])
+        return out
+
     def sources(self) -> List[Row]:
         """Every candidate source with availability, the one in use per family, and why; a
         source whose file became unreadable while running (its process exited) shows as lost."""
@@ -303,5 +314,5 @@ class Sampler:
         if cpu is not None and cpu.clock is not None and self.signals.gauges.state()[2][Slot.CPU_NS]:
             lost[cpu.name] = f"the CPU clock of process {self.pid}"
         return [row._replace(available=False, reason=f"lost while running: {lost[row.name]} "
-                                                     "became unreadable (process exited?)")
+                                                     "became unreadable (process exited, or cgroup removed?)")
                 if row.name in lost else row for row in describe(self.chosen)]

@@ -84,7 +84,7 @@ class Sentinel:
         runtime.watch(JvmDiscovery(pid), changed=JvmFilesWatch())
         for source in [*scrape_runtimes(config), *runtimes]:
             runtime.add(source)
-        return cls(sampler, Monitor(config, sampler.snapshot, lambda: sampler_figures(sampler)),
+        return cls(sampler, Monitor(config, sampler.snapshot, sampler_figures(sampler, listener)),
                    sinks, listener, runtime)
 
     def __enter__(self) -> "Sentinel":

@@ -118,6 +118,7 @@ class Signals:
     def snapshot(self) -> Snapshot:
         """Every signal's current figures; NaN where a signal has no value yet."""
         values, _, lost = self.gauges.state()
+        memory_lost = "memory" in self.available and (lost[Slot.RESIDENT_BYTES] or lost[Slot.MINOR_FAULTS])
         cpu = self.cpu_buckets.snapshot()
         rate = {slot: r.rate for slot, r in self.rates.items()}
         recent = self.resident_history.to_array()[-self.trend_points:]
@@ -131,15 +132,14 @@ class Signals:
                 buckets_per_window=self.buckets_per_window, ncpu=self.ncpu,
                 history_pct=self.cpu_history.to_array()),
             memory=MemorySignals(
-                available="memory" in self.available and not (
-                    lost[Slot.RESIDENT_BYTES] or lost[Slot.MINOR_FAULTS]),
+                available="memory" in self.available and not memory_lost,
                 resident_bytes=values[Slot.RESIDENT_BYTES],
                 resident_growth_bytes_per_s=growth, resident_growth_t=growth_t,
                 trend_points=len(recent), trend_points_needed=self.trend_points,
                 total_bytes=values[Slot.MEM_TOTAL_BYTES],
                 minor_faults_per_s=rate[Slot.MINOR_FAULTS],
                 churn_bytes_per_s=rate[Slot.MINOR_FAULTS] * PAGE_SIZE,
-                pgalloc_bytes_per_s=rate[Slot.PGALLOC] * PAGE_SIZE),
+                pgalloc_bytes_per_s=rate[Slot.PGALLOC] * PAGE_SIZE, lost=memory_lost),
             # PSI: microseconds stalled per second / 1e4 = % of the time
             pressure=PressureSignals(cpu_some_pct=rate[Slot.PSI_CPU_US] / 1e4,
                                      memory_some_pct=rate[Slot.PSI_MEMORY_US] / 1e4),

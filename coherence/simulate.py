@@ -13,7 +13,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 from coherence._sampler import Slot
 from coherence.config import Config
@@ -331,6 +331,26 @@ def run(config: Optional[Config] = None, scenario: str = "story", seed: int = 0,
     _check_scenario(scenario)
     pace = _check_speed(speed)
     timeline = _PHASES[scenario]
+    steps: List[Step] = []
+    fired: List[Tuple[str, ...]] = []          # the classic alerts firing at each step
+    for report, alerts in play(config, timeline, seed, pace, sleep=sleep, clock=clock):
+        v = report.verdict
+        steps.append(Step(v.now, v.status, tuple((n, v.states[n]) for n in DETECTORS),
+                          tuple(_incident_key(i) for i in v.incidents)))
+        fired.append(alerts)
+        if on_report is not None:
+            on_report(report)
+    return SimulationResult(scenario, seed, pace, timeline[-1].end_s,
+                            _incidents(timeline, steps, fired), tuple(steps))
+
+
+def play(config: Config, timeline: Sequence[Phase], seed: int = 0, speed: float = MAX_SPEED, *,
+         sleep: Callable[[float], Any] = time.sleep, clock: Callable[[], float] = time.monotonic
+         ) -> Iterator[Tuple[Report, Tuple[str, ...]]]:
+    """Each Report of ``timeline`` as it is judged, with the classic alerts firing then (of
+    CLASSIC_RULES), and nothing kept: what ``run`` collects, and what a long run (a soak of
+    many simulated hours, benchmarks/run_soak.py) goes through without holding its history."""
+    pace = _check_speed(speed)
     duration = timeline[-1].end_s
     host = Host(timeline, random.Random(seed))
     signals = make_signals(config)
@@ -350,8 +370,6 @@ def run(config: Optional[Config] = None, scenario: str = "story", seed: int = 0,
         signals.resident_history.push(host.resident)
         signals.gauges.update({Slot.RESIDENT_BYTES: host.resident, Slot.MEM_TOTAL_BYTES: host.total}, t)
 
-    steps: List[Step] = []
-    fired: List[Tuple[str, ...]] = []          # the classic alerts firing at each step
     tick = bucket = 0
     read_counters(0.0)
     wall0 = clock()
@@ -376,15 +394,7 @@ def run(config: Optional[Config] = None, scenario: str = "story", seed: int = 0,
             wait = wall0 + now / pace - clock()
             if wait > 0:
                 sleep(wait)
-        report = monitor.step(now, EPOCH + now)
-        v = report.verdict
-        steps.append(Step(now, v.status, tuple((n, v.states[n]) for n in DETECTORS),
-                          tuple(_incident_key(i) for i in v.incidents)))
-        fired.append(classic.firing())
-        if on_report is not None:
-            on_report(report)
-    return SimulationResult(scenario, seed, pace, duration, _incidents(timeline, steps, fired),
-                            tuple(steps))
+        yield monitor.step(now, EPOCH + now), classic.firing()
 
 
 def _incident_key(incident: Dict[str, object]) -> Tuple[str, Tuple[str, ...]]:

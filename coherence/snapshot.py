@@ -16,7 +16,7 @@ PUSHED, SCRAPED, TCP_PROXY = "pushed", "scraped", "tcp_proxy"
 
 @dataclass(frozen=True)
 class CpuSignals:
-    available: bool                # a CPU source is read (False: none, or it was lost)
+    available: bool                # a CPU source is read (False: it was lost; the sampler needs one)
     util_mean_pct: float           # mean of the buckets in the window, % of the CPUs available
     util_std_pct: float            # their standard deviation, points of %
     buckets: int                   # buckets in the window so far
@@ -37,6 +37,7 @@ class MemorySignals:
     minor_faults_per_s: float
     churn_bytes_per_s: float             # minor faults x page size: allocation churn
     pgalloc_bytes_per_s: float
+    lost: bool = False                   # its source became unreadable while running
 
 
 @dataclass(frozen=True)

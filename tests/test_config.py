@@ -1,7 +1,7 @@
 """The config object: defaults, TOML files and overrides, and one clear error per bad value."""
 import pytest
 
-from coherence.config import Config, ConfigError, load
+from coherence.config import MAX_WINDOW_VALUES, Config, ConfigError, load
 
 
 def write(tmp_path, text):
@@ -56,3 +56,30 @@ def test_overrides_skip_none_and_validate():
     assert c.sampler.hz == 500 and c.seizure.std_limit_pct == 20
     with pytest.raises(ConfigError, match="between 1 and 2000"):
         Config().with_overrides({"sampler.hz": 0.5})
+
+
+# Files load() accepted and the sentinel then could not start with (fuzz/fuzz_config.py found
+# window_s = 1e300; the others are its property checked by hand), or whose error took two lines.
+@pytest.mark.parametrize("text, match", [
+    ("[seizure]\nwindow_s = 1e300\n", r"seizure\.window_s / seizure\.resolution_s is 1e\+301 values a window"),
+    ("[amplification]\nwindow_s = 1e7\n", r"amplification\.window_s \* sampler\.slow_hz is 2e\+08"),
+    ("[fever]\nwindow_s = 1e9\n", r"fever\.window_s \* sampler\.slow_hz"),
+    ("[runtime]\nscrape_max_mb = 1e-9\n", r"runtime\.scrape_max_mb must be at least one byte"),
+])
+def test_settings_the_sentinel_could_not_start_with_are_refused(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        load(write(tmp_path, text))
+
+
+def test_the_largest_windows_accepted_build_the_accumulators(tmp_path):
+    from coherence.signals import Signals
+    config = load(write(tmp_path, "[seizure]\nwindow_s = 100000\n[amplification]\nwindow_s = 50000\n"))
+    signals = Signals.from_config(config, ncpu=1.0)
+    assert signals.buckets_per_window == MAX_WINDOW_VALUES
+
+
+@pytest.mark.parametrize("text", ['[seizure]\n"a\\nb" = 1\n', '["x\\ry"]\n'])
+def test_a_key_with_control_characters_is_named_on_one_line(tmp_path, text):
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, text))
+    assert "\n" not in str(err.value) and "\r" not in str(err.value) and "unknown" in str(err.value)

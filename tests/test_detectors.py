@@ -321,6 +321,17 @@ def test_a_busy_healthy_jvm_allocating_1_gb_s_is_never_a_fever_and_sets_the_base
     assert fever.alloc_baseline["jvm 42"] == pytest.approx(1000e6)
 
 
+def test_the_usual_rates_of_runtimes_that_are_gone_are_forgotten():
+    """JVMs that come and go (a build agent starts thousands a day) leave nothing behind: the
+    runtime board keeps the last few that exited, and fever keeps only their usual rates."""
+    fever = Fever(CFG.fever)
+    snap = memory_snapshot(*FLAT)
+    for n in range(1000):
+        fever.evaluate(with_runtime(snap, runtime_process(0.02, 100.0, name=f"jvm {n}"),
+                                    runtime_process(0.02, 100.0, name="jvm 1", available=False)), n)
+    assert set(fever.alloc_baseline) == {"jvm 999", "jvm 1"} and set(fever._learned_at) == {"jvm 999", "jvm 1"}
+
+
 def test_the_worst_of_several_runtimes_is_judged_and_a_lost_one_is_not():
     snap = with_runtime(memory_snapshot(*FLAT), runtime_process(0.9, 10.0, name="jvm 7", available=False),
                         runtime_process(0.05, 300.0, name="jvm 8"), runtime_process(0.4, 900.0, name="jvm 9"))

@@ -1,6 +1,7 @@
 """The Sentinel wires a real sampler to the monitor and the sinks: reports at the evaluation
 period reach every sink, the sinks and the sampler are opened and closed together, a StatsD
 listener is part of it when asked, and a bad setting leaves nothing running."""
+import dataclasses
 import io
 import json
 import socket
@@ -9,8 +10,9 @@ from typing import Any, List
 
 import pytest
 
+from coherence._core import AtomicCounter
 from coherence.config import Config
-from coherence.monitor import Report
+from coherence.monitor import Report, judged_requests
 from coherence.sampler import SamplerError
 from coherence.sentinel import EVAL_PERIOD_S, Sentinel
 from coherence.sinks.jsonl import JsonLinesSink
@@ -77,9 +79,43 @@ def test_statsd_counts_reach_the_amplification_detector():
         for _ in range(20):
             client.sendto(b"svc.ingress:10|c\nsvc.egress:30|c", ("127.0.0.1", port))
             time.sleep(0.05)
+        client.sendto(b"svc.ingress:oops|c\nsvc.egress|c\nother.metric:1|c", ("127.0.0.1", port))
+        time.sleep(0.1)
         report = sentinel.run(0.5)
     assert not sentinel.listener.running
     assert report.snapshot.requests.source == "pushed"
+    # what the JSON line and the dashboard say: the pushed counts judged, and what came in
+    assert report.sampler is not None
+    assert report.sampler["sources"]["requests"] == "requests.pushed"
+    statsd = report.sampler["statsd"]
+    assert statsd["packets"] == 21 and statsd["accepted"] == 40
+    assert statsd["malformed"] == 2 and statsd["ignored"] == 1
+    assert statsd["dropped"] == 0                 # the kernel dropped none (read from /proc/net/udp)
+    reads = report.sampler["reads"]
+    assert set(reads) == set(report.sampler["sources"].values()) - {"requests.pushed"} | {"requests.tcp_snmp"}
+    assert all(r["reads"] > 0 and r["parse_misses"] == 0 and r["errors"] == 0 for r in reads.values())
+
+
+def test_without_pushed_or_scraped_counts_the_tcp_source_is_named():
+    # counters of its own: the process-wide ones have been pushed to by other tests
+    with Sentinel.from_config(CFG, counters=(AtomicCounter(), AtomicCounter())) as sentinel:
+        report = sentinel.run(0.3)
+    assert report.sampler is not None and "statsd" not in report.sampler
+    assert report.snapshot.requests.source == "tcp_proxy"
+    assert report.sampler["sources"]["requests"].startswith("requests.tcp")
+    assert "requests_origin" not in report.sampler
+
+
+def test_a_scraped_services_counts_are_named_with_their_target():
+    with Sentinel.from_config(CFG, counters=(AtomicCounter(), AtomicCounter())) as sentinel:
+        report = sentinel.run(0.3)
+    assert report.sampler is not None
+    scraped = dataclasses.replace(report.snapshot, requests=dataclasses.replace(
+        report.snapshot.requests, source="scraped", origin="scrape http://127.0.0.1:1/metrics"))
+    figures = judged_requests(report.sampler, scraped)
+    assert figures["sources"]["requests"] == "requests.scraped"
+    assert figures["requests_origin"] == "scrape http://127.0.0.1:1/metrics"
+    assert report.sampler["sources"]["requests"].startswith("requests.tcp")      # not changed in place
 
 
 def test_a_bad_pid_leaves_no_listener_behind():

@@ -1,5 +1,6 @@
 """What every sink shares: the Sink protocol (one method, emit), `opened` entering the sinks that
 hold a resource, and the cadence of line sinks (a grid of intervals, a line at every change)."""
+import errno
 import io
 from typing import Any, List
 
@@ -8,7 +9,7 @@ import pytest
 
 from coherence.monitor import Report
 from coherence.sinks import Dashboard, JsonLinesSink, NagiosSink, PlainStatusSink, Sink, opened
-from coherence.sinks.base import Cadence, LineSink
+from coherence.sinks.base import Cadence, LineSink, SinkClosed, SinkFailed, write_line
 from test_sinks_jsonl import scripted_reports
 
 
@@ -90,3 +91,25 @@ def test_cadence_keeps_its_grid_through_jitter_and_does_not_burst_after_a_pause(
     paused = Cadence(1.0)
     assert paused.due(0.0, False) and paused.due(30.0, False)
     assert not paused.due(30.5, False) and paused.due(31.0, False)
+
+
+class Failing(io.StringIO):
+    """A stream whose flush fails as a file on a full disk does."""
+
+    name = "<stdout>"
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__()
+        self.error = error
+
+    def flush(self) -> None:
+        raise self.error
+
+
+def test_a_closed_reader_a_full_disk_and_no_stdout_are_told_apart():
+    with pytest.raises(SinkClosed):
+        write_line(Failing(BrokenPipeError(errno.EPIPE, "Broken pipe")), "x")
+    with pytest.raises(SinkFailed, match="^cannot write the reports to stdout: No space left on device$"):
+        write_line(Failing(OSError(errno.ENOSPC, "No space left on device")), "x")
+    with pytest.raises(SinkFailed, match="^stdout is closed: there is nowhere to write the reports$"):
+        write_line(None, "x")

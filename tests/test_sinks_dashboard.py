@@ -94,10 +94,24 @@ def test_evidence_and_sparklines(reports):
 def test_the_sampler_reports_on_itself_or_says_simulated(reports):
     screen = text_of(report_at(reports, 3.0))
     assert "Sampler: 999 of 1000 Hz · p99 lateness 114 µs · own CPU 3.03 % · 3 overruns" in screen
-    assert "Sources: cpu.cgroup2, memory.cgroup1, pressure.psi, requests.tcp_snmp" in screen
+    # the scripted requests are pushed counts: the line names what amplification judges
+    assert "Sources: cpu.cgroup2, memory.cgroup1, pressure.psi, requests.pushed" in screen
     for sampler in (None, {"simulated": True}):
         simulated = scripted_reports(until=1.0, sampler=sampler)[-1]
         assert "Sampler: simulated" in text_of(simulated)
+
+
+def test_what_was_lost_on_the_way_in_is_shown_only_when_something_was():
+    base = {"hz": 1000.0, "achieved_hz": 999.0, "ticks": 10, "overruns": 0, "tick_lateness_p50_us": 1.0,
+            "tick_lateness_p99_us": 2.0, "cpu_percent": 1.0, "sources": {"cpu": "cpu.proc_stat"}, "notes": [],
+            "reads": {"cpu.proc_stat": {"reads": 900, "errors": 0, "parse_misses": 0}}}
+    quiet = text_of(scripted_reports(until=1.0, sampler=base)[-1])
+    assert "parse misses" not in quiet and "StatsD" not in quiet
+    lossy = {**base, "reads": {"cpu.proc_stat": {"reads": 900, "errors": 2, "parse_misses": 7}},
+             "statsd": {"packets": 50, "accepted": 90, "ignored": 1, "malformed": 3, "dropped": 12}}
+    screen = text_of(scripted_reports(until=1.0, sampler=lossy)[-1])
+    assert "cpu.proc_stat: 7 parse misses, 2 read errors in 900 reads" in screen
+    assert "StatsD: 90 accepted · 3 malformed · 12 dropped by the kernel · 1 ignored" in screen
 
 
 def test_a_narrow_terminal_stacks_the_panels(reports):

@@ -145,7 +145,7 @@ def test_lines_from_a_real_sampler_validate(validator):
     from coherence.sampler import Sampler
     sampler = Sampler(hz=500).start()
     try:
-        monitor = Monitor(Config().validate(), sampler.snapshot, lambda: sampler_figures(sampler))
+        monitor = Monitor(Config().validate(), sampler.snapshot, sampler_figures(sampler))
         out = io.StringIO()
         sink = JsonLinesSink(out, interval_s=0.2)
         for _ in range(12):
@@ -275,7 +275,7 @@ def test_piped_into_head_the_run_ends_quietly_with_exit_0():
 def test_report_json_keys_and_types(reports):
     obj = report_json(report_at(reports, 25.0))
     assert list(obj) == ["ts", "elapsed_s", "status", "changed", "detectors", "veto", "incidents",
-                         "sampler"]
+                         "sampler", "runtime"]
     assert list(obj["detectors"]) == ["seizure", "fever", "amplification"]
     for d in obj["detectors"].values():
         assert list(d) == ["state", "for_s", "value", "limit", "unit", "reason", "evidence", "veto"]

@@ -1,7 +1,9 @@
 """Sources against fake /proc and /sys trees (tests/fixtures/) and the parse_fields contract."""
 import os
 import shutil
+import subprocess
 import sys
+import time
 from typing import Any, Dict, Optional
 
 import pytest
@@ -9,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coherence import sources
-from coherence.sources import Field, cpu, memory, netsnmp, parse_fields, pressure
+from coherence.sources import Field, SourceUnavailable, cpu, memory, netsnmp, parse_fields, pressure
+from coherence.sources.cpu import PidClockCpu
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 TICK_NS = 1e9 / os.sysconf("SC_CLK_TCK")
@@ -241,6 +244,19 @@ def test_derived_minor_faults_never_step_back(tmp_path):
         assert s.read()["minor_faults_total"] == 5955
 
 
+def test_a_vmstat_line_too_long_to_be_a_zone_is_not_declared_as_one(tmp_path):
+    # found by fuzz/fuzz_procfs.py: "pgalloc_" and 40 bytes of junk became a Field the compiled
+    # sampler could not hold, and the sampler refused to start
+    shutil.copytree(os.path.join(FIXTURES, "nopsi"), tmp_path / "t")
+    vmstat = tmp_path / "t" / "proc" / "vmstat"
+    vmstat.write_bytes(vmstat.read_bytes() + b"pgalloc_" + b"\xb6" * 40 + b"movable 7\n")
+    from coherence.sampler import Sampler
+    with memory.HostMemory(proc_root=str(tmp_path / "t" / "proc")) as s:
+        assert s.available and s.read()["pgalloc_total"] == 3210   # the real zones' sum
+    with Sampler(hz=100, proc_root=str(tmp_path / "t" / "proc"), sys_root=str(tmp_path / "t" / "sys")) as sampler:
+        assert {r.family: r.name for r in sampler.sources() if r.in_use}["memory"] == "memory.host"
+
+
 # --- discovery, fallbacks, pid ----------------------------------------------------------------
 
 @pytest.mark.parametrize("name, expected", [
@@ -290,6 +306,40 @@ def test_pid_sources_come_first_and_a_missing_pid_falls_back():
         sources.close_all(chosen)
 
 
+def test_the_pid_clock_refuses_a_read_once_its_process_exited():
+    """A zombie's clock still reads (and a reused pid's reads another process): the pidfd says
+    the process exited, and the source is unavailable from then on."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        source = PidClockCpu(child.pid)
+        assert source.available and source.clock_alive is not None
+        assert source.read()["cpu_usage_ns_total"] >= 0
+        child.kill()
+        deadline = time.monotonic() + 10
+        while source.read():
+            assert time.monotonic() < deadline, "still read after the process exited"
+        assert source.reason == f"process {child.pid} exited" and source.clock_alive is None
+        source.close()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_pid_hidden_by_hidepid_is_told_from_a_missing_one(monkeypatch):
+    """/proc mounted with hidepid hides other users' processes: signal 0 still finds them."""
+    import coherence.sources._base as base
+
+    def not_ours(pid: int, sig: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(base.os, "kill", not_ours)
+    with pytest.raises(SourceUnavailable, match="process 4194305 is hidden from this user: "
+                                                "/proc is mounted with hidepid"):
+        base.pid_dir("/proc", 4_194_305)
+    # a fake tree lends no real processes: there it is only missing
+    with pytest.raises(SourceUnavailable, match="^no process 4194305$"):
+        base.pid_dir(tree("cgroup2")["proc_root"], 4_194_305)
+
+
 @pytest.mark.parametrize("pid", [0, -1, "42", 1.5, True])
 def test_bad_pid_raises_valueerror(pid):
     with pytest.raises(ValueError, match="pid must be a positive integer"):
@@ -320,6 +370,30 @@ def test_cpu_capacity(monkeypatch, name, pid, cpus, mentions):
     monkeypatch.setattr(os, "cpu_count", lambda: 3)
     got, reason = sources.cpu_capacity(pid=pid, **tree(name))
     assert got == cpus and mentions in reason
+
+
+@pytest.mark.parametrize("name, rel", [
+    ("cgroup1", "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us"),
+    ("cgroup2", "sys/fs/cgroup/cpu.max"),
+])
+def test_a_quota_of_zero_is_no_quota_not_zero_cpus(tmp_path, monkeypatch, name, rel):
+    # found by fuzz/fuzz_procfs.py: a quota of 0 (which no kernel sets) gave 0 CPUs, and the
+    # sampler refused to start ("ncpu must be > 0")
+    shutil.copytree(os.path.join(FIXTURES, name), tmp_path / "t")
+    (tmp_path / "t" / rel).write_text("0 100000\n" if name == "cgroup2" else "0\n")
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    cpus, reason = sources.cpu_capacity(str(tmp_path / "t" / "proc"), str(tmp_path / "t" / "sys"))
+    assert cpus > 0 and "quota 0" not in reason, reason
+
+
+@pytest.mark.parametrize("text, cpus", [
+    ("0-3,8,10-11\n", 7), ("0", 1), ("0-65535", 65536),
+    ("0-" + "9" * 400, 0),        # past float(): OverflowError
+    ("0-" + "9" * 5000, 0),       # past int()'s 4300 digits: ValueError
+    ("5-2", 0), ("0-3,3-1", 0), ("65536", 0), ("\u00b2", 0), ("1-\u00b2", 0), ("0,,1", 0), ("", 0),
+])
+def test_cpu_lists_that_are_junk_count_no_cpu(text, cpus):
+    assert cpu.parse_cpu_list(text) == cpus
 
 
 def test_cpu_capacity_of_a_missing_process():

@@ -685,6 +685,25 @@ def test_parsing_only_the_used_families_keeps_a_users_selector() -> None:
     assert only.values == whole.values == {"requests_in_total": 7}
 
 
+@pytest.mark.parametrize("body", [
+    b"#\tTYPE jvm_gc_pause_seconds_sum gauge\njvm_gc_pause_seconds_sum 5\n",
+    b" # TYPE jvm_gc_pause_seconds_sum gauge\njvm_gc_pause_seconds_sum 5\n",
+    b"# TYPE jvm_gc_pause_seconds_sum\x0bgauge\njvm_gc_pause_seconds_sum 5\n",
+    b'# TYPE "jvm_gc_pause_seconds_sum" gauge\njvm_gc_pause_seconds_sum 5\n',
+    b'# TYPE jvm_gc_pause_seconds_sum gauge\n{"jvm_gc_pause_seconds_sum"} 5\n',
+    b"# TYPE jvm_gc_pause_seconds_sum gauge\n\t jvm_gc_pause_seconds_sum 5\n",
+])
+def test_every_spelling_of_a_type_line_the_text_parser_honours_is_kept(body: bytes) -> None:
+    # Found by writing fuzz/fuzz_scrape.py: the filter kept "# TYPE" lines as written by clients
+    # only, so a gauge typed with a tab, a leading space or a quoted name read as a counter once
+    # the target read well.
+    whole, only = recognised_both_ways(body, TEXT)
+    assert only.values == whole.values == {}
+    counted = body.replace(b"gauge", b"untyped")
+    whole, only = recognised_both_ways(counted, TEXT)
+    assert only.values == whole.values == {"gc_seconds_total": 5}
+
+
 # Families as clients write them (TYPE, then its samples), in any order and any number: the lines of
 # one family together, as both formats require.
 FAMILIES = [

@@ -14,6 +14,10 @@
 # Both packages ship their server as a service. The tests start their own, on free ports of
 # 127.0.0.1 with temporary directories: the packaged services are kept from starting during the
 # install (policy-rc.d) and stopped and disabled after it, so nothing listens on 9090 or 9093.
+#   systemd-analyze (systemd), strace: tests/test_deploy.py verifies deploy/systemd/coherence.service
+#     and traces `coherence serve` against its system call filter (nothing is started)
+#   clang and its sanitizer runtimes (clang, libclang-rt-14-dev): tools/fuzz.sh builds the compiled
+#     parser for libFuzzer's coverage (-fsanitize=fuzzer-no-link, which gcc lacks) for tests/test_fuzz.py
 set -euo pipefail
 need=()
 command -v perf >/dev/null 2>&1 || need+=(linux-perf)
@@ -22,6 +26,12 @@ command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
 command -v go >/dev/null || need+=(golang-go)
 command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null && command -v amtool >/dev/null || need+=(prometheus-alertmanager)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v strace >/dev/null || need+=(strace)
+command -v clang >/dev/null || need+=(clang)
+# linking -fsanitize=address with clang needs its static helper, packaged apart (Debian 12: clang 14)
+asan_static=$(clang -print-file-name=libclang_rt.asan_static-x86_64.a 2>/dev/null || true)
+[ -f "$asan_static" ] || need+=(libclang-rt-14-dev)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "tools/test-deps.sh: the tests need ${need[*]}: install them (apt-get install ${need[*]}) or run this as root" >&2

@@ -2,7 +2,7 @@
 method, ``emit(report)``): the live dashboard (rich), JSON lines for scripts, plain status lines
 when stdout is not a terminal, the Nagios check line, Prometheus /metrics (prometheus, served by
 http) and the daemon's log lines (log)."""
-from coherence.sinks.base import Cadence, LineSink, Sink, SinkClosed, opened, write_line
+from coherence.sinks.base import Cadence, LineSink, Sink, SinkClosed, SinkFailed, opened, write_line
 from coherence.sinks.dashboard import Dashboard, render, sparkline
 from coherence.sinks.jsonl import JsonLinesSink, report_json
 from coherence.sinks.log import StateLog
@@ -20,6 +20,7 @@ __all__ = [
     "PrometheusSink",
     "Sink",
     "SinkClosed",
+    "SinkFailed",
     "StateLog",
     "check_line",
     "opened",

@@ -84,14 +84,29 @@ class Cadence:
         return True
 
 
-def write_line(stream: IO[str], line: str) -> None:
-    """Write and flush one line; a closed pipe becomes SinkClosed, never a traceback."""
+class SinkFailed(Exception):
+    """The output cannot be written (a full file system, no stdout at all): the run stops, and
+    the CLI says why in one line; ``str(err)`` is that line."""
+
+
+def write_line(stream: Optional[IO[str]], line: str) -> None:
+    """Write and flush one line; a closed pipe becomes SinkClosed, any other failure to write
+    SinkFailed, never a traceback. ``stream`` is None when the process started without a
+    standard output (`>&-`): Python's sys.stdout is None then."""
+    if stream is None:
+        raise SinkFailed("stdout is closed: there is nowhere to write the reports")
     try:
         stream.write(line + "\n")
         stream.flush()
     except BrokenPipeError as err:
         _discard_further_output(stream)
         raise SinkClosed("the reader closed the output") from err
+    except OSError as err:
+        # a full disk (ENOSPC), a quota (EDQUOT), an I/O error: the line may be cut short
+        _discard_further_output(stream)
+        name = getattr(stream, "name", "")
+        where = "stdout" if name in ("<stdout>", 1) else str(name or "the output")
+        raise SinkFailed(f"cannot write the reports to {where}: {err.strerror or err}") from err
 
 
 def _discard_further_output(stream: IO[str]) -> None:

@@ -110,8 +110,24 @@ def _sampler_lines(sampler: Optional[Mapping[str, Any]]) -> List[Text]:
                 f"p99 lateness {num(sampler.get('tick_lateness_p99_us'))} µs · "
                 f"own CPU {num(sampler.get('cpu_percent'))} % · "
                 f"{sampler.get('overruns', MISSING)} overruns", style="dim")
-    return [line, Text(f"Sources: {sources}", style="dim")] + \
-        [Text(f"  note: {n}", style="dim") for n in sampler.get("notes") or []]
+    origin = sampler.get("requests_origin")
+    if origin:
+        sources += f" ({origin})"
+    lines = [line, Text(f"Sources: {sources}", style="dim")]
+    # what was lost on the way in: shown only when something was
+    misses = {name: f for name, f in (sampler.get("reads") or {}).items()
+              if f.get("parse_misses") or f.get("errors")}
+    for name, f in misses.items():
+        lines.append(Text(f"  {name}: {f.get('parse_misses', 0)} parse misses, {f.get('errors', 0)} read "
+                          f"errors in {f.get('reads', 0)} reads", style="yellow"))
+    statsd = sampler.get("statsd")
+    if statsd:
+        dropped = statsd.get("dropped")
+        style = "yellow" if statsd.get("malformed") or dropped else "dim"
+        lines.append(Text(f"StatsD: {statsd.get('accepted', 0)} accepted · {statsd.get('malformed', 0)} "
+                          f"malformed · {MISSING if dropped is None else dropped} dropped by the kernel · "
+                          f"{statsd.get('ignored', 0)} ignored", style=style))
+    return lines + [Text(f"  note: {n}", style="dim") for n in sampler.get("notes") or []]
 
 
 class _View:

@@ -10,6 +10,7 @@ from typing import Any, Dict
 
 from coherence.detectors import DETECTORS
 from coherence.monitor import Report
+from coherence.snapshot import RuntimeProcess
 from coherence.sinks.base import EARLY_FRACTION, Cadence, LineSink, SinkClosed, write_line
 
 __all__ = ["EARLY_FRACTION", "Cadence", "JsonLinesSink", "SinkClosed", "clean", "report_json",
@@ -38,7 +39,14 @@ def report_json(report: Report) -> Dict[str, Any]:
         "veto": verdict.veto,
         "incidents": [_incident(i, report) for i in verdict.incidents],
         "sampler": report.sampler,
+        "runtime": [_runtime(p) for p in report.snapshot.runtime],
     })
+
+
+def _runtime(p: RuntimeProcess) -> Dict[str, Any]:
+    """A runtime source (a JVM, a scrape target) as /metrics shows it, with why it is down."""
+    return {"source": p.name, "runtime": p.runtime, "pid": p.pid, "up": p.available,
+            "reason": p.reason}
 
 
 def _incident(incident: Dict[str, object], report: Report) -> Dict[str, object]:

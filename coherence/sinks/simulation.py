@@ -4,7 +4,7 @@ table for a terminal."""
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from coherence.simulate import (
     CLASSIC_CPU_PCT,
@@ -19,7 +19,7 @@ from coherence.simulate import (
 
 
 def _after(seconds: Optional[float]) -> str:
-    return "never" if seconds is None else f"+{seconds:g} s"
+    return "never" if seconds is None else f"{seconds:+g} s"
 
 
 def _row(i: Incident) -> Tuple[str, ...]:
@@ -63,23 +63,35 @@ def _footer(result: SimulationResult) -> List[str]:
 
 def format_result(result: SimulationResult) -> str:
     """The lead-time table as plain text columns (for a pipe, a log, a test)."""
-    rows = [HEADERS] + [_row(i) for i in result.incidents]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(HEADERS))]
-    lines = [_title(result), ""]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines + [""] + _footer(result))
+    return plain_table(_title(result), result.incidents, _footer(result))
 
 
 def result_table(result: SimulationResult) -> Any:
     """The lead-time table as a rich Table (rich is imported only here: the CLI's dependency)."""
+    return rich_table(_title(result), result.incidents, _footer(result))
+
+
+def plain_table(title: str, incidents: Sequence[Incident], footer: Sequence[str],
+                headers: Sequence[str] = HEADERS) -> str:
+    """Incidents as plain text columns under ``title``, ``footer`` lines after them."""
+    rows = [tuple(headers)] + [_row(i) for i in incidents]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(headers))]
+    lines = [title, ""]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines + [""] + list(footer))
+
+
+def rich_table(title: str, incidents: Sequence[Incident], footer: Sequence[str],
+               headers: Sequence[str] = HEADERS) -> Any:
+    """Incidents as a rich Table (rich is imported only here: the CLI's dependency)."""
     from rich.table import Table
 
-    table = Table(title=_title(result), caption="\n".join(_footer(result)),
+    table = Table(title=title, caption="\n".join(footer),
                   caption_justify="left", header_style="bold")
-    for h in HEADERS:
+    for h in headers:
         table.add_column(h.capitalize() if h.isupper() else h,
-                         justify="right" if h == "STARTS AT" else "left")
-    for i in result.incidents:
+                         justify="right" if h == headers[1] else "left")
+    for i in incidents:
         row = list(_row(i))
         row[-1] = f"[green]{row[-1]}[/green]" if i.lead_s is not None and i.lead_s > 0 \
             else f"[red]{row[-1]}[/red]"

@@ -18,6 +18,10 @@ log = logging.getLogger("coherence.sources")
 READ_SIZE = 65536
 # Counters are exposed by the kernel as unsigned 64-bit integers; anything longer is junk.
 MAX_COUNTER = 2**64 - 1
+# The compiled parser keeps a field's prefix and after_last in fixed buffers of these sizes
+# (field_t in csrc/coherence/_sampler.pyx): a Field longer than that could not be sampled.
+MAX_PREFIX_BYTES = 40
+MAX_AFTER_LAST_BYTES = 8
 
 
 def _sysconf(name: str, default: int) -> int:
@@ -54,6 +58,9 @@ class Field:
             raise ValueError("Field.signal must be a non-empty name with its unit")
         if not isinstance(self.prefix, bytes) or not isinstance(self.after_last, bytes):
             raise ValueError(f"Field {self.signal!r}: prefix and after_last must be bytes")
+        if len(self.prefix) > MAX_PREFIX_BYTES or len(self.after_last) > MAX_AFTER_LAST_BYTES:
+            raise ValueError(f"Field {self.signal!r}: prefix longer than {MAX_PREFIX_BYTES} bytes or "
+                             f"after_last longer than {MAX_AFTER_LAST_BYTES}")
         if self.index < 0 or self.occurrence < 0:
             raise ValueError(f"Field {self.signal!r}: index and occurrence must be >= 0")
         if not (math.isfinite(self.scale) and self.scale > 0):
@@ -276,6 +283,7 @@ class Source:
     rules: Mapping[str, Rule] = {}
     clock: Optional[int] = None
     clock_signal = ""
+    clock_alive: Optional[int] = None   # an fd readable once the clock's process exited (pidfd)
 
     def __init__(self) -> None:
         self.readers: List[FileReader] = []
@@ -367,11 +375,27 @@ def check_pid(pid: Optional[int]) -> Optional[int]:
 
 
 def pid_dir(proc_root: str, pid: int) -> str:
-    """/proc/<pid>, or SourceUnavailable('no process <pid>')."""
+    """/proc/<pid>, or SourceUnavailable: 'no process <pid>', or, when the process exists but
+    /proc hides it from this user (mounted with hidepid=1 or 2), that it is hidden."""
     path = os.path.join(proc_root, str(pid))
     if not os.path.isdir(path):
+        if proc_root == "/proc" and _exists_hidden(pid):
+            raise SourceUnavailable(f"process {pid} is hidden from this user: {proc_root} is mounted "
+                                    "with hidepid (run as its user, or root)")
         raise SourceUnavailable(f"no process {pid}")
     return path
+
+
+def _exists_hidden(pid: int) -> bool:
+    """Signal 0 checks that a process exists without touching it: EPERM means it does, and
+    belongs to another user."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
 
 
 # --- cgroups ---------------------------------------------------------------------------------

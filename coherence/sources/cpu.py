@@ -5,7 +5,9 @@ tick counters of ``/proc/<pid>/stat`` and ``/proc/stat``; psutil last, for any O
 """
 from __future__ import annotations
 
+import errno
 import os
+import select
 import time
 from typing import Callable, Dict, List, Optional, Tuple, Type
 
@@ -115,8 +117,19 @@ def process_cpu_clock(pid: int) -> int:
     return ((~pid) << 3) | 2
 
 
+def _exited(pidfd: int) -> bool:
+    """A pidfd polls readable once its process has exited."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class PidClockCpu(Source):
-    """The CPU-time clock of one process: every thread, in ns (clock_gettime, no file to read)."""
+    """The CPU-time clock of one process: every thread, in ns (clock_gettime, no file to read).
+
+    The clock is named by the pid's number, which another process takes once this one exited
+    and the number comes round: a pidfd held open (``clock_alive``) tells the two apart, and
+    each read made after the process exited is refused (the sampler's engine does the same)."""
 
     name, family, max_hz, required = "cpu.pidclock", "cpu", FINE_HZ, (SIGNAL,)
     recipe = RECIPE
@@ -126,6 +139,7 @@ class PidClockCpu(Source):
         self.pid = positive_pid(pid)
         self.clock = self._clock_id = process_cpu_clock(self.pid)
         self.clock_signal = SIGNAL
+        self.clock_alive: Optional[int] = None
         self._probe(lambda: self._build(proc_root))
 
     def _build(self, proc_root: str) -> str:
@@ -133,13 +147,31 @@ class PidClockCpu(Source):
         if proc_root != "/proc":
             # a fake /proc tree cannot lend its processes' clocks
             raise SourceUnavailable(f"process CPU clocks need the real /proc, not {proc_root}")
+        try:
+            self.clock_alive = os.pidfd_open(self.pid)
+        except AttributeError as err:       # Python built without it, or not Linux
+            raise SourceUnavailable("no pidfd_open: a reused pid could not be told apart") from err
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                raise SourceUnavailable(f"no process {self.pid}") from err
+            raise SourceUnavailable(f"pidfd_open (Linux 5.3+): {err.strerror or err}: a reused pid "
+                                    "could not be told apart") from err
         return f"CPU-time clock of process {self.pid} (clock_gettime, ns, all threads)"
 
     def _collect(self) -> Dict[str, float]:
         try:
-            return {SIGNAL: float(time.clock_gettime_ns(self._clock_id))}
+            value = float(time.clock_gettime_ns(self._clock_id))
         except (OSError, AttributeError) as err:
             raise SourceUnavailable(f"process {self.pid} CPU clock: {err}") from err
+        if self.clock_alive is not None and _exited(self.clock_alive):
+            raise SourceUnavailable(f"process {self.pid} exited")
+        return {SIGNAL: value}
+
+    def _close_readers(self) -> None:
+        super()._close_readers()
+        if self.clock_alive is not None:
+            fd, self.clock_alive = self.clock_alive, None
+            os.close(fd)
 
 
 class PidStatCpu(Source):
@@ -255,14 +287,25 @@ def _cgroup_levels(mount: str, member: Optional[str]) -> List[str]:
     return levels
 
 
+# No kernel numbers CPUs this high (CONFIG_NR_CPUS is at most 8192): a larger number is junk.
+MAX_CPU_NUMBER = 1 << 16
+
+
+def _cpu_number(text: str) -> int:
+    # isdigit() alone would pass "²" and numbers too long for int() or float()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 5 else MAX_CPU_NUMBER
+
+
 def parse_cpu_list(text: str) -> int:
     """How many CPUs a kernel CPU list names ("0-3,8,10-11" is 7); 0 if it is not one."""
     count = 0
     for part in text.strip().split(","):
-        lo, sep, hi = part.partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
+        lo_text, sep, hi_text = part.partition("-")
+        lo = _cpu_number(lo_text)
+        hi = _cpu_number(hi_text) if sep else lo
+        if not lo <= hi < MAX_CPU_NUMBER:
             return 0
-        count += (int(hi) - int(lo) + 1) if sep else 1
+        count += hi - lo + 1
     return count
 
 
@@ -306,7 +349,8 @@ def cpu_capacity(proc_root: str = "/proc", sys_root: str = "/sys",
             continue
         for level in _cgroup_levels(mount, member.get(key)):
             quota, path = quota_of(level)
-            if quota is not None and quota < cpus:
+            # 0 is no quota a kernel sets (it refuses under 1 ms a period): junk, not "no CPU"
+            if quota is not None and 0 < quota < cpus:
                 cpus = quota
                 reasons.append(f"quota {quota:g} CPUs ({path})")
     return cpus, "; ".join(reasons)

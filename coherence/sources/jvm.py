@@ -150,16 +150,18 @@ def _parse_entries(data: bytes, bo: str, limit: int, offset: int, count: int,
         if not raw_name or len(raw_name) > MAX_NAME_BYTES:
             raise PerfDataError(f"entry {index} at {offset}: empty or overlong name")
         name = raw_name.decode("ascii", "replace")
+        # a reason is one line: a name holding a newline or other control bytes is shown escaped
+        shown = name if name.isprintable() else repr(name)
         start = offset + data_at
         if dtype == TYPE_LONG and vector == 0:
             if data_at + 8 > length:
-                raise PerfDataError(f"entry {index} ({name}): long runs past its entry")
+                raise PerfDataError(f"entry {index} ({shown}): long runs past its entry")
             if name not in values and where is not None:
                 where[name] = (start, 0)
             values.setdefault(name, long_.unpack_from(data, start)[0])
         elif dtype == TYPE_BYTE and vector > 0 and units == UNITS_STRING:
             if data_at + vector > length:
-                raise PerfDataError(f"entry {index} ({name}): string runs past its entry")
+                raise PerfDataError(f"entry {index} ({shown}): string runs past its entry")
             text = data[start:start + vector].split(b"\0", 1)[0]
             if name not in values and where is not None:
                 where[name] = (start, vector)
@@ -187,8 +189,10 @@ class PerfLayout:
 
     def read(self, data: bytes) -> Optional[PerfData]:
         """The wanted values of ``data``, or None when its prologue (its layout) changed."""
-        # the prologue's first 32 bytes: magic to num_entries; mod_time_stamp moves with the layout
-        if data[:PROLOGUE_SIZE] != self.key:
+        # the prologue's first 32 bytes: magic to num_entries; mod_time_stamp moves with the layout;
+        # a buffer shorter than the size it says it uses (a file cut short between the fstat and
+        # the pread) does not hold the places either
+        if data[:PROLOGUE_SIZE] != self.key or len(data) < self.perf.used_bytes:
             return None
         unpack = self._long.unpack_from
         values: Dict[str, Value] = {name: unpack(data, at)[0] for name, at in self.longs}
@@ -346,22 +350,25 @@ class StallTracker:
     concurrently, so its collector time counts only its three short pauses (0.1 % of wall time in
     a death spiral whose threads are stalled 70 % of it), and no counter of hsperfdata holds the
     stalls. What does show them is ``sun.gc.cause``, which reads "Allocation Stall" for as long
-    as a cycle a stall started is running: each interval between two readings that ends on that
-    cause counts whole. Measured on JDK 17 (tests/e2e/measure_collectors.py): 76-82 % of samples
-    in a spiral whose log has 70 % stalls, 0 % in healthy runs, 2 % in a busy one with 1 % real
-    stalls. No other collector ever gives that cause: for them this stays 0."""
+    as a cycle a stall started is running: each interval between two readings counts by how many
+    of its two ends read that cause (whole, half or not at all: the trapezoid rule, which keeps
+    a half-second poll's estimate from swinging between 0 and the interval). Measured on JDK 17
+    (tests/e2e/measure_collectors.py): 76-82 % of samples in a spiral whose log has 70 % stalls,
+    0 % in healthy runs, 2 % in a busy one with 1 % real stalls. No other collector ever gives
+    that cause: for them this stays 0."""
 
     def __init__(self) -> None:
         self.stall_s_total = 0.0
-        self._last_uptime: Optional[float] = None
+        self._last: Optional[Tuple[float, bool]] = None     # uptime, stalled
 
     def update(self, counters: JvmCounters) -> float:
         t = counters.uptime_s
         if not math.isfinite(t):
             return self.stall_s_total
-        if self._last_uptime is not None and t > self._last_uptime and counters.gc_cause == ALLOCATION_STALL:
-            self.stall_s_total += t - self._last_uptime
-        self._last_uptime = t
+        stalled = counters.gc_cause == ALLOCATION_STALL
+        if self._last is not None and t > self._last[0]:
+            self.stall_s_total += (t - self._last[0]) * (self._last[1] + stalled) / 2
+        self._last = (t, stalled)
         return self.stall_s_total
 
 
@@ -454,7 +461,8 @@ def _unreadable(path: str) -> str:
     except SourceUnavailable as err:
         reason = str(err)
         if reason.startswith("permission denied"):
-            reason += " (run as the JVM's user or root)"
+            # measured: root whose capabilities are dropped (a container) is refused too
+            reason += " (run as the JVM's user, or with CAP_DAC_READ_SEARCH)"
         return reason
     return ""
 
@@ -579,7 +587,7 @@ def _why_no_file(proc_root: str, pid: int) -> str:
         os.listdir(os.path.join(proc_dir, "root", "tmp"))
     except OSError as err:
         if err.errno in (errno.EACCES, errno.EPERM):
-            return f"permission denied: {proc_dir}/root/tmp (run as the JVM's user or root)"
+            return f"permission denied: {proc_dir}/root/tmp (run as its user, or with CAP_SYS_PTRACE)"
     return (f"no hsperfdata file for process {pid}: not a JVM, or one started with "
             "-XX:-UsePerfData or -XX:+PerfDisableSharedMem")
 

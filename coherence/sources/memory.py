@@ -9,6 +9,7 @@ import os
 from typing import List, Optional
 
 from coherence.sources._base import (
+    MAX_PREFIX_BYTES,
     PAGE_SIZE,
     Field,
     Recipe,
@@ -79,9 +80,10 @@ class HostMemory(_Memory):
         self._add(meminfo, [_gauge("mem_total_bytes", b"MemTotal:", KIB),
                             _gauge("mem_available_bytes", b"MemAvailable:", KIB)])
         vmstat = self._add(os.path.join(proc_root, "vmstat"))
-        # Zones differ by kernel and arch (dma, dma32, normal, movable, device): take those present.
-        zones = [line.split()[0] + b" " for line in vmstat.read().split(b"\n")
-                 if line.startswith(b"pgalloc_") and line.split()]
+        # Zones differ by kernel and arch (dma, dma32, normal, movable, device): take those present
+        # (a name too long to be a zone's is junk the sampler could not look for).
+        names = [line.split()[0] for line in vmstat.read().split(b"\n") if line.startswith(b"pgalloc_")]
+        zones = [name + b" " for name in names if len(name) < MAX_PREFIX_BYTES]
         vmstat.fields = tuple([Field("pgalloc_total", zone, 0) for zone in zones] + [
             Field("pgfree_total", b"pgfree ", 0),
             Field("pgfault_total", b"pgfault ", 0),

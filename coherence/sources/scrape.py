@@ -615,9 +615,12 @@ def wanted_lines(selectors: Iterable[Selector] = ()) -> Pattern[str]:
             if name.endswith(suffix):
                 bases.add(name[:-len(suffix)])
     names = "|".join(re.escape(b) for b in sorted(bases, key=len, reverse=True))
-    suffixes = "|".join(_SUFFIXES)
-    return re.compile(rf"^(?:# (?:TYPE|UNIT)[ \t]+)?(?:{names})(?:{suffixes})?(?=[ \t{{]).*\n?",
-                      re.MULTILINE)
+    name = rf"(?:{names})(?:{'|'.join(_SUFFIXES)})?"
+    # As the text parser reads a line: stripped, its comment's tokens split on any whitespace, a
+    # name quoted or not; a TYPE line it honours but this dropped would make a gauge a counter.
+    space = r"[^\S\n]"
+    return re.compile(rf'^{space}*(?:#{space}+(?:TYPE|UNIT){space}+(?:{name}|"{name}")(?={space})'
+                      rf'|{name}(?={space}|\{{)|\{{{space}*"{name}"(?={space}*[,}}])).*\n?', re.MULTILINE)
 
 # Families whose samples count something; a gauge's are levels, never summed into a counter.
 _COUNTING = ("counter", "summary", "histogram", "untyped", "unknown")

@@ -41,6 +41,14 @@ cdef extern from "<sys/prctl.h>" nogil:
 cdef extern from "<errno.h>" nogil:
     int errno
 
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum: POLLIN
+
 # --- signals the engine knows; each source declares which of its fields feed which slot, and
 # with what sign and scale, and how a slot's value is bounded (coherence.sources: recipe, rules)
 cpdef enum Slot:
@@ -108,6 +116,7 @@ ctypedef struct counter_src_t:
 
 ctypedef struct clock_src_t:
     clockid_t clock          # a CPU-time clock (another process's: all its threads, in ns)
+    int alive_fd             # a pidfd of that process, readable once it exited (-1: none)
     int slot
     int every
     int phase
@@ -133,6 +142,16 @@ cdef inline int64_t now_ns(int clk) noexcept nogil:
     cdef timespec ts
     clock_gettime(clk, &ts)
     return <int64_t>ts.tv_sec * NS + ts.tv_nsec
+
+
+cdef inline bint exited(int pidfd) noexcept nogil:
+    # A pidfd polls readable once its process has exited, and stays so. A failed poll (EINTR)
+    # says nothing: the next read asks again.
+    cdef pollfd p
+    p.fd = pidfd
+    p.events = POLLIN
+    p.revents = 0
+    return poll(&p, 1, 0) > 0
 
 
 cdef inline bint is_space(char c) noexcept nogil:
@@ -287,6 +306,15 @@ cdef class Gauges:
             self.slots.t[<int>slot] = t
         self.publish()
 
+    def lose(self, int slot):
+        """Mark the slot's source lost (it became unreadable), for a writer without an engine
+        (a replay of a recording in which the watched process exited)."""
+        if self.fed:
+            raise RuntimeError("Gauges: an engine writes these; one writer at a time")
+        _check_slot(slot)
+        self.slots.lost[slot] = 1
+        self.publish()
+
     def values(self):
         """The last complete value of each slot (NaN: never read), one consistent copy."""
         cdef slots_t snap
@@ -342,6 +370,9 @@ cdef class Engine:
     cdef ring_t *gauge_history[NSLOTS]
     cdef ratio_t *pushed_ratio
     cdef ratio_t *proxy_ratio
+    # a recording's taps (coherence.record): every value a slot takes and the time of its read
+    cdef ring_t *tap_value[NSLOTS]
+    cdef ring_t *tap_time[NSLOTS]
     # CPU buckets
     cdef int64_t bucket_t0
     cdef double bucket_u0
@@ -431,13 +462,17 @@ cdef class Engine:
         self.counters[self.ncounters].phase = phase
         self.ncounters += 1
 
-    def add_clock(self, int clock, int slot, int every, int phase):
-        """A clock_gettime clock read as a counter in ns (the CPU time of a process)."""
+    def add_clock(self, int clock, int slot, int every, int phase, int alive_fd=-1):
+        """A clock_gettime clock read as a counter in ns (the CPU time of a process).
+        ``alive_fd``: a pidfd of that process, kept open by the caller; a process CPU clock is
+        named by a pid number, which another process may take once it exited: a read made
+        after the pidfd says it exited is not the watched process's, and the clock is lost."""
         self._configuring()
         _check_slot(slot)
         if self.nclocks >= MAX_CLOCKS or every < 1 or not (0 <= phase < every):
             raise ValueError("too many clocks or a bad schedule")
         self.clocks[self.nclocks].clock = clock
+        self.clocks[self.nclocks].alive_fd = alive_fd
         self.clocks[self.nclocks].slot = slot
         self.clocks[self.nclocks].every = every
         self.clocks[self.nclocks].phase = phase
@@ -486,6 +521,17 @@ cdef class Engine:
         gauges.fed = True
         self._keep.append(gauges)
         self.gauges = gauges
+
+    def feed_tap(self, int slot, RingBuffer values, RingBuffer times):
+        """Every value the slot takes, and the monotonic time of its read, into two rings: what
+        a recording (coherence.record) drains. For CPU_NS, every bucket's utilization and the
+        time it closed. The time is pushed after its value: a reader that sees n times has n
+        values to pair them with."""
+        self._configuring()
+        _check_slot(slot)
+        self._keep += [values, times]
+        self.tap_value[slot] = &values.state
+        self.tap_time[slot] = &times.state
 
     def feed_ratios(self, RatioWindow pushed, RatioWindow proxy):
         """Egress/ingress deltas: from pushed counters, and from the TCP proxy."""
@@ -602,7 +648,7 @@ cdef class Engine:
                 for k in range(f.first_field, f.first_field + f.nfields):
                     self._miss(self.fields[k].slot)
                 continue
-            n = pread(f.fd, buf, READ_BUF - 1, 0)
+            n = pread(f.fd, buf, READ_BUF, 0)   # as many bytes as Source.read() parses
             t = <double>now_ns(CLOCK_MONOTONIC) / NS
             if n <= 0:
                 # The file went away (process exited, cgroup removed): stop reading it, once,
@@ -623,8 +669,11 @@ cdef class Engine:
         for i in range(self.nclocks):
             if self.clocks[i].lost or tick % self.clocks[i].every != self.clocks[i].phase:
                 continue
-            if clock_gettime(self.clocks[i].clock, &ts) != 0:
-                self.clocks[i].lost = 1          # the process exited
+            # read, then ask whether the process had exited by then: alive after the read, it
+            # was alive during it, and its pid could not belong to another process
+            if clock_gettime(self.clocks[i].clock, &ts) != 0 or (
+                    self.clocks[i].alive_fd >= 0 and exited(self.clocks[i].alive_fd)):
+                self.clocks[i].lost = 1          # the process exited (its pid may be reused)
                 self._lose(self.clocks[i].slot)
                 continue
             self._take(self.clocks[i].slot, <double>ts.tv_sec * 1e9 + <double>ts.tv_nsec,
@@ -687,6 +736,9 @@ cdef class Engine:
                         util = 100.0 * du / (<double>(t_ns - self.bucket_t0) * self.ncpu)
                         rolling_push(self.cpu_buckets, util)
                         ring_push(self.cpu_history, util)
+                        if self.tap_time[k] != NULL:
+                            ring_push(self.tap_value[k], util)
+                            ring_push(self.tap_time[k], t)
                         self.stats_priv.buckets += 1
                     self.bucket_t0 = t_ns
                     self.bucket_u0 = v
@@ -695,6 +747,9 @@ cdef class Engine:
                 ewma_update(self.rates[k], t, v)
             if self.gauge_history[k] != NULL:
                 ring_push(self.gauge_history[k], v)
+            if self.tap_time[k] != NULL:
+                ring_push(self.tap_value[k], v)
+                ring_push(self.tap_time[k], t)
         if self.pushed_ratio != NULL:
             self._feed_ratio(EGRESS, INGRESS, self.pushed_ratio)
             self._feed_ratio(TCP_ACTIVE, TCP_PASSIVE, self.proxy_ratio)

@@ -1,0 +1,51 @@
+"""The live case of benchmarks/run_soak.py: the sentinel `coherence live --json --hz HZ` wires
+(sampler, runtime poller, monitor, JSON lines, here to /dev/null) for SECONDS on this host.
+
+Usage: python soak_live.py HZ SECONDS EVERY_S
+Prints one JSON sample every EVERY_S (soak_probe.sample, with "t_s", the sampler's ticks and
+overruns and its cumulative lateness histogram), then {"done": ...}.
+"""
+import sys
+
+import soak_probe
+
+soak_probe.start()
+
+import os  # noqa: E402 - after tracemalloc, so that everything below is traced
+import time  # noqa: E402
+
+from coherence.config import Config  # noqa: E402
+from coherence.sentinel import Sentinel  # noqa: E402
+from coherence.sinks.jsonl import JsonLinesSink  # noqa: E402
+
+
+def main() -> None:
+    hz, seconds, every = (float(a) for a in sys.argv[1:4])
+    config = Config().with_overrides({"sampler.hz": hz})
+    with open(os.devnull, "w") as devnull:
+        sentinel = Sentinel.from_config(config, sinks=[JsonLinesSink.from_config(config, devnull)])
+        start = time.monotonic()
+        due = [0.0]
+        reports = [0]
+
+        def probe(report: object, last: bool = False) -> None:
+            reports[0] += not last
+            t = time.monotonic() - start
+            if t < due[0] and not last:
+                return
+            due[0] += every
+            s = sentinel.sampler.stats()
+            soak_probe.emit(soak_probe.sample(
+                t_s=t, ticks=s.ticks, overruns=s.overruns, reports=reports[0],
+                lateness_hist=sentinel.sampler.engine.lateness_histogram()))
+
+        with sentinel:
+            sentinel.run(seconds, on_report=probe)
+            probe(None, last=True)
+    soak_probe.emit({"done": True, "reports": reports[0], "hz": hz,
+                     "sources": {f: (c.source.name if c.source else None)
+                                 for f, c in sentinel.sampler.chosen.items()}})
+
+
+if __name__ == "__main__":
+    main()

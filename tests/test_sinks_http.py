@@ -7,6 +7,7 @@ asserts how long anything takes."""
 import base64
 import gzip
 import http.client
+import io
 import os
 import socket
 import ssl
@@ -16,6 +17,8 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import bcrypt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
@@ -85,11 +88,13 @@ class FakeSampler:
     def __init__(self) -> None:
         self.running = True
         self.last_tick_s = time.monotonic()
+        self.ticks = 1000
 
     def stats(self) -> Any:
         from coherence.sampler import SamplerStats
-        return SamplerStats(achieved_hz=999.0, ticks=1000, ticks_expected=1001, overruns=1,
-                            tick_lateness_p50_us=20.0, tick_lateness_p99_us=90.0,
+        # the percentiles of the histogram below, as Sampler.stats() computes them
+        return SamplerStats(achieved_hz=999.0, ticks=self.ticks, ticks_expected=1001, overruns=1,
+                            tick_lateness_p50_us=21.0, tick_lateness_p99_us=91.0,
                             tick_lateness_max_us=2048.0, cpu_percent=3.0, elapsed_s=1.0,
                             cpu_s=0.03, tick_lateness_sum_s=0.025, last_tick_s=self.last_tick_s)
 
@@ -411,3 +416,33 @@ def test_a_web_config_that_turns_invalid_refuses_every_request(tmp_path):
         assert s.server.figures()["bad"]["web_config"] == 1
         path.write_text("basic_auth_users: {}\n")
         assert get(s.server.address)[0] == 200                     # fixed: read again
+
+
+# ---------------------------------------------------------------------- reading headers
+HEADS = [b"Host: 127.0.0.1:9\r\nUser-Agent: Prometheus/2.42.0\r\nAccept: application/openmetrics-text;"
+         b"version=1.0.0,text/plain;version=0.0.4;q=0.5\r\nAccept-Encoding: gzip\r\n"
+         b"X-Prometheus-Scrape-Timeout-Seconds: 10\r\n\r\n",
+         b"Accept:   spaced  \r\nEmpty:\r\nTab:\tv\r\nDup: 1\r\nDup: 2\r\nLatin: \xe9\r\n\r\n",
+         b"Bare: newlines\nOnly: here\n\n",
+         b"Folded: a\r\n  b\r\n\r\n", b"Bad Header: x\r\nAccept: y\r\n\r\n", b":empty\r\n\r\n",
+         b"From someone\r\n\r\n", b"Cr: a\rb\r\n\r\n", b"A: 1\n\r\nB: 2\r\n\r\n", b"\r\n\r\n"]
+
+
+def test_headers_are_read_as_http_client_reads_them():
+    from coherence.sinks.http import _simple_headers
+    for rest in HEADS:
+        simple = _simple_headers(rest)
+        if simple is not None:
+            assert simple.items() == http.client.parse_headers(io.BytesIO(rest)).items(), rest
+    assert _simple_headers(HEADS[0]) is not None and _simple_headers(HEADS[1]) is not None
+    assert _simple_headers(HEADS[3]) is None                   # folded: parse_headers reads it
+
+
+@given(st.lists(st.text(alphabet="aZ-_: \t\r\n\x0b\x0c\x1c\x85\xe9:", max_size=10), max_size=6),
+       st.sampled_from([b"\r\n", b"\n"]))
+def test_any_head_is_read_as_http_client_reads_it(lines, eol):
+    from coherence.sinks.http import _simple_headers
+    rest = eol.join(line.encode("latin-1") for line in lines) + b"\r\n\r\n"
+    simple = _simple_headers(rest)
+    if simple is not None:
+        assert simple.items() == http.client.parse_headers(io.BytesIO(rest)).items()

@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import bcrypt
 import pytest
@@ -325,6 +325,33 @@ def test_stop_lets_a_request_in_flight_finish():
     s.close()
     stopper.join()
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"GET /inflight\n")
+
+
+def test_a_connections_thread_serves_the_next_connections_then_ends_with_the_server():
+    served: List[threading.Thread] = []
+
+    def app(request: Request) -> Response:
+        served.append(threading.current_thread())
+        return echo_app(request)
+    server = HttpServer("127.0.0.1", 0, app).start()
+    try:
+        for _ in range(3):
+            assert get(server.address, "/")[0] == 200
+            assert wait_until(lambda: server._idle == 1)     # done, waiting for the next
+        assert len(set(served)) == 1 and served[0].name == "coherence-http-conn"
+        # two at once: the waiting thread takes one, a new thread the other
+        a = socket.create_connection(server.address, timeout=SAFETY_S)
+        b = socket.create_connection(server.address, timeout=SAFETY_S)
+        assert wait_until(lambda: server.figures()["connections"] == 2)
+        for s in (a, b):
+            s.sendall(b"GET /both HTTP/1.1\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+            s.close()
+        assert len(set(served)) == 2
+        assert wait_until(lambda: server._idle == 2)
+    finally:
+        server.stop()
+    assert wait_until(lambda: not any(t.is_alive() for t in served))
 
 
 def _refused(address: Tuple[str, int]) -> bool:

@@ -195,7 +195,7 @@ def live_scrape() -> str:
     sink.watch(sentinel.sampler, sentinel.listener, sentinel.runtime, (hooks.INGRESS, hooks.EGRESS))
     with sentinel:
         sentinel.run(0.6)
-        return generate_latest(sink.registry).decode()
+        return sink.exposition.render(None)[0].decode()        # what /metrics serves
 
 
 def test_promtool_finds_nothing_in_a_real_scrape(live_scrape, reports):

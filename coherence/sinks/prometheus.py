@@ -10,7 +10,9 @@ OpenMetrics, as the scraper asks) with /healthz by coherence.sinks.http.
 
 A scrape reads the latest report (replaced whole by `emit`, never changed) and the sampler's
 lock-free figures: it takes no lock the sampler's tick waits on, and the sampler never waits
-for it.
+for it. What it answers is prometheus_client's encoders' output; the Exposition keeps each
+family's encoded bytes while its samples stay the same, so that a scrape encodes only the
+families that changed (benchmarks/run_exporter.py measures what a scrape costs).
 """
 from __future__ import annotations
 
@@ -634,8 +636,8 @@ def _plain_encoder(encoder: Callable[[Any], bytes]) -> Optional[Callable[[Any], 
     the same encoder with "allow-utf-8", for the families whose names are all plain: it writes
     them byte for byte as "underscores" does, since "underscores" only rewrites the characters
     outside [a-zA-Z0-9_] and "allow-utf-8" only quotes a name outside the legacy set, but
-    prometheus_client (0.21 to 0.26 at least) rewrites each sample's name one character at a
-    time under "underscores" (30 us a sample), and under "allow-utf-8" checks it with one
+    prometheus_client (0.26 here) rewrites each sample's name one character at a time under
+    "underscores" (half the encoder's time), and under "allow-utf-8" checks it with one
     regular expression. tests/test_sinks_prometheus.py compares the two outputs for every
     family and every Accept header. None for any other format or escaping."""
     if not (isinstance(encoder, functools.partial) and encoder.func is openmetrics_latest

@@ -7,15 +7,18 @@ asserts how long anything takes."""
 import base64
 import gzip
 import http.client
+import io
 import os
 import socket
 import ssl
 import threading
 import time
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import bcrypt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
@@ -85,11 +88,13 @@ class FakeSampler:
     def __init__(self) -> None:
         self.running = True
         self.last_tick_s = time.monotonic()
+        self.ticks = 1000
 
     def stats(self) -> Any:
         from coherence.sampler import SamplerStats
-        return SamplerStats(achieved_hz=999.0, ticks=1000, ticks_expected=1001, overruns=1,
-                            tick_lateness_p50_us=20.0, tick_lateness_p99_us=90.0,
+        # the percentiles of the histogram below, as Sampler.stats() computes them
+        return SamplerStats(achieved_hz=999.0, ticks=self.ticks, ticks_expected=1001, overruns=1,
+                            tick_lateness_p50_us=21.0, tick_lateness_p99_us=91.0,
                             tick_lateness_max_us=2048.0, cpu_percent=3.0, elapsed_s=1.0,
                             cpu_s=0.03, tick_lateness_sum_s=0.025, last_tick_s=self.last_tick_s)
 
@@ -322,6 +327,33 @@ def test_stop_lets_a_request_in_flight_finish():
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"GET /inflight\n")
 
 
+def test_a_connections_thread_serves_the_next_connections_then_ends_with_the_server():
+    served: List[threading.Thread] = []
+
+    def app(request: Request) -> Response:
+        served.append(threading.current_thread())
+        return echo_app(request)
+    server = HttpServer("127.0.0.1", 0, app).start()
+    try:
+        for _ in range(3):
+            assert get(server.address, "/")[0] == 200
+            assert wait_until(lambda: server._idle == 1)     # done, waiting for the next
+        assert len(set(served)) == 1 and served[0].name == "coherence-http-conn"
+        # two at once: the waiting thread takes one, a new thread the other
+        a = socket.create_connection(server.address, timeout=SAFETY_S)
+        b = socket.create_connection(server.address, timeout=SAFETY_S)
+        assert wait_until(lambda: server.figures()["connections"] == 2)
+        for s in (a, b):
+            s.sendall(b"GET /both HTTP/1.1\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+            s.close()
+        assert len(set(served)) == 2
+        assert wait_until(lambda: server._idle == 2)
+    finally:
+        server.stop()
+    assert wait_until(lambda: not any(t.is_alive() for t in served))
+
+
 def _refused(address: Tuple[str, int]) -> bool:
     try:
         socket.create_connection(address, timeout=SAFETY_S).close()
@@ -411,3 +443,33 @@ def test_a_web_config_that_turns_invalid_refuses_every_request(tmp_path):
         assert s.server.figures()["bad"]["web_config"] == 1
         path.write_text("basic_auth_users: {}\n")
         assert get(s.server.address)[0] == 200                     # fixed: read again
+
+
+# ---------------------------------------------------------------------- reading headers
+HEADS = [b"Host: 127.0.0.1:9\r\nUser-Agent: Prometheus/2.42.0\r\nAccept: application/openmetrics-text;"
+         b"version=1.0.0,text/plain;version=0.0.4;q=0.5\r\nAccept-Encoding: gzip\r\n"
+         b"X-Prometheus-Scrape-Timeout-Seconds: 10\r\n\r\n",
+         b"Accept:   spaced  \r\nEmpty:\r\nTab:\tv\r\nDup: 1\r\nDup: 2\r\nLatin: \xe9\r\n\r\n",
+         b"Bare: newlines\nOnly: here\n\n",
+         b"Folded: a\r\n  b\r\n\r\n", b"Bad Header: x\r\nAccept: y\r\n\r\n", b":empty\r\n\r\n",
+         b"From someone\r\n\r\n", b"Cr: a\rb\r\n\r\n", b"A: 1\n\r\nB: 2\r\n\r\n", b"\r\n\r\n"]
+
+
+def test_headers_are_read_as_http_client_reads_them():
+    from coherence.sinks.http import _simple_headers
+    for rest in HEADS:
+        simple = _simple_headers(rest)
+        if simple is not None:
+            assert simple.items() == http.client.parse_headers(io.BytesIO(rest)).items(), rest
+    assert _simple_headers(HEADS[0]) is not None and _simple_headers(HEADS[1]) is not None
+    assert _simple_headers(HEADS[3]) is None                   # folded: parse_headers reads it
+
+
+@given(st.lists(st.text(alphabet="aZ-_: \t\r\n\x0b\x0c\x1c\x85\xe9:", max_size=10), max_size=6),
+       st.sampled_from([b"\r\n", b"\n"]))
+def test_any_head_is_read_as_http_client_reads_it(lines, eol):
+    from coherence.sinks.http import _simple_headers
+    rest = eol.join(line.encode("latin-1") for line in lines) + b"\r\n\r\n"
+    simple = _simple_headers(rest)
+    if simple is not None:
+        assert simple.items() == http.client.parse_headers(io.BytesIO(rest)).items()

@@ -11,6 +11,7 @@ from typing import Any, Dict, FrozenSet, List, Tuple
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from coherence.config import Config
@@ -194,7 +195,7 @@ def live_scrape() -> str:
     sink.watch(sentinel.sampler, sentinel.listener, sentinel.runtime, (hooks.INGRESS, hooks.EGRESS))
     with sentinel:
         sentinel.run(0.6)
-        return generate_latest(sink.registry).decode()
+        return sink.exposition.render(None)[0].decode()        # what /metrics serves
 
 
 def test_promtool_finds_nothing_in_a_real_scrape(live_scrape, reports):
@@ -234,3 +235,147 @@ def test_docs_list_every_series_served_and_no_other(live_scrape, reports):
     http_only = {"coherence_http_requests_total"}     # appears once a request has been answered
     assert ours - docs == set(), "served but not in docs/metrics.md"
     assert docs - ours - http_only == set(), "in docs/metrics.md but never served"
+
+
+# ---------------------------------------------------------------------- the encoded-bytes cache
+# Accept headers of every kind choose_encoder tells apart: the default, the text format,
+# OpenMetrics as Prometheus asks for it, and each escaping.
+ACCEPTS = (None, "text/plain;version=0.0.4", "text/plain;version=1.0.0;escaping=values",
+           "application/openmetrics-text;version=1.0.0",
+           "application/openmetrics-text;version=1.0.0;escaping=dots",
+           "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8",
+           "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+           "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+
+
+class Collected:
+    def __init__(self, metrics: List[Any]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> List[Any]:
+        return self.metrics
+
+
+class FrozenSeries(Series):
+    """A Series whose snapshot is the one given, however often it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen: prom.Snapshot = []
+
+    def snapshot(self) -> prom.Snapshot:
+        return self.frozen
+
+
+def other_families(step: int) -> List[Any]:
+    """Families of another collector: a counter with _created (the text format moves it to a
+    gauge of its own), one with an exemplar (never cached), one that changes with `step`."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.samples import Exemplar
+    created = CounterMetricFamily("other_created", "A counter with its creation time.", labels=["k"])
+    created.add_metric(["a"], 3.0, created=1700000000.0)
+    exemplar = CounterMetricFamily("other_exemplar", "A counter with an exemplar.")
+    exemplar.add_metric([], float(step), exemplar=Exemplar({"trace_id": str(step)}, 0.5))
+    moving = GaugeMetricFamily("other_moving_bytes", "A gauge that moves.", unit="bytes")
+    moving.add_metric([], float(step // 3))
+    return [created, exemplar, moving]
+
+
+def test_the_exposition_is_the_encoders_own_output_at_every_report(reports):
+    """Encoded family by family, the bytes of a family reused while its samples stay the same,
+    the body is still byte for byte what prometheus_client's encoder writes for all the
+    families at once: at every report of the scripts (values, states, vetoes, incidents,
+    runtime sources changing), in every format and escaping, the formats taking turns. A family
+    served from the cache with stale samples would differ."""
+    from prometheus_client.exposition import choose_encoder
+    series = FrozenSeries()
+    others: List[Any] = []
+    exposition = prom.Exposition(series, [Collected(others)])
+    for step, report in enumerate(reports):
+        series.update(report)
+        series.frozen = Series.snapshot(series)
+        others[:] = other_families(step)
+        metrics = [family.metric(rows) for family, rows in series.frozen] + others
+        for accept in ACCEPTS:
+            encoder, content_type = choose_encoder(accept or "")
+            assert exposition.render(accept) == (encoder(Collected(metrics)), content_type)
+
+
+def count_encodes(monkeypatch) -> List[List[str]]:
+    """The names of the families of each call of the encoder, as the Exposition calls it."""
+    calls: List[List[str]] = []
+    real = prom._Format.encode
+
+    def encode(self, metrics):
+        calls.append([m.name for m in metrics])
+        return real(self, metrics)
+    monkeypatch.setattr(prom._Format, "encode", encode)
+    return calls
+
+
+def test_only_the_families_that_changed_are_encoded_again(reports, monkeypatch):
+    calls = count_encodes(monkeypatch)
+    series = FrozenSeries()
+    series.update(reports[100])
+    series.frozen = Series.snapshot(series)
+    names = [family.metric(rows).name for family, rows in series.frozen]
+    exposition = prom.Exposition(series)
+    om = "application/openmetrics-text;version=1.0.0"
+    first = exposition.render(om)
+    assert calls == [names]                                  # all new: encoded in one call
+    calls.clear()
+    assert exposition.render(om) == first                    # unchanged: each encoded alone, kept
+    assert calls == [[name] for name in names]
+    calls.clear()
+    assert exposition.render(om) == first and calls == []    # and served as kept
+    assert exposition.render(None)[0] != first[0]            # the text format: its own
+    assert calls == [names]
+    calls.clear()
+    # one value changes: its family alone is encoded, and the new value is served at once
+    series.frozen = [(f, [((), 12345.5)] if f is prom.REPORT_TS else rows) for f, rows in series.frozen]
+    body = exposition.render(om)[0].decode()
+    assert calls == [["coherence_report_timestamp_seconds"]]
+    assert "\ncoherence_report_timestamp_seconds 12345.5\n" in body
+    # two neighbours change: one call for both
+    series.frozen = [(f, [((), 1.5)] if f in (prom.REPORT_TS, prom.MONITOR_START) else rows)
+                     for f, rows in series.frozen]
+    calls.clear()
+    body = exposition.render(om)[0].decode()
+    assert calls == [["coherence_report_timestamp_seconds", "coherence_monitor_start_time_seconds"]]
+    assert "\ncoherence_report_timestamp_seconds 1.5\n" in body
+    assert "\ncoherence_monitor_start_time_seconds 1.5\n" in body
+
+
+def test_a_live_series_changes_at_the_next_scrape():
+    """A real sink's collector, scraped through the Exposition in both formats: a state change,
+    a counter that moves and a sampler figure appear at the very next scrape."""
+    from test_sinks_http import FakeSampler
+    sink = PrometheusSink(("127.0.0.1", 0), process_collectors=False)
+    try:
+        sampler: Any = FakeSampler()
+        sink.watch(sampler=sampler)
+        script = scripted_reports(until=30.0)
+        states = [r.verdict.states["seizure"] for r in script]
+        i = next(k for k in range(1, len(script)) if states[k] != states[k - 1])
+        for accept, parse in (("text/plain;version=0.0.4", parse_text),
+                              ("application/openmetrics-text;version=1.0.0", parse_openmetrics)):
+            for report in script[:i]:
+                sink.emit(report)
+            before = {f.name: f for f in parse(sink.exposition.render(accept)[0].decode())}
+            on = [s.labels["state"] for s in before["coherence_detector_state"].samples
+                  if s.labels["detector"] == "seizure" and s.value == 1]
+            assert on == [str(states[i - 1])]
+            ticks = before["coherence_sampler_ticks"].samples[0].value
+            sink.emit(script[i])
+            sampler.ticks += 7
+            after = {f.name: f for f in parse(sink.exposition.render(accept)[0].decode())}
+            on = [s.labels["state"] for s in after["coherence_detector_state"].samples
+                  if s.labels["detector"] == "seizure" and s.value == 1]
+            assert on == [str(states[i])]
+            assert after["coherence_sampler_ticks"].samples[0].value == ticks + 7
+            changes = {s.labels["detector"]: s.value
+                       for s in after["coherence_detector_state_changes"].samples}
+            assert changes["seizure"] > {s.labels["detector"]: s.value for s in
+                                         before["coherence_detector_state_changes"].samples}["seizure"]
+    finally:
+        sink.server.stop()

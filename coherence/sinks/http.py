@@ -1,4 +1,5 @@
-"""The exporter's HTTP endpoint: a thread per connection up to a cap, a deadline on the whole
+"""The exporter's HTTP endpoint: a thread per connection up to a cap (threads kept a while for
+the next connections, so that a scrape does not pay for one), a deadline on the whole
 request head (TLS handshake included) and on the whole response, a size limit on the head, TLS
 and basic auth from an exporter-toolkit web config. A slow or broken client holds one thread
 for at most HEAD_TIMEOUT_S; every bad request is counted by reason and none raises or logs.
@@ -12,7 +13,9 @@ from __future__ import annotations
 import http.client
 import io
 import logging
+import collections
 import os
+import re
 import selectors
 import socket
 import ssl
@@ -41,6 +44,11 @@ WRITE_TIMEOUT_S = 10.0
 MAX_HEAD_BYTES = 16 * 1024
 # On stop, requests in flight get this long to finish; they are bounded by the two deadlines.
 DRAIN_TIMEOUT_S = 5.0
+# A connection's thread, once done, waits this long for the next connection before it exits
+# (longer than the usual scrape intervals, 15 s to 1 min: a scraped exporter keeps one), and at
+# most this many wait at once. A waiting thread takes no CPU.
+IDLE_THREAD_S = 300.0
+MAX_IDLE_THREADS = 4
 # After answering, what the client still sends (a body we did not read) is read and dropped for
 # up to this long before the socket closes: closing with unread data sends a TCP reset, which
 # can destroy the answer before the client reads it (Apache's "lingering close").
@@ -135,6 +143,32 @@ def _describe(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# A header line as http.client.parse_headers (the email package's compat32 parser) takes it
+# whole: a field name of printable ASCII without a colon, then the colon.
+_FIELD = re.compile(rb"[\041-\071\073-\176]+:")
+
+
+def _simple_headers(rest: bytes) -> Optional[http.client.HTTPMessage]:
+    """The headers of a request head whose every line is `Name: value`, as
+    http.client.parse_headers reads them (the same message, a tenth of the time: the email
+    package's parser is most of a request's cost); None for any other head (folded lines,
+    lines it would take for a body, more than it allows), which parse_headers then reads."""
+    lines = rest.split(b"\n")
+    if len(lines) > 90:                        # parse_headers refuses more than 100 lines
+        return None
+    message = http.client.HTTPMessage()
+    for line in lines:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:                           # the blank line: the end of the head
+            break
+        if b"\r" in line or len(line) > 65536 or _FIELD.match(line) is None:
+            return None
+        name, _, value = line.decode("iso-8859-1").partition(":")
+        message[name] = value.lstrip(" \t")
+    return message
+
+
 def _parse_head(head: bytes, scheme: str) -> Request:
     line, _, rest = head.partition(b"\n")
     try:
@@ -149,10 +183,12 @@ def _parse_head(head: bytes, scheme: str) -> Request:
         raise _Dropped("malformed", 400, "bad request line")
     if not (target.startswith("/") or target.startswith(("http://", "https://"))):
         raise _Dropped("malformed", 400, "bad request target")
-    try:
-        headers = http.client.parse_headers(io.BytesIO(rest))
-    except (http.client.HTTPException, UnicodeDecodeError):
-        raise _Dropped("malformed", 400, "bad headers") from None
+    headers = _simple_headers(rest)
+    if headers is None:
+        try:
+            headers = http.client.parse_headers(io.BytesIO(rest))
+        except (http.client.HTTPException, UnicodeDecodeError):
+            raise _Dropped("malformed", 400, "bad headers") from None
     url = urlsplit(target)
     return Request(method, url.path or "/", url.query, headers, scheme)
 
@@ -173,8 +209,12 @@ class HttpServer:
         self._sock = self._bind(host, port)
         bound = self._sock.getsockname()
         self.address: Tuple[str, int] = (bound[0], bound[1])
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)     # connections done (stop() drains)
+        self._work = threading.Condition(self._lock)     # connections for the idle threads
         self._active = 0
+        self._pending: collections.deque = collections.deque()   # admitted, for an idle thread
+        self._idle = 0                                   # threads waiting for a connection
         self.requests: Dict[Tuple[str, int], int] = {}
         self.bad: Dict[str, int] = {reason: 0 for reason in BAD_REASONS}
         self.cpu_s = 0.0
@@ -239,6 +279,8 @@ class HttpServer:
         self._sock.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        with self._work:
+            self._work.notify_all()                      # the idle threads exit
         with self._cond:
             self._cond.wait_for(lambda: self._active == 0, timeout=drain_timeout_s)
 
@@ -261,18 +303,25 @@ class HttpServer:
             selector.register(self._wake_r, selectors.EVENT_READ)
             while not self._stopping:
                 selector.select()
-                while not self._stopping:
-                    try:
-                        conn, _peer = self._sock.accept()
-                    except OSError:            # nothing queued (or the peer gave up): wait again
-                        break
-                    self._admit(conn)
+                if self._stopping:
+                    break
+                try:                            # one at a time: select() again says if more wait
+                    conn, _peer = self._sock.accept()
+                except OSError:                 # the peer gave up before it was taken
+                    continue
+                self._admit(conn)
 
     def _admit(self, conn: socket.socket) -> None:
         with self._cond:
             full = self._active >= self.max_connections
             if not full:
                 self._active += 1
+                # an idle thread is free for it when there are more of them than connections
+                # already handed over and not yet taken
+                handed = self._idle > len(self._pending)
+                if handed:
+                    self._pending.append(conn)
+                    self._work.notify()
         if full:
             self._count_bad("too_many_connections")
             # answered without a thread: the request is not read, so a client whose request
@@ -288,8 +337,10 @@ class HttpServer:
                 pass
             conn.close()
             return
+        if handed:
+            return
         try:
-            threading.Thread(target=self._serve, args=(conn,), daemon=True,
+            threading.Thread(target=self._connections, args=(conn,), daemon=True,
                              name="coherence-http-conn").start()
         except RuntimeError:                    # no thread to be had: refuse, as when full
             conn.close()
@@ -297,6 +348,30 @@ class HttpServer:
                 self._active -= 1
                 self._cond.notify_all()
             self._count_bad("too_many_connections")
+
+    def _connections(self, conn: Optional[socket.socket]) -> None:
+        """A connection's thread: serves it, then the next ones handed to it while it waits."""
+        while conn is not None:
+            self._serve(conn)
+            conn = self._next()
+
+    def _next(self) -> Optional[socket.socket]:
+        """The next connection handed over, or None once none came for IDLE_THREAD_S (or
+        MAX_IDLE_THREADS already wait, or the server stops)."""
+        with self._work:
+            if self._idle >= MAX_IDLE_THREADS and not self._pending:
+                return None
+            self._idle += 1
+            try:
+                deadline = time.monotonic() + IDLE_THREAD_S
+                while not self._pending and not self._stopping:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                    self._work.wait(left)
+                return self._pending.popleft() if self._pending else None
+            finally:
+                self._idle -= 1
 
     # ------------------------------------------------------------------ one connection
     def _serve(self, conn: socket.socket) -> None:

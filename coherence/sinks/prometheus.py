@@ -10,23 +10,32 @@ OpenMetrics, as the scraper asks) with /healthz by coherence.sinks.http.
 
 A scrape reads the latest report (replaced whole by `emit`, never changed) and the sampler's
 lock-free figures: it takes no lock the sampler's tick waits on, and the sampler never waits
-for it.
+for it. What it answers is prometheus_client's encoders' output; the Exposition keeps each
+family's encoded bytes while its samples stay the same, so that a scrape encodes only the
+families that changed (benchmarks/run_exporter.py measures what a scrape costs).
 """
 from __future__ import annotations
 
+import bisect
 import functools
+import gzip
 import ipaddress
+import itertools
 import math
 import platform
+import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional,
                     Sequence, Tuple)
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                     InfoMetricFamily, Metric)
-from prometheus_client.exposition import make_wsgi_app
+from prometheus_client.exposition import choose_encoder, gzip_accepted, make_wsgi_app
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import Collector
 
 from coherence import __version__
@@ -41,11 +50,12 @@ from coherence.sinks.http import BAD_REASONS, HttpServer, Request, Response, cal
 if TYPE_CHECKING:
     from coherence._core import AtomicCounter
     from coherence.runtime import RuntimePoller
-    from coherence.sampler import Sampler
+    from coherence.sampler import Sampler, SamplerStats
     from coherence.statsd import StatsdListener
     from coherence.webconfig import WebConfigFile
 
-__all__ = ["LATENESS_BUCKETS_US", "PrometheusSink", "Series", "report_families"]
+__all__ = ["Exposition", "Family", "LATENESS_BUCKETS_US", "PrometheusSink", "Series",
+           "report_families", "report_rows"]
 
 MB = 1e6                     # the JSON's MB are 10^6 bytes (coherence.detectors.MB)
 STATES: Tuple[State, ...] = tuple(State)
@@ -60,6 +70,12 @@ INCIDENTS = ("cascade", "flapping")
 # cumulative counts are exact, not interpolated.
 LATENESS_BUCKETS_US = (10, 25, 50, 100, 250, 500, 1000, 2048, 4096, 16384, 65536, 262144, 1048576)
 _UNITS = ("seconds", "bytes", "ratio", "hertz")
+# Compression of a gzipped scrape: level 1 costs half of gzip's default 9 on a ~20 KB scrape
+# and the body comes out a few hundred bytes larger (about 5 KB instead of 4.3 KB).
+GZIP_LEVEL = 1
+# Encodings kept (one per content type negotiated: OpenMetrics, text, their escapings); a
+# client that asks for ever new versions only evicts the oldest.
+MAX_FORMATS = 8
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,12 +85,60 @@ def _unit(name: str) -> str:
     return next((u for u in _UNITS if base.endswith("_" + u)), "")
 
 
-def _gauge(name: str, doc: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, labels=list(labels), unit=_unit(name))
+# One family's samples: (label values, value) per sample, in the order they are exposed. The
+# value is a float for gauges and counters, the info's (label, value) pairs for an info, and
+# (buckets, sum) for a histogram. Built afresh by every scrape and never changed after.
+Rows = List[Tuple[Tuple[str, ...], Any]]
+Samples = Sequence[Tuple[Tuple[str, ...], Any]]
 
 
-def _counter(name: str, doc: str, labels: Sequence[str] = ()) -> CounterMetricFamily:
-    return CounterMetricFamily(name, doc, labels=list(labels), unit=_unit(name))
+class Family:
+    """What a metric family never changes: its name, help, type, unit and label names. Made
+    once; a scrape gives it rows, and ``metric(rows)`` is prometheus_client's family object
+    (GaugeMetricFamily, ...) that the encoders take."""
+
+    __slots__ = ("type", "name", "doc", "labels", "unit")
+
+    def __init__(self, type: str, name: str, doc: str, labels: Sequence[str] = ()) -> None:
+        self.type, self.name, self.doc, self.labels = type, name, doc, tuple(labels)
+        self.unit = "" if type == "info" else _unit(name)
+
+    def metric(self, rows: Samples) -> Metric:
+        m: Any
+        if self.type == "gauge":
+            m = GaugeMetricFamily(self.name, self.doc, labels=self.labels, unit=self.unit)
+        elif self.type == "counter":
+            m = CounterMetricFamily(self.name, self.doc, labels=self.labels, unit=self.unit)
+        elif self.type == "info":
+            m = InfoMetricFamily(self.name, self.doc, labels=self.labels)
+            for labels, items in rows:
+                m.add_metric(labels, dict(items))
+            return m
+        elif self.type == "histogram":
+            m = HistogramMetricFamily(self.name, self.doc, labels=self.labels, unit=self.unit)
+            for labels, (buckets, sum_value) in rows:
+                m.add_metric(labels, buckets, sum_value)
+            return m
+        else:
+            raise ValueError(f"{self.name}: no such family type {self.type!r}")
+        for labels, value in rows:
+            m.add_metric(labels, value)
+        return m
+
+    def __repr__(self) -> str:
+        return f"Family({self.type!r}, {self.name!r})"
+
+
+def _gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Family:
+    return Family("gauge", name, doc, labels)
+
+
+def _counter(name: str, doc: str, labels: Sequence[str] = ()) -> Family:
+    return Family("counter", name, doc, labels)
+
+
+def _info(name: str, doc: str, labels: Sequence[str] = ()) -> Family:
+    return Family("info", name, doc, labels)
 
 
 def _finite(x: Any) -> Optional[float]:
@@ -87,12 +151,13 @@ def _finite(x: Any) -> Optional[float]:
     return f if math.isfinite(f) else None
 
 
-def _add(family: Metric, labels: Sequence[str], value: Any, scale: float = 1.0) -> None:
+def _add(rows: Rows, labels: Tuple[str, ...], value: Any, scale: float = 1.0) -> None:
     """A sample only when there is a finite value: a figure the JSON writes as null is absent
-    here (a NaN would poison every sum() over a fleet)."""
+    here (a NaN would poison every sum() over a fleet). (+ 0.0 makes a -0.0 zero: equal values
+    encode alike, which the encoded-bytes cache relies on.)"""
     f = _finite(value)
     if f is not None:
-        family.add_metric(list(labels), f * scale)  # type: ignore[attr-defined]
+        rows.append((labels, f * scale + 0.0))
 
 
 # Evidence fields as series: (JSON key, name, help, scale to base units).
@@ -144,161 +209,263 @@ AMPLIFICATION_EVIDENCE = (
     ("window_s", "coherence_amplification_window_seconds", "The ratio's sliding window.", 1.0),
 )
 
+STATUS = _gauge("coherence_status", "Overall status (the worst detector's state): 1 for the state "
+                "it is in, 0 for the others.", ["state"])
+REPORT_TS = _gauge("coherence_report_timestamp_seconds", "Unix time of the last report (JSON ts).")
+MONITOR_START = _gauge("coherence_monitor_start_time_seconds",
+                       "Unix time the monitor started judging (JSON ts - elapsed_s).")
+DETECTOR_STATE = _gauge("coherence_detector_state", "Each detector's state: 1 for the state it is "
+                        "in, 0 for the others (WARMUP, OK, WARNING, CRITICAL, UNAVAILABLE).",
+                        ["detector", "state"])
+STATE_SINCE = _gauge("coherence_detector_state_start_time_seconds",
+                     "Unix time the detector entered its current state (JSON ts - for_s).",
+                     ["detector"])
+STATE_CHANGES = _counter("coherence_detector_state_changes_total",
+                         "State changes of the detector since the exporter started.", ["detector"])
+DETECTOR_VALUE = _gauge("coherence_detector_value", "The figure the detector compares with its "
+                        "limit, in the JSON's unit, named by the unit label (pct_points, MB/s, MB/s "
+                        "growth, pct_gc_time, ratio); absent while there is none.", ["detector", "unit"])
+DETECTOR_LIMIT = _gauge("coherence_detector_limit", "The limit the value is judged against, in the "
+                        "same unit.", ["detector", "unit"])
+DETECTOR_VETO = _gauge("coherence_detector_veto", "The recommendation in force (1) per detector and "
+                       "action; 0 for the detector's other actions. coherence never acts.",
+                       ["detector", "action"])
+EVIDENCE_FAMILIES: Dict[str, Family] = {
+    name: _gauge(name, doc, ["process"] if rows is FEVER_RUNTIME_EVIDENCE else ())
+    for rows in (SEIZURE_EVIDENCE, FEVER_EVIDENCE, FEVER_RUNTIME_EVIDENCE, AMPLIFICATION_EVIDENCE)
+    for _key, name, doc, _scale in rows}
+PRESSURE = _gauge("coherence_pressure_some_ratio", "PSI: share of time some task waited for the "
+                  "resource (smoothed), 0-1.", ["resource"])
+FEVER_RUNTIME = _info("coherence_fever_runtime", "The runtime fever judges: the one read through "
+                      "its own counters that spends the largest share of its time in GC.")
+AMPLIFICATION_SOURCE = _gauge("coherence_amplification_source", "Where amplification's request "
+                              "counts come from: 1 for the source in use (pushed, scraped, "
+                              "tcp_proxy), 0 for the others.", ["source"])
+INCIDENT_ACTIVE = _gauge("coherence_incident_active", "1 while an incident of this kind is on "
+                         "(cascade, flapping), else 0.", ["kind"])
+CASCADE_MEMBER = _gauge("coherence_cascade_member", "1 for each detector in the cascade, 0 for the "
+                        "others.", ["detector"])
+CASCADE_START = _gauge("coherence_cascade_start_time_seconds", "Unix time the first detector of "
+                       "the cascade turned CRITICAL; absent when there is no cascade.")
+FLAPPING = _gauge("coherence_detector_flapping", "1 while the detector flaps (changes state "
+                  "verdict.flap_changes times within verdict.flap_window_s), else 0.", ["detector"])
+FLAPPING_CHANGES = _gauge("coherence_detector_flapping_changes", "State changes within the "
+                          "window, while the detector flaps.", ["detector"])
+FLAPPING_WINDOW = _gauge("coherence_detector_flapping_window_seconds", "The window they are "
+                         "counted over, while the detector flaps.", ["detector"])
+RUNTIME_SOURCE = _info("coherence_runtime_source", "A runtime read through its own counters (a "
+                       "JVM's performance data, a /metrics endpoint).", ["source"])
+RUNTIME_UP = _gauge("coherence_runtime_source_up", "1 while the source is read, 0 once it failed "
+                    "(the process exited, the target stopped answering: `coherence sources` says "
+                    "why).", ["source"])
+# Each runtime source's rates: (attribute, family, extra label values).
+RUNTIME_ROWS: Tuple[Tuple[str, Family, Tuple[str, ...]], ...] = ()
+_RUNTIME_GAUGES: Dict[str, Family] = {}
+for _attr, _name, _doc, _extra in (
+        ("gc_share", "coherence_runtime_gc_time_ratio", "Share of wall time spent in GC.", ()),
+        ("collections_per_s", "coherence_runtime_gc_collections_per_second",
+         "Collections per second.", ()),
+        ("alloc_bytes_per_s", "coherence_runtime_alloc_bytes_per_second",
+         "Heap allocation rate.", ()),
+        ("requests_in_per_s", "coherence_runtime_requests_per_second",
+         "Requests per second, in (received) and out (calls made, retries included).", ("in",)),
+        ("requests_out_per_s", "coherence_runtime_requests_per_second", "", ("out",)),
+        ("ratio", "coherence_runtime_requests_ratio",
+         "Requests out per request in over the amplification window.", ())):
+    if _name not in _RUNTIME_GAUGES:
+        _RUNTIME_GAUGES[_name] = _gauge(_name, _doc, ["source", "direction"] if _extra else ["source"])
+    RUNTIME_ROWS += ((_attr, _RUNTIME_GAUGES[_name], _extra),)
+
+BUILD = _info("coherence_build", "coherence's version, and the Python running it.")
+HEALTHY = _gauge("coherence_healthy", "1 while /healthz answers 200 (the sampler ticks and reports "
+                 "are fresh), else 0.")
+SAMPLER_SOURCE = _info("coherence_sampler_source", "The counter source in use per family (cpu, "
+                       "memory, pressure, requests).", ["family"])
+SAMPLER_NOTE = _info("coherence_sampler_note", "A caveat about the sources in use (a coarse CPU "
+                     "counter, ...).")
+SAMPLER_TARGET = _gauge("coherence_sampler_target_hertz", "CPU samples per second asked for (--hz).")
+SAMPLER_ACHIEVED = _gauge("coherence_sampler_achieved_hertz", "Ticks taken per second since the "
+                          "sampler started.")
+SAMPLER_TICKS = _counter("coherence_sampler_ticks_total", "Ticks taken.")
+SAMPLER_OVERRUNS = _counter("coherence_sampler_overruns_total", "Ticks that missed their deadline "
+                            "and were skipped (never caught up in a burst).")
+SAMPLER_CPU = _counter("coherence_sampler_cpu_seconds_total", "CPU time of the sampler's thread.")
+SAMPLER_LATENESS = Family("histogram", "coherence_sampler_tick_lateness_seconds",
+                          "Lateness of each tick against its deadline.")
+SAMPLER_P50 = _gauge("coherence_sampler_tick_lateness_p50_seconds",
+                     "Median lateness of a tick against its deadline, since the sampler started.")
+SAMPLER_P99 = _gauge("coherence_sampler_tick_lateness_p99_seconds",
+                     "99th percentile of the lateness, since the sampler started.")
+SAMPLER_AGE = _gauge("coherence_sampler_last_tick_age_seconds", "Time since the sampler's last tick "
+                     "(a heartbeat: it stays under a tick's period while the sampler runs).")
+REQUESTS_PUSHED = _counter("coherence_requests_pushed_total", "Requests counted by the application "
+                           "(StatsD, coherence.hooks): in (received) and out (calls made).",
+                           ["direction"])
+STATSD_PACKETS = _counter("coherence_statsd_packets_total", "StatsD datagrams received.")
+STATSD_LINES = _counter("coherence_statsd_lines_total", "StatsD lines received, by outcome: "
+                        "accepted (ours), ignored (another metric), malformed (counted, dropped).",
+                        ["outcome"])
+STATSD_DROPPED = _counter("coherence_statsd_dropped_packets_total", "StatsD datagrams the kernel "
+                          "dropped because the socket's receive queue was full.")
+POLLER_ROUNDS = _counter("coherence_runtime_poller_rounds_total", "Rounds of the runtime poller "
+                         "(every runtime source read once).")
+POLLER_SKIPPED = _counter("coherence_runtime_poller_skipped_rounds_total", "Rounds skipped because "
+                          "one ran past the next one's deadline.")
+HTTP_REQUESTS = _counter("coherence_http_requests_total", "HTTP requests answered, by path "
+                         "(/metrics, /healthz, /, other) and status code.", ["path", "code"])
+HTTP_BAD = _counter("coherence_http_bad_requests_total", "Connections dropped or refused, by "
+                    "reason: " + ", ".join(BAD_REASONS) + ".", ["reason"])
+HTTP_CONNECTIONS = _gauge("coherence_http_connections", "HTTP connections open now.")
+HTTP_CPU = _counter("coherence_http_cpu_seconds_total", "CPU time of the threads that served HTTP "
+                    "connections (TLS, authentication and rendering included).")
+# (labels of each state's sample), made once
+_STATE_LABELS = {name: tuple((name, str(s)) for s in STATES) for name in DETECTORS}
+_STATUS_LABELS = tuple((str(s),) for s in STATES)
+_ONE = {name: (name,) for name in DETECTORS}
+
+Snapshot = List[Tuple[Family, Samples]]
+
 
 def report_families(report: Report, changes: Mapping[str, int]) -> List[Metric]:
     """The series of one report: the verdict, each finding with its evidence, the incidents and
     the runtime sources judged. ``changes``: state changes per detector so far (the sink counts
     them across reports)."""
-    verdict = report.verdict
-    out: List[Metric] = []
-    status = _gauge("coherence_status", "Overall status (the worst detector's state): 1 for the "
-                    "state it is in, 0 for the others.", ["state"])
-    for s in STATES:
-        status.add_metric([str(s)], float(verdict.status == s))
-    ts = _gauge("coherence_report_timestamp_seconds", "Unix time of the last report (JSON ts).")
-    ts.add_metric([], report.ts)
-    start = _gauge("coherence_monitor_start_time_seconds",
-                   "Unix time the monitor started judging (JSON ts - elapsed_s).")
-    start.add_metric([], report.ts - report.elapsed_s)
-    out += [status, ts, start]
+    return [family.metric(rows) for family, rows in report_rows(report, changes)]
 
-    state = _gauge("coherence_detector_state", "Each detector's state: 1 for the state it is in, "
-                   "0 for the others (WARMUP, OK, WARNING, CRITICAL, UNAVAILABLE).",
-                   ["detector", "state"])
-    since = _gauge("coherence_detector_state_start_time_seconds",
-                   "Unix time the detector entered its current state (JSON ts - for_s).", ["detector"])
-    changed = _counter("coherence_detector_state_changes_total",
-                       "State changes of the detector since the exporter started.", ["detector"])
-    value = _gauge("coherence_detector_value", "The figure the detector compares with its limit, in "
-                   "the JSON's unit, named by the unit label (pct_points, MB/s, MB/s growth, "
-                   "pct_gc_time, ratio); absent while there is none.", ["detector", "unit"])
-    limit = _gauge("coherence_detector_limit", "The limit the value is judged against, in the same "
-                   "unit.", ["detector", "unit"])
-    veto = _gauge("coherence_detector_veto", "The recommendation in force (1) per detector and "
-                  "action; 0 for the detector's other actions. coherence never acts.",
-                  ["detector", "action"])
+
+def report_rows(report: Report, changes: Mapping[str, int]) -> Snapshot:
+    """report_families' families with their rows, before they are made prometheus_client's."""
+    verdict = report.verdict
+    status = [(labels, float(verdict.status == s)) for labels, s in zip(_STATUS_LABELS, STATES)]
+    ts: Rows = [((), float(report.ts))]
+    # start times to the millisecond, as the JSON writes ts, elapsed_s and for_s: a wall-clock
+    # time less a monotonic one, they would otherwise change in the microseconds at each report
+    start: Rows = [((), round(report.ts - report.elapsed_s, 3))]
+    state: Rows = []
+    since: Rows = []
+    changed: Rows = []
+    value: Rows = []
+    limit: Rows = []
+    veto: Rows = []
     in_force = {v["detector"]: str(v["action"]) for v in verdict.veto}
     for name in DETECTORS:
         f = report.findings[name]
-        for s in STATES:
-            state.add_metric([name, str(s)], float(verdict.states[name] == s))
-        since.add_metric([name], report.ts - (verdict.now - verdict.since[name]))
-        changed.add_metric([name], float(changes.get(name, 0)))
-        _add(value, [name, f.unit], f.value)
-        _add(limit, [name, f.unit], f.limit)
-        for action in VETOES[name]:
-            veto.add_metric([name, action], float(in_force.get(name) == action))
-    out += [state, since, changed, value, limit, veto]
+        now_state, one = verdict.states[name], _ONE[name]
+        state += [(labels, float(now_state == s)) for labels, s in zip(_STATE_LABELS[name], STATES)]
+        since.append((one, round(report.ts - (verdict.now - verdict.since[name]), 3)))
+        changed.append((one, float(changes.get(name, 0))))
+        _add(value, (name, f.unit), f.value)
+        _add(limit, (name, f.unit), f.limit)
+        action_in_force = in_force.get(name)
+        veto += [((name, action), float(action_in_force == action)) for action in VETOES[name]]
+    out: Snapshot = [(STATUS, status), (REPORT_TS, ts), (MONITOR_START, start),
+                     (DETECTOR_STATE, state), (STATE_SINCE, since), (STATE_CHANGES, changed),
+                     (DETECTOR_VALUE, value), (DETECTOR_LIMIT, limit), (DETECTOR_VETO, veto)]
     out += _evidence(report)
     out += _incidents(report)
     out += _runtime(report)
     return out
 
 
-def _evidence_rows(evidence: Any, rows: Sequence[Tuple[str, str, str, float]],
-                   labels: Sequence[str] = (), names: Sequence[str] = ()) -> List[Metric]:
-    out: List[Metric] = []
-    for key, name, doc, scale in rows:
-        family = _gauge(name, doc, names)
+def _evidence_rows(evidence: Any, table: Sequence[Tuple[str, str, str, float]],
+                   labels: Tuple[str, ...] = ()) -> Snapshot:
+    out: Snapshot = []
+    for key, name, _doc, scale in table:
+        rows: Rows = []
         if evidence is not None:
-            _add(family, labels, getattr(evidence, key, None), scale)
-        out.append(family)
+            _add(rows, labels, getattr(evidence, key, None), scale)
+        out.append((EVIDENCE_FAMILIES[name], rows))
     return out
 
 
-def _evidence(report: Report) -> List[Metric]:
+def _evidence(report: Report) -> Snapshot:
     seizure = report.findings[Seizure.name].evidence
     fever = report.findings[Fever.name].evidence
     amp = report.findings[Amplification.name].evidence
-    out: List[Metric] = _evidence_rows(seizure, SEIZURE_EVIDENCE)
-    pressure = _gauge("coherence_pressure_some_ratio", "PSI: share of time some task waited for "
-                      "the resource (smoothed), 0-1.", ["resource"])
-    _add(pressure, ["cpu"], getattr(seizure, "pressure_cpu_some_pct", None), 0.01)
-    _add(pressure, ["memory"], getattr(fever, "pressure_memory_some_pct", None), 0.01)
-    out.append(pressure)
+    out = _evidence_rows(seizure, SEIZURE_EVIDENCE)
+    pressure: Rows = []
+    _add(pressure, ("cpu",), getattr(seizure, "pressure_cpu_some_pct", None), 0.01)
+    _add(pressure, ("memory",), getattr(fever, "pressure_memory_some_pct", None), 0.01)
+    out.append((PRESSURE, pressure))
     out += _evidence_rows(fever, FEVER_EVIDENCE)
     process = getattr(fever, "runtime_process", None)
-    info = InfoMetricFamily("coherence_fever_runtime", "The runtime fever judges: the one read "
-                            "through its own counters that spends the largest share of its time in GC.")
-    runtime_rows = _evidence_rows(fever if process else None, FEVER_RUNTIME_EVIDENCE,
-                                  [process or ""], ["process"])
+    info: Rows = []
     if process:
         pid = getattr(fever, "runtime_pid", None)
-        info.add_metric([], {"process": process, "pid": "" if pid is None else str(pid)})
-    out += [info, *runtime_rows]
+        info.append(((), (("process", process), ("pid", "" if pid is None else str(pid)))))
+    out.append((FEVER_RUNTIME, info))
+    out += _evidence_rows(fever if process else None, FEVER_RUNTIME_EVIDENCE, (process or "",))
     out += _evidence_rows(amp, AMPLIFICATION_EVIDENCE)
-    source = _gauge("coherence_amplification_source", "Where amplification's request counts come "
-                    "from: 1 for the source in use (pushed, scraped, tcp_proxy), 0 for the others.",
-                    ["source"])
+    source: Rows = []
     if amp is not None:
-        for s in REQUEST_SOURCES:
-            source.add_metric([s], float(amp.source == s))
-    out.append(source)
+        source = [((s,), float(amp.source == s)) for s in REQUEST_SOURCES]
+    out.append((AMPLIFICATION_SOURCE, source))
     return out
 
 
-def _incidents(report: Report) -> List[Metric]:
-    active = _gauge("coherence_incident_active", "1 while an incident of this kind is on "
-                    "(cascade, flapping), else 0.", ["kind"])
-    member = _gauge("coherence_cascade_member", "1 for each detector in the cascade, 0 for the "
-                    "others.", ["detector"])
-    start = _gauge("coherence_cascade_start_time_seconds", "Unix time the first detector of the "
-                   "cascade turned CRITICAL; absent when there is no cascade.")
-    flapping = _gauge("coherence_detector_flapping", "1 while the detector flaps (changes state "
-                      "verdict.flap_changes times within verdict.flap_window_s), else 0.", ["detector"])
-    flaps = _gauge("coherence_detector_flapping_changes", "State changes within the window, "
-                   "while the detector flaps.", ["detector"])
-    window = _gauge("coherence_detector_flapping_window_seconds", "The window they are counted "
-                    "over, while the detector flaps.", ["detector"])
+def _incidents(report: Report) -> Snapshot:
     kinds = {str(i.get("kind")) for i in report.verdict.incidents}
-    for kind in INCIDENTS:
-        active.add_metric([kind], float(kind in kinds))
+    active = [((kind,), float(kind in kinds)) for kind in INCIDENTS]
     cascade = next((i for i in report.verdict.incidents if i.get("kind") == "cascade"), None)
     members = set(cascade.get("detectors", ())) if cascade else set()  # type: ignore[call-overload]
     flappers = {str(i.get("detector")): i for i in report.verdict.incidents
                 if i.get("kind") == "flapping"}
+    member: Rows = []
+    flapping: Rows = []
+    flaps: Rows = []
+    window: Rows = []
     for name in DETECTORS:
-        member.add_metric([name], float(name in members))
-        flapping.add_metric([name], float(name in flappers))
+        one = _ONE[name]
+        member.append((one, float(name in members)))
+        flapping.append((one, float(name in flappers)))
         if name in flappers:
-            _add(flaps, [name], flappers[name].get("changes"))
-            _add(window, [name], flappers[name].get("window_s"))
+            _add(flaps, one, flappers[name].get("changes"))
+            _add(window, one, flappers[name].get("window_s"))
+    start: Rows = []
     if cascade is not None:
         since = _finite(cascade.get("since"))
         if since is not None:
-            start.add_metric([], report.ts - (report.verdict.now - since))
-    return [active, member, start, flapping, flaps, window]
+            start.append(((), round(report.ts - (report.verdict.now - since), 3)))
+    return [(INCIDENT_ACTIVE, active), (CASCADE_MEMBER, member), (CASCADE_START, start),
+            (FLAPPING, flapping), (FLAPPING_CHANGES, flaps), (FLAPPING_WINDOW, window)]
 
 
-def _runtime(report: Report) -> List[Metric]:
+def _runtime(report: Report) -> Snapshot:
     """Each runtime source (a JVM, a scrape target) as judged: up, and its rates."""
-    info = InfoMetricFamily("coherence_runtime_source", "A runtime read through its own counters "
-                            "(a JVM's performance data, a /metrics endpoint).", labels=["source"])
-    up = _gauge("coherence_runtime_source_up", "1 while the source is read, 0 once it failed (the "
-                "process exited, the target stopped answering: `coherence sources` says why).",
-                ["source"])
-    rows = (("gc_share", "coherence_runtime_gc_time_ratio", "Share of wall time spent in GC.", ()),
-            ("collections_per_s", "coherence_runtime_gc_collections_per_second",
-             "Collections per second.", ()),
-            ("alloc_bytes_per_s", "coherence_runtime_alloc_bytes_per_second",
-             "Heap allocation rate.", ()),
-            ("requests_in_per_s", "coherence_runtime_requests_per_second",
-             "Requests per second, in (received) and out (calls made, retries included).", ("in",)),
-            ("requests_out_per_s", "coherence_runtime_requests_per_second", "", ("out",)),
-            ("ratio", "coherence_runtime_requests_ratio",
-             "Requests out per request in over the amplification window.", ()))
-    families: Dict[str, GaugeMetricFamily] = {}
-    for _attr, name, doc, extra in rows:
-        if name not in families:
-            families[name] = _gauge(name, doc, ["source", "direction"] if extra else ["source"])
+    info: Rows = []
+    up: Rows = []
+    rates: Dict[Family, Rows] = {family: [] for family in _RUNTIME_GAUGES.values()}
     for p in report.snapshot.runtime:
-        info.add_metric([p.name], {"runtime": p.runtime, "pid": "" if p.pid is None else str(p.pid)})
-        up.add_metric([p.name], float(p.available))
+        source = (p.name,)
+        info.append((source, (("runtime", p.runtime), ("pid", "" if p.pid is None else str(p.pid)))))
+        up.append((source, float(p.available)))
         if not p.available:
             continue
-        for attr, name, _doc, extra in rows:
-            _add(families[name], [p.name, *extra], getattr(p, attr))
-    return [info, up, *families.values()]
+        for attr, family, extra in RUNTIME_ROWS:
+            _add(rates[family], (p.name, *extra), getattr(p, attr))
+    return [(RUNTIME_SOURCE, info), (RUNTIME_UP, up), *rates.items()]
+
+
+def lateness_buckets(hist: Sequence[Tuple[int, int]]) -> Tuple[Tuple[str, float], ...]:
+    """The cumulative bucket counts of the engine's lateness histogram ((upper bound in us,
+    count) per non-empty bin) at LATENESS_BUCKETS_US, and +Inf."""
+    uppers = [upper for upper, _ in hist]
+    cumulative = list(itertools.accumulate(n for _, n in hist))
+    out = []
+    for bound in LATENESS_BUCKETS_US:
+        # the bins whose largest value is within the bound: (upper - 1) us for the 1 us bins,
+        # under `upper` for the powers of two
+        i = bisect.bisect_right(uppers, bound + 1)
+        out.append((_BOUNDS[bound], float(cumulative[i - 1]) if i else 0.0))
+    out.append(("+Inf", float(cumulative[-1]) if cumulative else 0.0))
+    return tuple(out)
+
+
+_BOUNDS = {bound: repr(bound / 1e6) for bound in LATENESS_BUCKETS_US}
+
+
+def _always_healthy(stats: Optional["SamplerStats"] = None) -> Tuple[bool, str]:
+    return True, ""
 
 
 @dataclass
@@ -311,7 +478,10 @@ class _Latest:
 class Series(Collector):
     """The collector behind /metrics: the latest report's series, and the live figures of what
     it watches (the sampler, the StatsD listener, the runtime poller, the pushed request
-    counters, the HTTP server). Reads only: never locks what the sampler writes."""
+    counters, the HTTP server). Reads only: never locks what the sampler writes.
+
+    ``snapshot()`` is every family with its rows (what the Exposition encodes, family by
+    family); ``collect()`` the same as prometheus_client's family objects."""
 
     def __init__(self) -> None:
         self.latest = _Latest()
@@ -320,7 +490,12 @@ class Series(Collector):
         self.runtime: Optional["RuntimePoller"] = None
         self.counters: Optional[Tuple["AtomicCounter", "AtomicCounter"]] = None
         self.server: Optional[HttpServer] = None
-        self.healthy: Callable[[], Tuple[bool, str]] = lambda: (True, "")
+        # (healthy, why), given the sampler's figures when there is a sampler
+        self.healthy: Callable[[Optional["SamplerStats"]], Tuple[bool, str]] = _always_healthy
+        self._build: Rows = [((), (("version", __version__),
+                                   ("python_version", platform.python_version()),
+                                   ("python_implementation", platform.python_implementation())))]
+        self._report_rows: Tuple[Optional[_Latest], Snapshot] = (None, [])
 
     def update(self, report: Report) -> None:
         """Take a report (the main thread's, four a second); the swap is one assignment."""
@@ -332,136 +507,250 @@ class Series(Collector):
         self.latest = _Latest(report, changes, time.monotonic())
 
     def collect(self) -> Iterator[Metric]:
+        for family, rows in self.snapshot():
+            yield family.metric(rows)
+
+    def snapshot(self) -> Snapshot:
+        """Every family, with its rows as of now."""
         latest = self.latest                    # one read: the report and its counts belong together
-        build = InfoMetricFamily("coherence_build", "coherence's version, and the Python running it.")
-        build.add_metric([], {"version": __version__, "python_version": platform.python_version(),
-                              "python_implementation": platform.python_implementation()})
-        yield build
-        ok, _reason = self.healthy()
-        health = _gauge("coherence_healthy", "1 while /healthz answers 200 (the sampler ticks and "
-                        "reports are fresh), else 0.")
-        health.add_metric([], float(ok))
-        yield health
-        if latest.report is not None:
-            yield from report_families(latest.report, latest.changes)
-            yield from self._sampler_from_report(latest.report)
-        yield from self._sampler()
-        yield from self._requests()
-        yield from self._statsd()
-        yield from self._poller()
-        yield from self._http()
-
-    def _sampler_from_report(self, report: Report) -> Iterable[Metric]:
-        figures = report.sampler or {}
-        sources = InfoMetricFamily("coherence_sampler_source", "The counter source in use per "
-                                   "family (cpu, memory, pressure, requests).", labels=["family"])
-        for family, name in sorted((figures.get("sources") or {}).items()):
-            sources.add_metric([family], {"source": str(name)})
-        notes = InfoMetricFamily("coherence_sampler_note", "A caveat about the sources in use "
-                                 "(a coarse CPU counter, ...).")
-        for note in figures.get("notes") or ():
-            notes.add_metric([], {"note": str(note)})
-        return [sources, notes]
-
-    def _sampler(self) -> Iterable[Metric]:
         s = self.sampler
-        if s is None:
-            return []
-        from coherence.sampler import lateness_percentile
-        stats = s.stats()
-        hist = s.engine.lateness_histogram()
-        target = _gauge("coherence_sampler_target_hertz", "CPU samples per second asked for (--hz).")
-        target.add_metric([], s.hz)
-        achieved = _gauge("coherence_sampler_achieved_hertz", "Ticks taken per second since the "
-                          "sampler started.")
-        _add(achieved, [], stats.achieved_hz)
-        ticks = _counter("coherence_sampler_ticks_total", "Ticks taken.")
-        ticks.add_metric([], stats.ticks)
-        overruns = _counter("coherence_sampler_overruns_total", "Ticks that missed their deadline "
-                            "and were skipped (never caught up in a burst).")
-        overruns.add_metric([], stats.overruns)
-        cpu = _counter("coherence_sampler_cpu_seconds_total", "CPU time of the sampler's thread.")
-        cpu.add_metric([], stats.cpu_s)
-        p50 = _gauge("coherence_sampler_tick_lateness_p50_seconds",
-                     "Median lateness of a tick against its deadline, since the sampler started.")
-        p99 = _gauge("coherence_sampler_tick_lateness_p99_seconds",
-                     "99th percentile of the lateness, since the sampler started.")
-        _add(p50, [], lateness_percentile(hist, 0.50), 1e-6)
-        _add(p99, [], lateness_percentile(hist, 0.99), 1e-6)
-        lateness = HistogramMetricFamily("coherence_sampler_tick_lateness_seconds",
-                                         "Lateness of each tick against its deadline.", unit="seconds")
-        cumulative, i, count = [], 0, 0
-        for bound in LATENESS_BUCKETS_US:
-            # a bin whose largest value is within the bound: (upper - 1) us for the 1 us bins,
-            # under `upper` for the powers of two
-            while i < len(hist) and hist[i][0] - 1 <= bound:
-                count += hist[i][1]
-                i += 1
-            cumulative.append((repr(bound / 1e6), float(count)))
-        total = float(sum(n for _, n in hist))
-        cumulative.append(("+Inf", total))
-        lateness.add_metric([], cumulative, sum_value=stats.tick_lateness_sum_s)
-        age = _gauge("coherence_sampler_last_tick_age_seconds", "Time since the sampler's last "
-                     "tick (a heartbeat: it stays under a tick's period while the sampler runs).")
-        _add(age, [], time.monotonic() - stats.last_tick_s)
-        return [target, achieved, ticks, overruns, cpu, lateness, p50, p99, age]
+        stats = s.stats() if s is not None else None
+        ok, _reason = self.healthy(stats)
+        out: Snapshot = [(BUILD, self._build), (HEALTHY, [((), float(ok))])]
+        if latest.report is not None:
+            seen, rows = self._report_rows       # a report's rows are made once (reports: 4/s)
+            if seen is not latest:
+                rows = report_rows(latest.report, latest.changes) + \
+                    self._sampler_from_report(latest.report)
+                self._report_rows = (latest, rows)
+            out += rows
+        if s is not None and stats is not None:
+            out += self._sampler(s, stats)
+        out += self._requests()
+        out += self._statsd()
+        out += self._poller()
+        out += self._http()
+        return out
 
-    def _requests(self) -> Iterable[Metric]:
+    @staticmethod
+    def _sampler_from_report(report: Report) -> Snapshot:
+        figures = report.sampler or {}
+        sources = [((family,), (("source", str(name)),))
+                   for family, name in sorted((figures.get("sources") or {}).items())]
+        notes = [((), (("note", str(note)),)) for note in figures.get("notes") or ()]
+        return [(SAMPLER_SOURCE, sources), (SAMPLER_NOTE, notes)]
+
+    @staticmethod
+    def _sampler(s: "Sampler", stats: "SamplerStats") -> Snapshot:
+        achieved: Rows = []
+        _add(achieved, (), stats.achieved_hz)
+        p50: Rows = []
+        p99: Rows = []
+        # the sampler's own percentiles, of the histogram its stats() read
+        _add(p50, (), stats.tick_lateness_p50_us, 1e-6)
+        _add(p99, (), stats.tick_lateness_p99_us, 1e-6)
+        age: Rows = []
+        _add(age, (), time.monotonic() - stats.last_tick_s)
+        buckets = lateness_buckets(s.engine.lateness_histogram())
+        return [(SAMPLER_TARGET, [((), float(s.hz))]), (SAMPLER_ACHIEVED, achieved),
+                (SAMPLER_TICKS, [((), float(stats.ticks))]),
+                (SAMPLER_OVERRUNS, [((), float(stats.overruns))]),
+                (SAMPLER_CPU, [((), float(stats.cpu_s))]),
+                (SAMPLER_LATENESS, [((), (buckets, float(stats.tick_lateness_sum_s)))]),
+                (SAMPLER_P50, p50), (SAMPLER_P99, p99), (SAMPLER_AGE, age)]
+
+    def _requests(self) -> Snapshot:
         if self.counters is None:
             return []
-        pushed = _counter("coherence_requests_pushed_total", "Requests counted by the application "
-                          "(StatsD, coherence.hooks): in (received) and out (calls made).", ["direction"])
         ingress, egress = self.counters
-        pushed.add_metric(["in"], ingress.value)
-        pushed.add_metric(["out"], egress.value)
-        return [pushed]
+        return [(REQUESTS_PUSHED, [(("in",), float(ingress.value)), (("out",), float(egress.value))])]
 
-    def _statsd(self) -> Iterable[Metric]:
+    def _statsd(self) -> Snapshot:
         listener = self.statsd
         if listener is None:
             return []
-        packets = _counter("coherence_statsd_packets_total", "StatsD datagrams received.")
-        packets.add_metric([], listener.packets)
-        lines = _counter("coherence_statsd_lines_total", "StatsD lines received, by outcome: "
-                         "accepted (ours), ignored (another metric), malformed (counted, dropped).",
-                         ["outcome"])
-        for outcome in ("accepted", "ignored", "malformed"):
-            lines.add_metric([outcome], getattr(listener, outcome))
-        dropped = _counter("coherence_statsd_dropped_packets_total", "StatsD datagrams the kernel "
-                           "dropped because the socket's receive queue was full.")
-        _add(dropped, [], listener.dropped())
-        return [packets, lines, dropped]
+        lines = [((outcome,), float(getattr(listener, outcome)))
+                 for outcome in ("accepted", "ignored", "malformed")]
+        dropped: Rows = []
+        _add(dropped, (), listener.dropped())
+        return [(STATSD_PACKETS, [((), float(listener.packets))]), (STATSD_LINES, lines),
+                (STATSD_DROPPED, dropped)]
 
-    def _poller(self) -> Iterable[Metric]:
+    def _poller(self) -> Snapshot:
         poller = self.runtime
         if poller is None:
             return []
-        rounds = _counter("coherence_runtime_poller_rounds_total", "Rounds of the runtime poller "
-                          "(every runtime source read once).")
-        rounds.add_metric([], poller.rounds)
-        skipped = _counter("coherence_runtime_poller_skipped_rounds_total", "Rounds skipped because "
-                           "one ran past the next one's deadline.")
-        skipped.add_metric([], poller.skipped)
-        return [rounds, skipped]
+        return [(POLLER_ROUNDS, [((), float(poller.rounds))]),
+                (POLLER_SKIPPED, [((), float(poller.skipped))])]
 
-    def _http(self) -> Iterable[Metric]:
+    def _http(self) -> Snapshot:
         if self.server is None:
             return []
         f = self.server.figures()
-        requests = _counter("coherence_http_requests_total", "HTTP requests answered, by path "
-                            "(/metrics, /healthz, /, other) and status code.", ["path", "code"])
-        for (path, code), n in sorted(f["requests"].items()):
-            requests.add_metric([path, str(code)], n)
-        bad = _counter("coherence_http_bad_requests_total", "Connections dropped or refused, by "
-                       "reason: " + ", ".join(BAD_REASONS) + ".", ["reason"])
-        for reason, n in f["bad"].items():
-            bad.add_metric([reason], n)
-        conns = _gauge("coherence_http_connections", "HTTP connections open now.")
-        conns.add_metric([], f["connections"])
-        cpu = _counter("coherence_http_cpu_seconds_total", "CPU time of the threads that served "
-                       "HTTP connections (TLS, authentication and rendering included).")
-        cpu.add_metric([], f["cpu_s"])
-        return [requests, bad, conns, cpu]
+        requests = [((path, str(code)), float(n)) for (path, code), n in sorted(f["requests"].items())]
+        bad = [((reason,), float(n)) for reason, n in f["bad"].items()]
+        return [(HTTP_REQUESTS, requests), (HTTP_BAD, bad),
+                (HTTP_CONNECTIONS, [((), float(f["connections"]))]),
+                (HTTP_CPU, [((), float(f["cpu_s"]))])]
+
+
+class _Collected:
+    """Given families as a collector, for prometheus_client's encoders."""
+
+    def __init__(self, metrics: Sequence[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Sequence[Metric]:
+        return self.metrics
+
+
+def _signature(metric: Metric) -> Optional[Tuple[Any, ...]]:
+    """What a family from another collector encodes from, None if it cannot be compared (an
+    exemplar, a native histogram)."""
+    samples = []
+    for s in metric.samples:
+        if s.exemplar is not None or s.native_histogram is not None:
+            return None
+        samples.append((s.name, tuple(s.labels.items()), s.value, s.timestamp))
+    return (metric.type, metric.documentation, metric.unit, tuple(samples))
+
+
+_OM_ESCAPING = "underscores", "allow-utf-8"
+_PLAIN = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain(name: str) -> bool:
+    return _PLAIN.match(name) is not None
+
+
+def _plain_names(metric: Metric) -> bool:
+    """The family's name, its samples' names and their label names are all of
+    [a-zA-Z_][a-zA-Z0-9_]* (every series of ours and of the process collector)."""
+    return _plain(metric.name) and all(_plain(s.name) and all(_plain(k) for k in s.labels)
+                                       for s in metric.samples)
+
+
+def _plain_encoder(encoder: Callable[[Any], bytes]) -> Optional[Callable[[Any], bytes]]:
+    """For OpenMetrics with the "underscores" escaping (what Prometheus gets by default),
+    the same encoder with "allow-utf-8", for the families whose names are all plain: it writes
+    them byte for byte as "underscores" does, since "underscores" only rewrites the characters
+    outside [a-zA-Z0-9_] and "allow-utf-8" only quotes a name outside the legacy set, but
+    prometheus_client (0.26 here) rewrites each sample's name one character at a time under
+    "underscores" (half the encoder's time), and under "allow-utf-8" checks it with one
+    regular expression. tests/test_sinks_prometheus.py compares the two outputs for every
+    family and every Accept header. None for any other format or escaping."""
+    if not (isinstance(encoder, functools.partial) and encoder.func is openmetrics_latest
+            and encoder.keywords.get("escaping") == _OM_ESCAPING[0]):
+        return None
+    return functools.partial(encoder.func, *encoder.args,
+                             **{**encoder.keywords, "escaping": _OM_ESCAPING[1]})
+
+
+class _Format:
+    """One negotiated format: prometheus_client's encoder for it, what it ends every exposition
+    with ("# EOF" for OpenMetrics), and for each family what it was last encoded from with,
+    when it was encoded on its own, its bytes.
+
+    A family whose samples are those it had at the last scrape is served the bytes kept for it
+    (encoded on its own, and kept, the first time it is seen unchanged); the families that
+    changed are encoded together, each run of them between two unchanged ones in one call of
+    the encoder (a family changing at every scrape, like a counter of ticks, is never encoded
+    on its own, and the encoder's cost per call is paid once a run)."""
+
+    def __init__(self, encoder: Callable[[Any], bytes]) -> None:
+        self.encoder = encoder
+        self.tail = encoder(_Collected(()))
+        # key (a Family, or another collector's family name) -> (what it was encoded from,
+        # its bytes or None when it was encoded within a run); each entry is replaced by one
+        # assignment, so a scrape beside sees the old entry or the new one, either whole
+        self.families: Dict[Any, Tuple[Any, Optional[bytes]]] = {}
+        self.plain = _plain_encoder(encoder)
+
+    def encode(self, metrics: Sequence[Metric]) -> bytes:
+        """The families as the encoder writes them, without the tail."""
+        plain = self.plain is not None and all(_plain_names(m) for m in metrics)
+        out = (self.plain if plain else self.encoder)(_Collected(metrics))   # type: ignore[misc]
+        if not out.endswith(self.tail):
+            raise ValueError(f"{metrics[0].name}...: the encoder did not end with {self.tail!r}")
+        return out[:len(out) - len(self.tail)]
+
+    def render(self, families: Iterable[Tuple[Any, Any, Callable[[], Metric]]]) -> List[bytes]:
+        """The encoded parts, in order, of (key, what it encodes from (None: never kept), its
+        family) per family."""
+        parts: List[bytes] = []
+        run: List[Metric] = []
+        kept = self.families
+        for key, source, make in families:
+            seen = kept.get(key) if source is not None else None
+            if seen is not None and seen[0] == source:
+                if run:
+                    parts.append(self.encode(run))
+                    run = []
+                out = seen[1]
+                if out is None:                  # unchanged, but encoded within a run so far
+                    out = self.encode((make(),))
+                    kept[key] = (source, out)
+                parts.append(out)
+                continue
+            if source is not None:
+                kept[key] = (source, None)
+            run.append(make())
+        if run:
+            parts.append(self.encode(run))
+        return parts
+
+
+def _rows_of(snapshot: Snapshot) -> Iterator[Tuple[Any, Any, Callable[[], Metric]]]:
+    for family, rows in snapshot:
+        yield family, rows, functools.partial(family.metric, rows)
+
+
+def _metrics_of(collector: Collector) -> Iterator[Tuple[Any, Any, Callable[[], Metric]]]:
+    for metric in collector.collect():
+        yield metric.name, _signature(metric), functools.partial(_same, metric)
+
+
+def _same(metric: Metric) -> Metric:
+    return metric
+
+
+class Exposition:
+    """What /metrics answers: the format negotiated by prometheus_client (choose_encoder), the
+    families encoded by prometheus_client's encoder for it, and the encoded bytes of a family
+    reused while its samples are the same as at the last scrape in that format (most families:
+    states, vetoes, info series, counters that did not move). The result is the bytes the
+    encoder writes for the whole registry (tests/test_sinks_prometheus.py compares them).
+    ``others``: collectors beside the Series (the process's figures)."""
+
+    def __init__(self, series: Series, others: Sequence[Collector] = ()) -> None:
+        self.series, self.others = series, tuple(others)
+        self._formats: Dict[str, _Format] = {}
+        self._lock = threading.Lock()            # the scrapes' own, for the dict of formats
+
+    def _format(self, content_type: str, encoder: Callable[[Any], bytes]) -> _Format:
+        with self._lock:
+            fmt = self._formats.get(content_type)
+            if fmt is None:
+                if len(self._formats) >= MAX_FORMATS:
+                    del self._formats[next(iter(self._formats))]
+                fmt = self._formats[content_type] = _Format(encoder)
+            return fmt
+
+    def render(self, accept: Optional[str]) -> Tuple[bytes, str]:
+        """(body, content type) for a request's Accept header."""
+        encoder, content_type = choose_encoder(accept or "")
+        fmt = self._format(content_type, encoder)
+        parts = fmt.render(itertools.chain(_rows_of(self.series.snapshot()),
+                                           *(_metrics_of(c) for c in self.others)))
+        parts.append(fmt.tail)
+        return b"".join(parts), content_type
+
+
+def _header(request: Request, name: str) -> Optional[str]:
+    """A request header, its repeats joined by commas (as a WSGI server passes them)."""
+    values = request.headers.get_all(name)
+    return ",".join(values) if values else None
 
 
 LANDING = """coherence {version}: a read-only sentinel that watches the variance of this host.
@@ -485,11 +774,15 @@ class PrometheusSink:
         self.series.healthy = self.health
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.series)
+        others: List[Collector] = []
         if process_collectors:
             # the process's own CPU, memory and file descriptors, as every client library has
             # (not python_gc_* nor python_info: each scrape pays for every sample, and
             # coherence_build_info already names the Python)
-            ProcessCollector(registry=self.registry)
+            others.append(ProcessCollector(registry=self.registry))
+        # a scrape (GET /metrics): the registry's collectors in the registry's order
+        self.exposition = Exposition(self.series, others)
+        # the rest of what prometheus_client's app answers (OPTIONS, ?name[]=...)
         self._metrics = make_wsgi_app(self.registry)
         self.server = HttpServer(listen[0], listen[1], self.app, web_config)
         self.series.server = self.server
@@ -540,9 +833,10 @@ class PrometheusSink:
         self.series.update(report)
         return False                           # nothing shown: it is served when scraped
 
-    def health(self) -> Tuple[bool, str]:
+    def health(self, stats: Optional["SamplerStats"] = None) -> Tuple[bool, str]:
         """(healthy, why): the last report and the sampler's last tick are both fresher than
-        stale_after_s, and the sampler's thread runs."""
+        stale_after_s, and the sampler's thread runs. ``stats``: the sampler's, when the caller
+        has just read them."""
         now = time.monotonic()
         latest, limit = self.series.latest, self.stale_after_s
         if latest.report is None:
@@ -555,7 +849,7 @@ class PrometheusSink:
         if s is not None:
             if not s.running:
                 return False, "the sampler's thread has stopped"
-            tick_age = now - s.stats().last_tick_s
+            tick_age = now - (stats if stats is not None else s.stats()).last_tick_s
             if not tick_age <= limit:           # NaN (never ticked) is stale too
                 return False, f"the sampler has not ticked for {tick_age:.1f} s (limit {limit:g} s)"
             return True, (f"ok: last report {age:.2f} s ago, last tick {tick_age * 1e3:.1f} ms ago, "
@@ -564,6 +858,8 @@ class PrometheusSink:
 
     def app(self, request: Request) -> Response:
         if request.path == "/metrics":
+            if request.method == "GET" and "name[]" not in parse_qs(request.query):
+                return self.scrape(request)
             return call_wsgi(self._metrics, request)
         if request.path == "/healthz":
             ok, why = self.health()
@@ -571,6 +867,16 @@ class PrometheusSink:
         if request.path == "/":
             return Response.text(200, LANDING.format(version=__version__))
         return Response.text(404, f"{request.path}: not found (try /metrics or /healthz)\n")
+
+    def scrape(self, request: Request) -> Response:
+        """GET /metrics: negotiated as prometheus_client's app negotiates (choose_encoder,
+        gzip_accepted), encoded by the Exposition; gzip at GZIP_LEVEL."""
+        body, content_type = self.exposition.render(_header(request, "Accept"))
+        headers: Tuple[Tuple[str, str], ...] = (("Content-Type", content_type),)
+        if gzip_accepted(_header(request, "Accept-Encoding") or ""):
+            body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+            headers += (("Content-Encoding", "gzip"),)
+        return Response(200, body, headers)
 
     def __enter__(self) -> "PrometheusSink":
         self.server.start()

@@ -7,6 +7,8 @@ background thread without the GIL, feeding the core's accumulators; readers take
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import threading
 from dataclasses import dataclass
@@ -88,17 +90,20 @@ def _positive(name: str, value: float) -> float:
     return v
 
 
-def lateness_percentile(hist: Sequence[Tuple[int, int]], q: float) -> float:
-    """The upper bound (us) of the lateness bin holding rank q of the engine's histogram."""
-    total = sum(count for _, count in hist)
+def lateness_percentiles(hist: Sequence[Tuple[int, int]], qs: Sequence[float]) -> List[float]:
+    """The upper bound (us) of the lateness bin holding rank q of the engine's histogram, for
+    each q: the first bin whose cumulative count reaches q of the total (NaN when empty)."""
+    cumulative = list(itertools.accumulate([count for _, count in hist]))
+    total = cumulative[-1] if cumulative else 0
     if total == 0:
-        return math.nan
-    rank, seen = q * total, 0
-    for upper, count in hist:
-        seen += count
-        if seen >= rank:
-            return float(upper)
-    return float(hist[-1][0])
+        return [math.nan] * len(qs)
+    last = len(hist) - 1
+    return [float(hist[min(bisect.bisect_left(cumulative, q * total), last)][0]) for q in qs]
+
+
+def lateness_percentile(hist: Sequence[Tuple[int, int]], q: float) -> float:
+    """lateness_percentiles for one q."""
+    return lateness_percentiles(hist, (q,))[0]
 
 
 class Sampler:
@@ -270,17 +275,21 @@ class Sampler:
         self.stop()
 
     # ------------------------------------------------------------------ readers
-    def stats(self) -> SamplerStats:
+    def stats(self, hist: Optional[Sequence[Tuple[int, int]]] = None) -> SamplerStats:
+        """The sampler's figures; ``hist``: the engine's lateness histogram when the caller has
+        just read it (the exporter serves it too: read once a scrape)."""
         s = self.engine.stats()
-        hist = self.engine.lateness_histogram()
+        if hist is None:
+            hist = self.engine.lateness_histogram()
+        p50, p99 = lateness_percentiles(hist, (0.50, 0.99))
         elapsed = s["elapsed_s"]
         return SamplerStats(
             achieved_hz=s["ticks"] / elapsed if elapsed > 0 else math.nan,
             ticks=s["ticks"],
             ticks_expected=int(elapsed * self.hz) + 1,
             overruns=s["overruns"],
-            tick_lateness_p50_us=lateness_percentile(hist, 0.50),
-            tick_lateness_p99_us=lateness_percentile(hist, 0.99),
+            tick_lateness_p50_us=p50,
+            tick_lateness_p99_us=p99,
             tick_lateness_max_us=float(hist[-1][0]) if hist else math.nan,
             cpu_percent=100.0 * s["thread_cpu_s"] / elapsed if elapsed > 0 else math.nan,
             elapsed_s=elapsed,

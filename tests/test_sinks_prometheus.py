@@ -313,37 +313,96 @@ def count_encodes(monkeypatch) -> List[List[str]]:
     return calls
 
 
-def test_only_the_families_that_changed_are_encoded_again(reports, monkeypatch):
+def test_the_encoder_is_called_only_for_new_shapes(reports, monkeypatch):
+    """A family is encoded when it is new or its shape changes (a label value comes or goes);
+    when only its values change it is its template filled, and unchanged it is served as
+    kept: the encoder is not called, and the new values are served at once."""
     calls = count_encodes(monkeypatch)
     series = FrozenSeries()
     series.update(reports[100])
-    series.frozen = Series.snapshot(series)
+    histogram = [((), ((("1e-05", 3.0), ("2.5e-05", 5.0), ("+Inf", 9.0)), 0.001))]
+    series.frozen = Series.snapshot(series) + [(prom.SAMPLER_TICKS, [((), 5.0)]),
+                                               (prom.SAMPLER_LATENESS, histogram)]
     names = [family.metric(rows).name for family, rows in series.frozen]
     exposition = prom.Exposition(series)
     om = "application/openmetrics-text;version=1.0.0"
     first = exposition.render(om)
-    assert calls == [names]                                  # all new: encoded in one call
+    assert calls == [[name] for name in names]                # all new: each encoded alone
     calls.clear()
-    assert exposition.render(om) == first                    # unchanged: each encoded alone, kept
+    assert exposition.render(om) == first and calls == []    # unchanged: served as kept
+    assert exposition.render(None)[0] != first[0]            # the text format: its own
     assert calls == [[name] for name in names]
     calls.clear()
-    assert exposition.render(om) == first and calls == []    # and served as kept
-    assert exposition.render(None)[0] != first[0]            # the text format: its own
-    assert calls == [names]
-    calls.clear()
-    # one value changes: its family alone is encoded, and the new value is served at once
-    series.frozen = [(f, [((), 12345.5)] if f is prom.REPORT_TS else rows) for f, rows in series.frozen]
+    # values change (a gauge, a counter, the histogram): no encoder call, served at once
+    hist = next(rows for f, rows in series.frozen if f is prom.SAMPLER_LATENESS)
+    (labels, (buckets, total)), = hist
+    moved = [(le, n + 1.0) for le, n in buckets]
+    changed: Dict[Any, Any] = {prom.REPORT_TS: [((), 12345.5)], prom.SAMPLER_TICKS: [((), 1e21)],
+               prom.SAMPLER_LATENESS: [(labels, (moved, total + 0.25))]}
+    series.frozen = [(f, changed.get(f, rows)) for f, rows in series.frozen]
     body = exposition.render(om)[0].decode()
-    assert calls == [["coherence_report_timestamp_seconds"]]
+    assert calls == []
     assert "\ncoherence_report_timestamp_seconds 12345.5\n" in body
-    # two neighbours change: one call for both
-    series.frozen = [(f, [((), 1.5)] if f in (prom.REPORT_TS, prom.MONITOR_START) else rows)
+    assert "\ncoherence_sampler_ticks_total 1e+21\n" in body
+    assert f"\ncoherence_sampler_tick_lateness_seconds_count {moved[-1][1]}\n" in body
+    metrics = [family.metric(rows) for family, rows in series.frozen]
+    assert body.encode() == prom.openmetrics_latest(Collected(metrics))
+    # a shape changes (a label value comes): that family alone is encoded
+    series.frozen = [(f, list(rows) + [(("extra",), 2.0)] if f is prom.DETECTOR_LIMIT else rows)
                      for f, rows in series.frozen]
-    calls.clear()
     body = exposition.render(om)[0].decode()
-    assert calls == [["coherence_report_timestamp_seconds", "coherence_monitor_start_time_seconds"]]
-    assert "\ncoherence_report_timestamp_seconds 1.5\n" in body
-    assert "\ncoherence_monitor_start_time_seconds 1.5\n" in body
+    assert calls == [["coherence_detector_limit"]]
+    assert '\ncoherence_detector_limit{detector="extra"} 2.0\n' in body
+
+
+def test_a_template_is_made_only_where_it_gives_the_encoders_bytes():
+    """Samples with a timestamp or an exemplar, or values that are not the samples', get no
+    template: such a family is encoded whenever it changes."""
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.samples import Exemplar
+    plain = GaugeMetricFamily("g", "help", labels=["a"])
+    plain.add_metric(["x"], 1.5)
+    plain.add_metric(["y"], 2.0)
+    out = prom.openmetrics_latest(Collected([plain]))[:-len(b"# EOF\n")]
+    template = prom._Template.of(plain, out, (1.5, 2.0))
+    assert template is not None and template.fill((1.5, 2.0)) == out
+    assert template.fill((3.0, float("inf"))) == out.replace(b"} 1.5", b"} 3.0").replace(b"} 2.0", b"} +Inf")
+    assert prom._Template.of(plain, out, (1.5, 7.0)) is None          # not its values
+    assert prom._Template.of(plain, out, (1.5,)) is None
+    stamped = GaugeMetricFamily("g", "help", labels=["a"])
+    stamped.add_metric(["x"], 1.5, timestamp=10)
+    out = prom.openmetrics_latest(Collected([stamped]))[:-len(b"# EOF\n")]
+    assert prom._Template.of(stamped, out, (1.5,)) is None
+    from prometheus_client.core import CounterMetricFamily
+    ex = CounterMetricFamily("c", "help", labels=["a"])
+    ex.add_metric(["x"], 1.0)
+    ex.samples[0] = ex.samples[0]._replace(exemplar=Exemplar({"t": "1"}, 1.0))
+    out = prom.openmetrics_latest(Collected([ex]))[:-len(b"# EOF\n")]
+    assert prom._Template.of(ex, out, (1.0,)) is None
+
+
+def test_the_process_figures_are_the_process_collectors():
+    """process_* as prometheus_client's ProcessCollector reads them, from a descriptor kept
+    open; after close() they are read again from a new one."""
+    from prometheus_client import ProcessCollector
+    figures = prom.ProcessFigures()
+    try:
+        ours = {f.metric(rows).name: rows[0][1] for f, rows in figures.rows()}
+        theirs = {m.name: m.samples[0].value for m in ProcessCollector(registry=None).collect()}
+        assert set(ours) == set(theirs) == {"process_virtual_memory_bytes", "process_resident_memory_bytes",
+                                            "process_start_time_seconds", "process_cpu_seconds",
+                                            "process_open_fds", "process_max_fds"}
+        assert ours["process_start_time_seconds"] == theirs["process_start_time_seconds"]
+        assert ours["process_max_fds"] == theirs["process_max_fds"]
+        assert abs(ours["process_open_fds"] - theirs["process_open_fds"]) <= 2
+        assert 0 < ours["process_cpu_seconds"] <= theirs["process_cpu_seconds"] + 0.05
+        assert abs(ours["process_resident_memory_bytes"] - theirs["process_resident_memory_bytes"]) < 64e6
+    finally:
+        figures.close()
+    again = {f.metric(rows).name for f, rows in figures.rows()}
+    assert "process_cpu_seconds" in again
+    figures.close()
+    assert prom.ProcessFigures(proc="/nonexistent").rows() == []
 
 
 def test_a_live_series_changes_at_the_next_scrape():

@@ -10,9 +10,10 @@ OpenMetrics, as the scraper asks) with /healthz by coherence.sinks.http.
 
 A scrape reads the latest report (replaced whole by `emit`, never changed) and the sampler's
 lock-free figures: it takes no lock the sampler's tick waits on, and the sampler never waits
-for it. What it answers is prometheus_client's encoders' output; the Exposition keeps each
-family's encoded bytes while its samples stay the same, so that a scrape encodes only the
-families that changed (benchmarks/run_exporter.py measures what a scrape costs).
+for it. What it answers is prometheus_client's encoders' output, byte for byte; the Exposition
+keeps each family's encoded bytes while its samples stay the same, and fills a template made of
+them when only its values change, so that the encoder runs only for a family that is new or
+whose labels changed (benchmarks/run_exporter.py measures what a scrape costs).
 """
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ import gzip
 import ipaddress
 import itertools
 import math
+import os
 import platform
 import re
+import resource
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,12 +34,13 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List
                     Sequence, Tuple)
 from urllib.parse import parse_qs
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                     InfoMetricFamily, Metric)
 from prometheus_client.exposition import choose_encoder, gzip_accepted, make_wsgi_app
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from coherence import __version__
 from coherence.config import Config, parse_listen
@@ -318,6 +322,15 @@ HTTP_BAD = _counter("coherence_http_bad_requests_total", "Connections dropped or
 HTTP_CONNECTIONS = _gauge("coherence_http_connections", "HTTP connections open now.")
 HTTP_CPU = _counter("coherence_http_cpu_seconds_total", "CPU time of the threads that served HTTP "
                     "connections (TLS, authentication and rendering included).")
+# The process's own figures, as every client library names them (prometheus_client's
+# ProcessCollector, client_golang's): what dashboards and the usual alerts already query.
+PROCESS_VMEM = _gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.")
+PROCESS_RSS = _gauge("process_resident_memory_bytes", "Resident memory size in bytes.")
+PROCESS_START = _gauge("process_start_time_seconds",
+                       "Start time of the process since unix epoch in seconds.")
+PROCESS_CPU = _counter("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.")
+PROCESS_OPEN_FDS = _gauge("process_open_fds", "Number of open file descriptors.")
+PROCESS_MAX_FDS = _gauge("process_max_fds", "Maximum number of open file descriptors.")
 # (labels of each state's sample), made once
 _STATE_LABELS = {name: tuple((name, str(s)) for s in STATES) for name in DETECTORS}
 _STATUS_LABELS = tuple((str(s),) for s in STATES)
@@ -446,6 +459,73 @@ def _runtime(report: Report) -> Snapshot:
     return [(RUNTIME_SOURCE, info), (RUNTIME_UP, up), *rates.items()]
 
 
+class ProcessFigures:
+    """The process's CPU, memory, descriptors and start time (the process_* families), read as
+    cheaply as a scrape a second allows: /proc/self/stat through a descriptor kept open (one
+    pread: the kernel writes the file afresh at every read from offset 0), the descriptor limit
+    from getrlimit (not by parsing /proc/self/limits), the boot time and the start time once.
+    The same figures as prometheus_client's ProcessCollector, which opens and parses three files
+    per scrape. A figure that cannot be read is left out, as that collector leaves it out."""
+
+    def __init__(self, proc: str = "/proc") -> None:
+        self.proc = proc
+        self._ticks = float(os.sysconf("SC_CLK_TCK"))
+        self._page = float(resource.getpagesize())
+        self._lock = threading.Lock()             # the descriptor: opened and closed once
+        self._fd: Optional[int] = None
+        self._start: Optional[float] = None
+        self._btime: Optional[float] = None
+        try:
+            with open(os.path.join(proc, "stat"), "rb") as f:
+                for line in f:
+                    if line.startswith(b"btime "):
+                        self._btime = float(line.split()[1])
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+
+    def _stat(self) -> Optional[List[bytes]]:
+        """The fields of /proc/self/stat after the command's closing parenthesis."""
+        with self._lock:             # held while read: close() never frees a number in use
+            try:
+                if self._fd is None:
+                    self._fd = os.open(os.path.join(self.proc, "self", "stat"),
+                                       os.O_RDONLY | os.O_CLOEXEC)
+                data = os.pread(self._fd, 4096, 0)
+            except OSError:
+                return None
+        fields = data.rpartition(b")")[2].split()
+        return fields if len(fields) >= 22 else None
+
+    def rows(self) -> "Snapshot":
+        out: Snapshot = []
+        fields = self._stat()
+        if fields is not None and self._btime is not None:
+            try:
+                vsize, rss = float(fields[20]), float(fields[21]) * self._page
+                cpu = (float(fields[11]) + float(fields[12])) / self._ticks
+                if self._start is None:
+                    self._start = float(fields[19]) / self._ticks + self._btime
+            except ValueError:
+                pass
+            else:
+                out += [(PROCESS_VMEM, [((), vsize)]), (PROCESS_RSS, [((), rss)]),
+                        (PROCESS_START, [((), self._start)]), (PROCESS_CPU, [((), cpu)])]
+        try:
+            open_fds = float(len(os.listdir(os.path.join(self.proc, "self", "fd"))))
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except OSError:
+            return out
+        max_fds = math.inf if soft == resource.RLIM_INFINITY else float(soft)
+        return out + [(PROCESS_OPEN_FDS, [((), open_fds)]), (PROCESS_MAX_FDS, [((), max_fds)])]
+
+    def close(self) -> None:
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
 def lateness_buckets(hist: Sequence[Tuple[int, int]]) -> Tuple[Tuple[str, float], ...]:
     """The cumulative bucket counts of the engine's lateness histogram ((upper bound in us,
     count) per non-empty bin) at LATENESS_BUCKETS_US, and +Inf."""
@@ -490,6 +570,7 @@ class Series(Collector):
         self.runtime: Optional["RuntimePoller"] = None
         self.counters: Optional[Tuple["AtomicCounter", "AtomicCounter"]] = None
         self.server: Optional[HttpServer] = None
+        self.process: Optional[ProcessFigures] = None
         # (healthy, why), given the sampler's figures when there is a sampler
         self.healthy: Callable[[Optional["SamplerStats"]], Tuple[bool, str]] = _always_healthy
         self._build: Rows = [((), (("version", __version__),
@@ -514,7 +595,8 @@ class Series(Collector):
         """Every family, with its rows as of now."""
         latest = self.latest                    # one read: the report and its counts belong together
         s = self.sampler
-        stats = s.stats() if s is not None else None
+        hist = s.engine.lateness_histogram() if s is not None else ()
+        stats = s.stats(hist) if s is not None else None
         ok, _reason = self.healthy(stats)
         out: Snapshot = [(BUILD, self._build), (HEALTHY, [((), float(ok))])]
         if latest.report is not None:
@@ -525,11 +607,13 @@ class Series(Collector):
                 self._report_rows = (latest, rows)
             out += rows
         if s is not None and stats is not None:
-            out += self._sampler(s, stats)
+            out += self._sampler(s, stats, hist)
         out += self._requests()
         out += self._statsd()
         out += self._poller()
         out += self._http()
+        if self.process is not None:
+            out += self.process.rows()
         return out
 
     @staticmethod
@@ -541,7 +625,7 @@ class Series(Collector):
         return [(SAMPLER_SOURCE, sources), (SAMPLER_NOTE, notes)]
 
     @staticmethod
-    def _sampler(s: "Sampler", stats: "SamplerStats") -> Snapshot:
+    def _sampler(s: "Sampler", stats: "SamplerStats", hist: Sequence[Tuple[int, int]]) -> Snapshot:
         achieved: Rows = []
         _add(achieved, (), stats.achieved_hz)
         p50: Rows = []
@@ -551,7 +635,7 @@ class Series(Collector):
         _add(p99, (), stats.tick_lateness_p99_us, 1e-6)
         age: Rows = []
         _add(age, (), time.monotonic() - stats.last_tick_s)
-        buckets = lateness_buckets(s.engine.lateness_histogram())
+        buckets = lateness_buckets(hist)
         return [(SAMPLER_TARGET, [((), float(s.hz))]), (SAMPLER_ACHIEVED, achieved),
                 (SAMPLER_TICKS, [((), float(stats.ticks))]),
                 (SAMPLER_OVERRUNS, [((), float(stats.overruns))]),
@@ -604,15 +688,17 @@ class _Collected:
         return self.metrics
 
 
-def _signature(metric: Metric) -> Optional[Tuple[Any, ...]]:
-    """What a family from another collector encodes from, None if it cannot be compared (an
-    exemplar, a native histogram)."""
-    samples = []
+def _signature(metric: Metric) -> Tuple[Any, Optional[Tuple[float, ...]]]:
+    """(shape, sample values) of a family from another collector; (None, None) if it cannot be
+    compared (an exemplar, a native histogram)."""
+    names = []
+    values = []
     for s in metric.samples:
         if s.exemplar is not None or s.native_histogram is not None:
-            return None
-        samples.append((s.name, tuple(s.labels.items()), s.value, s.timestamp))
-    return (metric.type, metric.documentation, metric.unit, tuple(samples))
+            return None, None
+        names.append((s.name, tuple(s.labels.items()), s.timestamp))
+        values.append(s.value)
+    return (metric.type, metric.documentation, metric.unit, tuple(names)), tuple(values)
 
 
 _OM_ESCAPING = "underscores", "allow-utf-8"
@@ -647,24 +733,90 @@ def _plain_encoder(encoder: Callable[[Any], bytes]) -> Optional[Callable[[Any], 
                              **{**encoder.keywords, "escaping": _OM_ESCAPING[1]})
 
 
+class _Template:
+    """One family's encoded text with its sample values taken out: the lines before its
+    samples, and each sample line's text up to its value. Filled with new values it is the
+    encoder's output for the same samples with those values, because both encoders write a
+    sample without a timestamp or an exemplar as its name and labels, a space, the value as
+    prometheus_client's floatToGoString writes it, and a newline. ``of`` makes one only after
+    checking that filling it with the values it was made from gives back the encoder's bytes
+    exactly (None otherwise: that family is always encoded)."""
+
+    __slots__ = ("head", "prefixes")
+
+    def __init__(self, head: str, prefixes: Tuple[str, ...]) -> None:
+        self.head, self.prefixes = head, prefixes
+
+    @classmethod
+    def of(cls, metric: Metric, encoded: bytes, values: Sequence[float]) -> Optional["_Template"]:
+        samples = metric.samples
+        if len(samples) != len(values) or not samples:
+            return None
+        for sample, value in zip(samples, values):
+            if (sample.timestamp is not None or sample.exemplar is not None
+                    or sample.native_histogram is not None or not sample.value == value):
+                return None
+        try:
+            text = encoded.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        lines = text.split("\n")
+        n = len(samples)
+        if lines[-1] != "" or len(lines) < n + 1:
+            return None
+        prefixes = []
+        for line, value in zip(lines[-1 - n:-1], values):
+            shown = floatToGoString(value)
+            if not line.endswith(" " + shown):
+                return None
+            prefixes.append(line[:len(line) - len(shown)])
+        head = "".join(line + "\n" for line in lines[:-1 - n])
+        template = cls(head, tuple(prefixes))
+        return template if template.fill(values) == encoded else None
+
+    def fill(self, values: Sequence[float]) -> bytes:
+        return (self.head + "".join([f"{prefix}{floatToGoString(value)}\n"
+                                     for prefix, value in zip(self.prefixes, values)])).encode()
+
+
+class _Kept:
+    """What a family was last encoded from in one format: its shape (everything but the sample
+    values), its values, its bytes (None: encoded within a run so far) and its template."""
+
+    __slots__ = ("shape", "values", "out", "template")
+
+    def __init__(self, shape: Any, values: Optional[Tuple[float, ...]], out: Optional[bytes],
+                 template: Optional[_Template]) -> None:
+        self.shape, self.values, self.out, self.template = shape, values, out, template
+
+
+# One family as a scrape gives it to _Format.render: its key (a Family, or another collector's
+# family name), its shape (everything the encoder writes but the sample values; None: never
+# kept), its sample values in the order the encoder writes them (None: not known without the
+# family object; a template is then never made), and a callable that makes the family object.
+Part = Tuple[Any, Any, Optional[Tuple[float, ...]], Callable[[], Metric]]
+
+
 class _Format:
     """One negotiated format: prometheus_client's encoder for it, what it ends every exposition
-    with ("# EOF" for OpenMetrics), and for each family what it was last encoded from with,
-    when it was encoded on its own, its bytes.
+    with ("# EOF" for OpenMetrics), and what each family was last encoded from.
 
-    A family whose samples are those it had at the last scrape is served the bytes kept for it
-    (encoded on its own, and kept, the first time it is seen unchanged); the families that
-    changed are encoded together, each run of them between two unchanged ones in one call of
-    the encoder (a family changing at every scrape, like a counter of ticks, is never encoded
-    on its own, and the encoder's cost per call is paid once a run)."""
+    A family is served, in order of cost:
+      - the bytes kept for it, when its shape and values are those of the last scrape (states,
+        vetoes, limits, info series, counters that did not move);
+      - its template filled with the new values, when only its values changed (timestamps,
+        rates, the sampler's counters and histogram, the process's CPU): no family object is
+        made and the encoder is not called;
+      - the encoder's bytes for it, when it is new or its shape changed (a label value came or
+        went), from which its template is made. Families without a known shape are encoded
+        together, each run of them in one call of the encoder."""
 
     def __init__(self, encoder: Callable[[Any], bytes]) -> None:
         self.encoder = encoder
         self.tail = encoder(_Collected(()))
-        # key (a Family, or another collector's family name) -> (what it was encoded from,
-        # its bytes or None when it was encoded within a run); each entry is replaced by one
-        # assignment, so a scrape beside sees the old entry or the new one, either whole
-        self.families: Dict[Any, Tuple[Any, Optional[bytes]]] = {}
+        # each entry is replaced by one assignment, so that a scrape beside sees the old entry
+        # or the new one, either whole
+        self.families: Dict[Any, _Kept] = {}
         self.plain = _plain_encoder(encoder)
 
     def encode(self, metrics: Sequence[Metric]) -> bytes:
@@ -675,40 +827,73 @@ class _Format:
             raise ValueError(f"{metrics[0].name}...: the encoder did not end with {self.tail!r}")
         return out[:len(out) - len(self.tail)]
 
-    def render(self, families: Iterable[Tuple[Any, Any, Callable[[], Metric]]]) -> List[bytes]:
-        """The encoded parts, in order, of (key, what it encodes from (None: never kept), its
-        family) per family."""
+    def render(self, families: Iterable[Part]) -> List[bytes]:
+        """The encoded parts, in order."""
         parts: List[bytes] = []
         run: List[Metric] = []
         kept = self.families
-        for key, source, make in families:
-            seen = kept.get(key) if source is not None else None
-            if seen is not None and seen[0] == source:
-                if run:
-                    parts.append(self.encode(run))
-                    run = []
-                out = seen[1]
-                if out is None:                  # unchanged, but encoded within a run so far
-                    out = self.encode((make(),))
-                    kept[key] = (source, out)
-                parts.append(out)
+        for key, shape, values, make in families:
+            if shape is None:
+                run.append(make())
                 continue
-            if source is not None:
-                kept[key] = (source, None)
-            run.append(make())
+            seen = kept.get(key)
+            if seen is not None and seen.shape == shape:
+                out = seen.out
+                if seen.values == values and out is not None:
+                    pass
+                elif seen.template is not None and values is not None:
+                    out = seen.template.fill(values)
+                    kept[key] = _Kept(shape, values, out, seen.template)
+                else:
+                    out = None
+                if out is not None:
+                    if run:
+                        parts.append(self.encode(run))
+                        run = []
+                    parts.append(out)
+                    continue
+            # new, or its shape changed: encoded on its own, and a template made of it
+            if run:
+                parts.append(self.encode(run))
+                run = []
+            metric = make()
+            out = self.encode((metric,))
+            if values is None:
+                kept[key] = _Kept(shape, values, out, None)
+            else:
+                kept[key] = _Kept(shape, values, out, _Template.of(metric, out, values))
+            parts.append(out)
         if run:
             parts.append(self.encode(run))
         return parts
 
 
-def _rows_of(snapshot: Snapshot) -> Iterator[Tuple[Any, Any, Callable[[], Metric]]]:
+def _shape_of_rows(family: Family, rows: Samples) -> Tuple[Any, Optional[Tuple[float, ...]]]:
+    """(shape, sample values in the encoder's order) of one of our families' rows."""
+    if family.type in ("gauge", "counter"):
+        return tuple([labels for labels, _ in rows]), tuple([value for _, value in rows])
+    if family.type == "histogram":
+        # HistogramMetricFamily's samples: each bucket, then _count (the +Inf bucket), _sum
+        shape = tuple([(labels, tuple([le for le, _ in buckets])) for labels, (buckets, _) in rows])
+        values: List[float] = []
+        for _labels, (buckets, sum_value) in rows:
+            values.extend([count for _, count in buckets])
+            values.append(buckets[-1][1])
+            values.append(sum_value)
+        return shape, tuple(values)
+    return tuple(rows), ()                     # info: its labels are all it has
+
+
+def _rows_of(snapshot: Snapshot) -> Iterator[Part]:
     for family, rows in snapshot:
-        yield family, rows, functools.partial(family.metric, rows)
+        shape, values = _shape_of_rows(family, rows)
+        yield family, shape, values, functools.partial(family.metric, rows)
 
 
-def _metrics_of(collector: Collector) -> Iterator[Tuple[Any, Any, Callable[[], Metric]]]:
+def _metrics_of(collector: Collector) -> Iterator[Part]:
     for metric in collector.collect():
-        yield metric.name, _signature(metric), functools.partial(_same, metric)
+        shape, values = _signature(metric)
+        yield metric.name, shape, values, functools.partial(_same, metric)
 
 
 def _same(metric: Metric) -> Metric:
@@ -716,12 +901,12 @@ def _same(metric: Metric) -> Metric:
 
 
 class Exposition:
-    """What /metrics answers: the format negotiated by prometheus_client (choose_encoder), the
-    families encoded by prometheus_client's encoder for it, and the encoded bytes of a family
-    reused while its samples are the same as at the last scrape in that format (most families:
-    states, vetoes, info series, counters that did not move). The result is the bytes the
-    encoder writes for the whole registry (tests/test_sinks_prometheus.py compares them).
-    ``others``: collectors beside the Series (the process's figures)."""
+    """What /metrics answers: the format negotiated by prometheus_client (choose_encoder), each
+    family encoded by prometheus_client's encoder for it when new, then served from its kept
+    bytes while unchanged, or its template filled with its new values (_Format). The result is
+    the bytes the encoder writes for the whole registry (tests/test_sinks_prometheus.py
+    compares them at every report of scripted incidents, in every format).
+    ``others``: collectors beside the Series, their families compared sample by sample."""
 
     def __init__(self, series: Series, others: Sequence[Collector] = ()) -> None:
         self.series, self.others = series, tuple(others)
@@ -774,14 +959,13 @@ class PrometheusSink:
         self.series.healthy = self.health
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.series)
-        others: List[Collector] = []
         if process_collectors:
             # the process's own CPU, memory and file descriptors, as every client library has
             # (not python_gc_* nor python_info: each scrape pays for every sample, and
             # coherence_build_info already names the Python)
-            others.append(ProcessCollector(registry=self.registry))
-        # a scrape (GET /metrics): the registry's collectors in the registry's order
-        self.exposition = Exposition(self.series, others)
+            self.series.process = ProcessFigures()
+        # a scrape (GET /metrics): the Series, as the registry's collector
+        self.exposition = Exposition(self.series)
         # the rest of what prometheus_client's app answers (OPTIONS, ?name[]=...)
         self._metrics = make_wsgi_app(self.registry)
         self.server = HttpServer(listen[0], listen[1], self.app, web_config)
@@ -884,3 +1068,5 @@ class PrometheusSink:
 
     def __exit__(self, *exc: object) -> None:
         self.server.stop()
+        if self.series.process is not None:
+            self.series.process.close()

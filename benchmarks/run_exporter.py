@@ -5,17 +5,24 @@ scrape never makes the sampler wait).
 Usage: python benchmarks/run_exporter.py [--duration S] [--repeats R] [--hz N] [--json [FILE]]
        (always exits 0 when it ran to the end: the targets are informational)
 
-Three cases, each a separate process (programs/exporter_child.py: what `coherence serve` runs,
+Five cases, each a separate process (programs/exporter_child.py: what `coherence serve` runs,
 the exporter on 127.0.0.1), run for --duration seconds after a warm-up, --repeats times, the
 cases taking turns (a noisy stretch of this shared VM falls on all of them alike):
 
   idle        the sentinel with its exporter listening, never scraped
-  scraped     scraped once a second, as Prometheus scrapes it: OpenMetrics asked for, gzip
-              accepted, on absolute deadlines of the monotonic clock
+  scraped     scraped once a second, as Prometheus 2.x scrapes it: OpenMetrics asked for, gzip
+              accepted, on absolute deadlines of the monotonic clock, over one connection kept
+              alive between scrapes (opened again if the server closed it: counted, as
+              `reconnections`)
   scraped text the same, asking for the text format (0.0.4), as a Prometheus configured with
               `scrape_protocols: [PrometheusText0.0.4]` does (reference, not a target)
-  scraped x10 ten scrapes a second: the cost per scrape with less noise, and the sampler's
-              lateness under ten times the load (reference, not a target)
+  scraped x10 ten scrapes a second, on the kept connection: the cost per scrape with less
+              noise, and the sampler's lateness under ten times the load (reference, not a
+              target)
+  scraped new connection
+              scraped once a second, each scrape on a new connection that it closes
+              (`Connection: close`, as curl or a one-off client): what a scrape costs with the
+              accept, the hand-over to a thread and the close (reference, not a target)
 
 The exporter's CPU is measured inside the child: the process's CPU time (getrusage, which keeps
 the time of threads that have exited) less that of the threads that are not the exporter's
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import http.client
 import json
 import math
 import os
@@ -38,18 +46,19 @@ import socket
 import statistics
 import sys
 import time
-import urllib.request
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from run_sampler import CaseError, Child, host_cpu_ticks, machine, percentile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHILD = os.path.join(HERE, "programs", "exporter_child.py")
-CASES = ("idle", "scraped", "scraped text", "scraped x10")
-SCRAPE_HZ = {"idle": 0.0, "scraped": 1.0, "scraped text": 1.0, "scraped x10": 10.0}
+CASES = ("idle", "scraped", "scraped text", "scraped x10", "scraped new connection")
+SCRAPE_HZ = {"idle": 0.0, "scraped": 1.0, "scraped text": 1.0, "scraped x10": 10.0,
+             "scraped new connection": 1.0}
 LABELS = {"idle": "idle (listening, not scraped)", "scraped": "scraped every second",
           "scraped text": "scraped every second, text format (reference)",
-          "scraped x10": "scraped 10 times a second (reference)"}
+          "scraped x10": "scraped 10 times a second (reference)",
+          "scraped new connection": "scraped every second, a new connection each (reference)"}
 # What Prometheus 2.x sends: OpenMetrics first, the text format as a fallback, gzip.
 TEXT_HEADERS = {"Accept": "text/plain;version=0.0.4", "Accept-Encoding": "gzip"}
 PROMETHEUS_HEADERS = {
@@ -71,15 +80,56 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def scrape(url: str, text: bool = False) -> Tuple[int, int]:
-    """One scrape as Prometheus makes it: (bytes on the wire, bytes of exposition)."""
-    req = urllib.request.Request(url, headers=TEXT_HEADERS if text else PROMETHEUS_HEADERS)
-    with urllib.request.urlopen(req, timeout=SCRAPE_TIMEOUT_S) as resp:
+class Scraper:
+    """Scrapes 127.0.0.1:port/metrics as Prometheus 2.x does: over one connection kept between
+    scrapes (its default since 2.0), opened again when the server has closed it, as Go's client
+    does; or, with ``keep=False``, on a new connection each time, closed after the answer."""
+
+    def __init__(self, port: int, text: bool = False, keep: bool = True) -> None:
+        self.port, self.text, self.keep = port, text, keep
+        self.headers = dict(TEXT_HEADERS if text else PROMETHEUS_HEADERS)
+        if not keep:
+            self.headers["Connection"] = "close"
+        self.conn: Optional[http.client.HTTPConnection] = None
+        self.opened = 0                 # connections opened: 1 when kept throughout
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.conn is None or self.conn.sock is None:     # none yet, or closed after an answer
+            self.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=SCRAPE_TIMEOUT_S)
+            self.conn.connect()
+            self.opened += 1
+        return self.conn
+
+    def _get(self) -> http.client.HTTPResponse:
+        conn = self._connection()
+        conn.request("GET", "/metrics", headers=self.headers)
+        return conn.getresponse()
+
+    def scrape(self) -> Tuple[int, int]:
+        """One scrape: (bytes on the wire, bytes of exposition)."""
+        reused = self.conn is not None and self.conn.sock is not None
+        try:
+            resp = self._get()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not reused:
+                raise
+            self.close()                 # the server closed the kept connection: a new one
+            resp = self._get()
         body = resp.read()
-        plain = gzip.decompress(body) if resp.headers.get("Content-Encoding") == "gzip" else body
-        if plain.rstrip().endswith(b"# EOF") == text:
-            raise CaseError(f"not the format asked for from {url}: {plain[-80:]!r}")
+        if resp.status != 200:
+            raise CaseError(f"scrape answered {resp.status}: {body[:80]!r}")
+        if not self.keep:
+            self.close()
+        plain = gzip.decompress(body) if resp.getheader("Content-Encoding") == "gzip" else body
+        if plain.rstrip().endswith(b"# EOF") == self.text:
+            raise CaseError(f"not the format asked for from port {self.port}: {plain[-80:]!r}")
         return len(body), len(plain)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 def measure(case: str, hz: float, duration: float, warmup: float) -> Dict[str, Any]:
@@ -87,24 +137,31 @@ def measure(case: str, hz: float, duration: float, warmup: float) -> Dict[str, A
     argv = [sys.executable, CHILD, str(hz), str(port), str(duration + warmup + 120), str(warmup)]
     every = 1.0 / SCRAPE_HZ[case] if SCRAPE_HZ[case] else 0.0
     sizes: List[Tuple[int, int]] = []
+    scraper = Scraper(port, text=case == "scraped text", keep=case != "scraped new connection")
     with Child(argv, cwd=HERE) as child:
         child.wait_ready()
         h0 = host_cpu_ticks()
         t0 = time.monotonic()
         end = t0 + duration
-        if every:
-            deadline = t0
-            while deadline < end:
-                sizes.append(scrape(f"http://127.0.0.1:{port}/metrics", text=case == "scraped text"))
-                deadline += every
-                time.sleep(max(0.0, min(deadline, end) - time.monotonic()))
-        else:
-            time.sleep(duration)
-        h1 = host_cpu_ticks()
-        report = child.stop()
+        try:
+            if every:
+                deadline = t0
+                while deadline < end:
+                    sizes.append(scraper.scrape())
+                    deadline += every
+                    time.sleep(max(0.0, min(deadline, end) - time.monotonic()))
+            else:
+                time.sleep(duration)
+            h1 = host_cpu_ticks()
+            report = child.stop()           # the kept connection still open, as Prometheus's
+        finally:
+            scraper.close()
     busy, total = h1[0] - h0[0], h1[1] - h0[1]
     report["host_busy_pct"] = 100.0 * busy / total if total > 0 else math.nan
     report["scrapes_sent"] = len(sizes)
+    report["connections_opened"] = scraper.opened
+    # a kept connection opened again (the server closed it); none expected in a run
+    report["reconnections"] = max(0, scraper.opened - 1) if scraper.keep else 0
     report["wire_bytes"] = statistics.median(s[0] for s in sizes) if sizes else 0
     report["exposition_bytes"] = statistics.median(s[1] for s in sizes) if sizes else 0
     if report["scrapes_served"] != len(sizes):
@@ -138,6 +195,7 @@ def figures(r: Dict[str, Any]) -> Dict[str, float]:
         "max_us": float(hist[-1][0]) if hist else math.nan,
         "overruns": float(r["overruns"]),
         "scrapes": float(scrapes),
+        "reconnections": float(r.get("reconnections", 0)),
         "host_busy_pct": r["host_busy_pct"],
     }
 
@@ -209,11 +267,15 @@ def report_text(result: Dict[str, Any]) -> str:
            f"{m['python']}; coherence {m['coherence']}",
            f"Each case a separate process (what `coherence serve` runs) at {cfg['hz']:g} Hz, measured "
            f"for {cfg['duration']:g} s after a {cfg['warmup']:g} s warm-up, {cfg['repeats']} repeats, "
-           "cases interleaved; medians. Scrapes as Prometheus makes them (OpenMetrics, gzip)."]
+           "cases interleaved; medians. Scrapes as Prometheus makes them (OpenMetrics, gzip, one "
+           "connection kept alive), but for the new-connection row."]
     sizes = [r for r in result["runs"].get("scraped", []) if "error" not in r]
     if sizes:
         out.append(f"A scrape: {sizes[0]['exposition_bytes']:.0f} bytes of OpenMetrics, "
                    f"{sizes[0]['wire_bytes']:.0f} bytes gzipped.")
+    reopened = sum(r.get("reconnections", 0) for rs in result["runs"].values() for r in rs)
+    if reopened:
+        out.append(f"Kept connections the server closed, opened again: {reopened}.")
     busy = [r["host_busy_pct"] for rs in result["runs"].values() for r in rs
             if "host_busy_pct" in r and not math.isnan(r["host_busy_pct"])]
     if busy:

@@ -1,6 +1,6 @@
 """Smoke test of benchmarks/run_exporter.py: its machinery (start the sentinel with its exporter
-in a child, scrape it as Prometheus does, measure, stop, report) runs for a second or two per
-case, so CI keeps it working.
+in a child, scrape it as Prometheus does over a kept connection or on a new one each time,
+measure, stop, report) runs for a second or two per case, so CI keeps it working.
 
 No timing is asserted: the figures of a short run on a shared VM mean nothing. Run the runner
 itself for the numbers: python benchmarks/run_exporter.py
@@ -34,6 +34,11 @@ def test_each_case_measures_and_reports(result, case):
         assert rep["scrapes_served"] == rep["scrapes_sent"] >= 2
         assert rep["http_threads_cpu_s"] > 0 and rep["exporter_cpu_s"] > 0
         assert rep["exposition_bytes"] > rep["wire_bytes"] > 0          # gzip was accepted
+        if case == "scraped new connection":
+            assert rep["connections_opened"] == rep["scrapes_sent"]
+        else:                                   # one connection, kept alive throughout
+            assert rep["connections_opened"] == 1 and rep["reconnections"] == 0
+        assert rx.figures(rep)["reconnections"] == 0
 
 
 def test_report_has_every_row_and_target(result):

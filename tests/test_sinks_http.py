@@ -1,5 +1,6 @@
 """The exporter's HTTP endpoint with real requests: content negotiation parsed back with
-prometheus_client's own parsers, /healthz, TLS and basic auth from a web config, and clients
+prometheus_client's own parsers, /healthz, TLS and basic auth from a web config, connections
+kept alive (pipelining, closing when asked, idle limits, room made at the cap), and clients
 that are slow, oversized, malformed or too many: each is counted, none blocks a scrape.
 
 Sockets carry a timeout only so that a bug fails the test instead of hanging it; nothing here
@@ -362,6 +363,238 @@ def _refused(address: Tuple[str, int]) -> bool:
         return True
 
 
+# ---------------------------------------------------------------------- keep-alive
+def read_response(s: socket.socket, buf: bytearray) -> Tuple[str, Dict[str, str], bytes]:
+    """One response from ``s`` (status line, headers, body by Content-Length); what was read
+    past it stays in ``buf``."""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        assert chunk, f"closed before a whole response: {bytes(buf)!r}"
+        buf += chunk
+    end = buf.index(b"\r\n\r\n")
+    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    n = int(headers["content-length"])
+    while len(buf) < end + 4 + n:
+        chunk = s.recv(65536)
+        assert chunk, "closed before a whole body"
+        buf += chunk
+    body = bytes(buf[end + 4:end + 4 + n])
+    del buf[:end + 4 + n]
+    return lines[0], headers, body
+
+
+def closed_by_server(s: socket.socket) -> bool:
+    """True once the server has closed ``s`` (what it still sent is read and dropped)."""
+    try:
+        while s.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+@pytest.fixture
+def kept() -> Iterator[HttpServer]:
+    server = HttpServer("127.0.0.1", 0, echo_app, max_connections=2, head_timeout_s=0.5)
+    with server:
+        yield server
+
+
+def test_one_connection_carries_many_requests(kept):
+    served: List[threading.Thread] = []
+
+    def app(request: Request) -> Response:
+        served.append(threading.current_thread())
+        return echo_app(request)
+    kept.app = app
+    conn = http.client.HTTPConnection(kept.address[0], kept.address[1], timeout=SAFETY_S)
+    try:
+        sockets = []
+        for i in range(4):
+            conn.request("GET", f"/n{i}")
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.read() == f"GET /n{i}\n".encode()
+            assert resp.getheader("Connection") is None          # kept: not "close"
+            sockets.append(conn.sock)
+        assert sockets[0] is not None and all(s is sockets[0] for s in sockets)  # never reopened
+        assert len(set(served)) == 1
+        assert kept.figures()["connections"] == 1
+    finally:
+        conn.close()
+    assert wait_until(lambda: kept.figures()["connections"] == 0)
+    assert kept.figures()["requests"] == {("other", 200): 4}
+
+
+def test_pipelined_requests_are_answered_in_order(kept):
+    with socket.create_connection(kept.address, timeout=SAFETY_S) as s:
+        # three requests in one send, one of them ended by bare newlines, the last says close
+        s.sendall(b"GET /a HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET /b HTTP/1.1\nHost: x\n\n"
+                  b"HEAD /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        buf = bytearray()
+        first, second = read_response(s, buf), read_response(s, buf)
+        assert first[0] == second[0] == "HTTP/1.1 200 OK"
+        assert (first[2], second[2]) == (b"GET /a\n", b"GET /b\n")
+        assert "connection" not in first[1] and "connection" not in second[1]
+        while b"\r\n\r\n" not in buf:                               # HEAD: headers only
+            chunk = s.recv(65536)
+            assert chunk
+            buf += chunk
+        assert buf.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in buf
+        assert buf.endswith(b"\r\n\r\n")
+        assert closed_by_server(s)
+    assert kept.figures()["bad"] == {r: 0 for r in kept.figures()["bad"]}
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nConnection: TE, Close\r\n\r\n",
+    b"GET /x HTTP/1.0\r\n\r\n",                                     # 1.0: never kept
+    b"GET /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",                # a body, not read
+    b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"POST /x HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n",                  # not a length: closed
+])
+def test_the_server_closes_when_it_must(kept, request_bytes):
+    answer = raw(kept.address, request_bytes)      # returns only once the server has closed
+    assert answer.startswith(b"HTTP/1.1 ") and b"\r\nConnection: close\r\n" in answer
+    conn = http.client.HTTPConnection(kept.address[0], kept.address[1], timeout=SAFETY_S)
+    try:
+        conn.request("GET", "/y", headers={"Connection": "close"})
+        resp = conn.getresponse()
+        assert resp.getheader("Connection") == "close" and resp.read() == b"GET /y\n"
+        assert resp.will_close
+    finally:
+        conn.close()
+    assert kept.figures()["bad"]["internal"] == 0
+
+
+def test_an_error_that_drops_the_request_closes_the_connection(kept):
+    with socket.create_connection(kept.address, timeout=SAFETY_S) as s:
+        s.sendall(b"GET /ok HTTP/1.1\r\n\r\nGARBAGE\r\n\r\nGET /never HTTP/1.1\r\n\r\n")
+        buf = bytearray()
+        assert read_response(s, buf)[2] == b"GET /ok\n"
+        status, headers, _ = read_response(s, buf)
+        assert status.startswith("HTTP/1.1 400 ") and headers["connection"] == "close"
+        assert closed_by_server(s)
+    assert wait_until(lambda: kept.figures()["bad"]["malformed"] == 1)
+    assert kept.figures()["requests"] == {("other", 200): 1}
+
+
+def test_a_client_closing_its_idle_connection_is_not_a_bad_request(kept):
+    with socket.create_connection(kept.address, timeout=SAFETY_S) as s:
+        s.sendall(b"GET /a HTTP/1.1\r\n\r\n")
+        read_response(s, bytearray())
+        assert wait_until(lambda: kept.figures()["kept_idle"] == 1)
+    assert wait_until(lambda: kept.figures()["connections"] == 0)
+    assert kept.figures()["bad"] == {r: 0 for r in kept.figures()["bad"]}
+    # ... but one that hangs up in the middle of its next request is
+    with socket.create_connection(kept.address, timeout=SAFETY_S) as s:
+        s.sendall(b"GET /a HTTP/1.1\r\n\r\n")
+        read_response(s, bytearray())
+        s.sendall(b"GET /b HT")
+    assert wait_until(lambda: kept.figures()["bad"]["incomplete"] == 1)
+
+
+def test_the_next_head_has_the_head_deadline_once_begun(kept):
+    with socket.create_connection(kept.address, timeout=SAFETY_S) as s:
+        s.sendall(b"GET /a HTTP/1.1\r\n\r\n")
+        buf = bytearray()
+        read_response(s, buf)
+        s.sendall(b"GET /b HTTP/1.1\r\n")                    # ... and nothing more
+        status, headers, _ = read_response(s, buf)
+        assert status.startswith("HTTP/1.1 408 ") and headers["connection"] == "close"
+        assert closed_by_server(s)
+    assert kept.figures()["bad"]["timeout"] == 1
+
+
+def test_an_idle_connection_is_closed_after_keepalive_idle_s():
+    with HttpServer("127.0.0.1", 0, echo_app, keepalive_idle_s=0.3) as server:
+        with socket.create_connection(server.address, timeout=SAFETY_S) as s:
+            s.sendall(b"GET /a HTTP/1.1\r\n\r\n")
+            assert read_response(s, bytearray())[2] == b"GET /a\n"
+            assert closed_by_server(s)                     # the server ends the wait, not us
+        assert wait_until(lambda: server.figures()["connections"] == 0)
+        assert server.figures()["bad"] == {r: 0 for r in server.figures()["bad"]}
+
+
+def test_at_the_cap_the_connection_idle_longest_makes_room(kept):
+    oldest = socket.create_connection(kept.address, timeout=SAFETY_S)
+    newer = socket.create_connection(kept.address, timeout=SAFETY_S)
+    try:
+        for s, n in ((oldest, 1), (newer, 2)):
+            s.sendall(b"GET /idle HTTP/1.1\r\n\r\n")
+            read_response(s, bytearray())
+            assert wait_until(lambda n=n: kept.figures()["kept_idle"] == n)
+        assert get(kept.address, "/new")[0] == 200       # at the cap (2), yet served
+        assert closed_by_server(oldest)                    # ... in the place of the oldest
+        assert kept.figures()["bad"]["idle_evicted"] == 1
+        newer.sendall(b"GET /still HTTP/1.1\r\n\r\n")       # the newer one still serves
+        assert read_response(newer, bytearray())[2] == b"GET /still\n"
+    finally:
+        oldest.close()
+        newer.close()
+    assert wait_until(lambda: kept.figures()["connections"] == 0)
+    assert kept.figures()["bad"]["too_many_connections"] == 0
+
+
+def test_at_the_cap_with_none_idle_the_new_connection_gets_503():
+    # heads that take their time: the two begun below must still be in progress at the third
+    kept = HttpServer("127.0.0.1", 0, echo_app, max_connections=2, head_timeout_s=SAFETY_S).start()
+    busy = socket.create_connection(kept.address, timeout=SAFETY_S)
+    idle = socket.create_connection(kept.address, timeout=SAFETY_S)
+    try:
+        idle.sendall(b"GET /idle HTTP/1.1\r\n\r\n")
+        buf = bytearray()
+        read_response(idle, buf)
+        idle.sendall(b"GET /busy-now HTTP/1.1\r\n")           # idle no more: its head began
+        busy.sendall(b"GET /busy HTTP/1.1\r\n")
+        assert wait_until(lambda: kept.figures()["connections"] == 2)
+        assert wait_until(lambda: kept.figures()["kept_idle"] == 0)      # its thread woke up
+        try:
+            answer = raw(kept.address, b"GET / HTTP/1.1\r\n\r\n")
+        except ConnectionResetError:       # refused before its request was read: also fine
+            answer = b""
+        assert answer in (b"", _TOO_MANY)
+        assert kept.figures()["bad"]["too_many_connections"] == 1
+        assert kept.figures()["bad"]["idle_evicted"] == 0
+    finally:
+        busy.close()
+        idle.close()
+        kept.stop()
+
+
+def test_stop_closes_idle_kept_connections_at_once():
+    server = HttpServer("127.0.0.1", 0, echo_app).start()      # idle limit: KEEPALIVE_IDLE_S
+    clients = [socket.create_connection(server.address, timeout=SAFETY_S) for _ in range(3)]
+    for s in clients:
+        s.sendall(b"GET /a HTTP/1.1\r\n\r\n")
+        read_response(s, bytearray())
+    assert wait_until(lambda: server.figures()["kept_idle"] == 3)
+    server.stop(drain_timeout_s=SAFETY_S)
+    # drained, not given up on: stop() returned because every connection had closed
+    assert server.figures()["connections"] == 0
+    for s in clients:
+        assert closed_by_server(s)
+        s.close()
+    assert server.figures()["bad"] == {r: 0 for r in server.figures()["bad"]}
+
+
+def test_cpu_is_counted_while_a_kept_connection_stays_open(sink):
+    conn = http.client.HTTPConnection(sink.server.address[0], sink.server.address[1], timeout=SAFETY_S)
+    try:
+        seen = []
+        for _ in range(3):
+            conn.request("GET", "/metrics")
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.read()
+            seen.append(sink.server.figures()["cpu_s"])
+        assert 0 < seen[0] < seen[1] < seen[2]
+        assert sink.server.figures()["connections"] == 1
+    finally:
+        conn.close()
+
+
 # ---------------------------------------------------------------------- TLS and basic auth
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
@@ -430,6 +663,48 @@ def test_basic_auth_good_and_bad_credentials(tmp_path):
             assert b"coherence" not in body
         assert get(s.server.address, "/healthz")[0] == 401       # every path is protected
         assert s.server.figures()["requests"][("/metrics", 401)] == 3
+
+
+def test_tls_connections_are_kept_and_auth_checked_on_each_request(tmp_path, pki):
+    crt, key = pki["server"]
+    with serve_with(tmp_path, f"tls_server_config: {{cert_file: {crt}, key_file: {key}}}\n"
+                    f"basic_auth_users:\n  prometheus: {HASH}\n") as s:
+        host, port = s.server.address
+        conn = http.client.HTTPSConnection(host, port, timeout=SAFETY_S, context=client_context(pki))
+        try:
+            statuses, sockets = [], []
+            for h in (auth("prometheus", "s3cret"), {}, auth("prometheus", "wrong"),
+                      auth("prometheus", "s3cret")):
+                conn.request("GET", "/metrics", headers=h)
+                resp = conn.getresponse()
+                resp.read()
+                statuses.append(resp.status)
+                sockets.append(conn.sock)
+            assert statuses == [200, 401, 401, 200]
+            assert sockets[0] is not None                           # one handshake for all
+            assert all(sock is sockets[0] for sock in sockets)
+        finally:
+            conn.close()
+        assert wait_until(lambda: s.server.figures()["connections"] == 0)
+        assert s.server.figures()["bad"]["tls"] == 0
+
+
+def test_a_changed_tls_config_ends_kept_connections(tmp_path, pki):
+    crt, key = pki["server"]
+    with serve_with(tmp_path, f"tls_server_config: {{cert_file: {crt}, key_file: {key}}}\n") as s:
+        host, port = s.server.address
+        conn = http.client.HTTPSConnection(host, port, timeout=SAFETY_S, context=client_context(pki))
+        try:
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().read().startswith(b"ok")
+            os.utime(tmp_path / "web.yml", (1, 1))              # "renewed": read again
+            conn.request("GET", "/healthz")
+            with pytest.raises((ConnectionError, http.client.HTTPException)):
+                conn.getresponse()                      # closed unanswered, under the old TLS
+        finally:
+            conn.close()
+        assert get(s.server.address, "/healthz", context=client_context(pki))[0] == 200
+        assert s.server.figures()["bad"] == {r: 0 for r in s.server.figures()["bad"]}
 
 
 def test_a_web_config_that_turns_invalid_refuses_every_request(tmp_path):

@@ -1,5 +1,6 @@
 """The exporter's HTTP endpoint: a thread per connection up to a cap (threads kept a while for
-the next connections, so that a scrape does not pay for one), a deadline on the whole
+the next connections, so that a scrape does not pay for one), HTTP/1.1 connections kept alive
+between requests (the idle one closed first when the cap is reached), a deadline on the whole
 request head (TLS handshake included) and on the whole response, a size limit on the head, TLS
 and basic auth from an exporter-toolkit web config. A slow or broken client holds one thread
 for at most HEAD_TIMEOUT_S; every bad request is counted by reason and none raises or logs.
@@ -33,7 +34,8 @@ __all__ = ["ExporterError", "HttpServer", "Request", "Response", "call_wsgi"]
 log = logging.getLogger(__name__)
 
 # node_exporter serves at most 40 scrapes at once (--web.max-requests); a connection here costs
-# a thread while its head arrives, so the cap is on connections, a little higher.
+# a thread while it is open (kept alive between requests too), so the cap is on connections, a
+# little higher.
 MAX_CONNECTIONS = 64
 # Prometheus sends its request at once; a client whose head (with the TLS handshake) takes
 # longer than this is slow or hostile, and its connection is closed.
@@ -54,15 +56,23 @@ MAX_IDLE_THREADS = 4
 # can destroy the answer before the client reads it (Apache's "lingering close").
 LINGER_S = 1.0
 LINGER_BYTES = 64 * 1024
+# A kept connection waits this long for its next request, then closes. Prometheus keeps its
+# scrape connection between scrapes (since 2.0) and scrapes every 15 s to 1 min: 120 s outlasts
+# two missed scrapes at 1 min, so a slow or failed scrape does not cost a new connection, while
+# a scraper that went away without closing (restarted, its flow dropped by a NAT) holds a thread
+# for at most this long. A waiting connection takes no CPU, and when the cap is reached the one
+# idle for longest is closed to make room.
+KEEPALIVE_IDLE_S = 120.0
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
             405: "Method Not Allowed", 408: "Request Timeout", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 503: "Service Unavailable",
             505: "HTTP Version Not Supported"}
 _TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21"
              b"\r\nConnection: close\r\n\r\ntoo many connections\n")
-# Bad requests, by the reason counted (coherence_http_bad_requests_total{reason}).
+# Bad requests, by the reason counted (coherence_http_bad_requests_total{reason}); "idle_evicted"
+# is a kept connection closed while it waited, to make room for a new one at the cap.
 BAD_REASONS = ("timeout", "too_large", "malformed", "incomplete", "tls", "client_cert",
-               "too_many_connections", "write_failed", "web_config", "internal")
+               "too_many_connections", "idle_evicted", "write_failed", "web_config", "internal")
 PATHS = ("/metrics", "/healthz", "/")
 
 
@@ -139,6 +149,16 @@ def _linger(sock: socket.socket) -> None:
         return
 
 
+def _wake(c: "_Connection") -> None:
+    """Ends a kept connection's wait for its next request: its thread's recv sees the end of
+    the stream and closes it. The plain socket's shutdown, even under TLS: SSLSocket's own
+    would drop the TLS state the waiting thread is using."""
+    try:
+        socket.socket.shutdown(c.sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 def _describe(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -169,7 +189,26 @@ def _simple_headers(rest: bytes) -> Optional[http.client.HTTPMessage]:
     return message
 
 
-def _parse_head(head: bytes, scheme: str) -> Request:
+_ZERO = re.compile(r"0+")
+
+
+def _persists(version: str, headers: Message) -> bool:
+    """Whether the connection may carry another request after this one's answer: HTTP/1.1
+    without `Connection: close` and without a body. HTTP/1.0's opt-in keep-alive is not
+    offered: no scraper needs it, and closing is the simplest correct answer to a 1.0 client."""
+    if version != "HTTP/1.1":
+        return False
+    tokens = {t.strip().lower() for v in headers.get_all("Connection", []) for t in v.split(",")}
+    if "close" in tokens:
+        return False
+    # a body is never read: what would follow it on the connection is not a request head
+    if headers.get_all("Transfer-Encoding"):
+        return False
+    return all(_ZERO.fullmatch(v.strip()) for v in headers.get_all("Content-Length", []))
+
+
+def _parse_head(head: bytes, scheme: str) -> Tuple[Request, bool]:
+    """The request, and whether its connection may be kept for the next one."""
     line, _, rest = head.partition(b"\n")
     try:
         method, target, version = line.decode("ascii").strip().split(" ")
@@ -190,7 +229,21 @@ def _parse_head(head: bytes, scheme: str) -> Request:
         except (http.client.HTTPException, UnicodeDecodeError):
             raise _Dropped("malformed", 400, "bad headers") from None
     url = urlsplit(target)
-    return Request(method, url.path or "/", url.query, headers, scheme)
+    return Request(method, url.path or "/", url.query, headers, scheme), _persists(version, headers)
+
+
+class _Connection:
+    """One accepted connection, across the requests it carries: the socket it is read from (the
+    TLS one once wrapped), what was read past the last head (a pipelined request), and its
+    thread's CPU time already counted."""
+
+    __slots__ = ("sock", "buf", "cpu_mark", "evicted")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.cpu_mark = time.thread_time()
+        self.evicted = False
 
 
 class HttpServer:
@@ -200,11 +253,12 @@ class HttpServer:
 
     def __init__(self, host: str, port: int, app: App, web_config: Optional[WebConfigFile] = None,
                  *, max_connections: int = MAX_CONNECTIONS, head_timeout_s: float = HEAD_TIMEOUT_S,
-                 write_timeout_s: float = WRITE_TIMEOUT_S,
-                 max_head_bytes: int = MAX_HEAD_BYTES) -> None:
+                 write_timeout_s: float = WRITE_TIMEOUT_S, max_head_bytes: int = MAX_HEAD_BYTES,
+                 keepalive_idle_s: float = KEEPALIVE_IDLE_S) -> None:
         self.app, self.web_config = app, web_config
         self.max_connections, self.head_timeout_s = max_connections, head_timeout_s
         self.write_timeout_s, self.max_head_bytes = write_timeout_s, max_head_bytes
+        self.keepalive_idle_s = keepalive_idle_s
         self._auth = BasicAuth()
         self._sock = self._bind(host, port)
         bound = self._sock.getsockname()
@@ -215,6 +269,8 @@ class HttpServer:
         self._active = 0
         self._pending: collections.deque = collections.deque()   # admitted, for an idle thread
         self._idle = 0                                   # threads waiting for a connection
+        # kept connections waiting for their next request, the one idle for longest first
+        self._kept: Dict[_Connection, None] = {}
         self.requests: Dict[Tuple[str, int], int] = {}
         self.bad: Dict[str, int] = {reason: 0 for reason in BAD_REASONS}
         self.cpu_s = 0.0
@@ -272,7 +328,12 @@ class HttpServer:
         ``drain_timeout_s`` to finish. Idempotent."""
         if self._stopping:
             return
-        self._stopping = True
+        with self._cond:
+            self._stopping = True
+            # kept connections waiting for a next request end now, not KEEPALIVE_IDLE_S later
+            for c in self._kept:
+                _wake(c)
+            self._kept.clear()
         os.write(self._wake_w, b"x")
         if self._thread is not None:
             self._thread.join()
@@ -291,11 +352,13 @@ class HttpServer:
         self.stop()
 
     def figures(self) -> Dict[str, Any]:
-        """Requests served by (path, status), bad requests by reason, connections open, and
-        the CPU seconds the connections' threads took (TLS, auth and rendering included)."""
+        """Requests served by (path, status), bad requests by reason, connections open (those
+        kept alive included) and of those how many wait for a next request, and the CPU seconds
+        the connections' threads took (TLS, auth and rendering included)."""
         with self._cond:
             return {"requests": dict(self.requests), "bad": dict(self.bad),
-                    "connections": self._active, "cpu_s": self.cpu_s}
+                    "connections": self._active, "kept_idle": len(self._kept),
+                    "cpu_s": self.cpu_s}
 
     def _accept_loop(self) -> None:
         with selectors.DefaultSelector() as selector:
@@ -313,6 +376,8 @@ class HttpServer:
 
     def _admit(self, conn: socket.socket) -> None:
         with self._cond:
+            if self._active >= self.max_connections and self._kept:
+                self._evict_oldest()
             full = self._active >= self.max_connections
             if not full:
                 self._active += 1
@@ -349,6 +414,17 @@ class HttpServer:
                 self._cond.notify_all()
             self._count_bad("too_many_connections")
 
+    def _evict_oldest(self) -> None:
+        """Closes the kept connection idle for longest (the lock held), so that a client holding
+        every slot with idle connections cannot keep a scraper out. Its slot is given to the
+        connection that evicted it: its thread, closing, does not give it back."""
+        c = next(iter(self._kept))
+        del self._kept[c]
+        c.evicted = True
+        self._active -= 1
+        self.bad["idle_evicted"] += 1
+        _wake(c)
+
     def _connections(self, conn: Optional[socket.socket]) -> None:
         """A connection's thread: serves it, then the next ones handed to it while it waits."""
         while conn is not None:
@@ -375,10 +451,10 @@ class HttpServer:
 
     # ------------------------------------------------------------------ one connection
     def _serve(self, conn: socket.socket) -> None:
-        t0 = time.thread_time()
+        c = _Connection(conn)
         held = [conn]                   # the socket to close: conn, or the TLS one around it
         try:
-            self._handle(conn, held)
+            self._handle(c, held)
         except _Dropped as d:
             self._count_bad(d.reason)
         except Exception as err:        # a bug, not a request: counted, and said once
@@ -392,11 +468,13 @@ class HttpServer:
                 except OSError:
                     pass
             with self._cond:
-                self.cpu_s += time.thread_time() - t0
-                self._active -= 1
+                self.cpu_s += time.thread_time() - c.cpu_mark
+                if not c.evicted:
+                    self._active -= 1
                 self._cond.notify_all()
 
-    def _handle(self, conn: socket.socket, held: List[socket.socket]) -> None:
+    def _handle(self, c: _Connection, held: List[socket.socket]) -> None:
+        """The connection's requests, one after the other, until one ends it."""
         deadline = time.monotonic() + self.head_timeout_s
         web, context = WebConfig(), None
         if self.web_config is not None:
@@ -404,12 +482,30 @@ class HttpServer:
                 web, context = self.web_config.current()
             except WebConfigError:
                 raise _Dropped("web_config") from None     # fail closed; logged once by the file
-        sock: socket.socket = conn
         if context is not None:
-            sock = self._handshake(conn, context, deadline, web)
-            held.append(sock)
+            c.sock = self._handshake(c.sock, context, deadline, web)
+            held.append(c.sock)
+        while self._request(c, web, deadline):
+            if not c.buf and not self._await_request(c):
+                return
+            # the next head has begun (or was read with the last one): it has the usual time
+            deadline = time.monotonic() + self.head_timeout_s
+            if self.web_config is not None:
+                try:
+                    web, now = self.web_config.current()       # basic auth: checked every time
+                except WebConfigError:
+                    raise _Dropped("web_config") from None
+                if now is not context:
+                    # TLS settings changed (a renewed certificate, other client rules): the
+                    # connection was accepted under the old ones, so it ends unanswered and the
+                    # client asks again on a new one (Go's client retries such a GET itself)
+                    return
+
+    def _request(self, c: _Connection, web: WebConfig, deadline: float) -> bool:
+        """Reads and answers one request; True if the connection stays open for the next."""
+        sock = c.sock
         try:
-            request = _parse_head(self._read_head(sock, deadline), web.scheme)
+            request, keep = _parse_head(self._read_head(c, deadline), web.scheme)
             if web.users and not self._auth.check(web.users, request.headers.get("Authorization")):
                 response = Response.text(401, "Unauthorized\n",
                                          (("WWW-Authenticate", 'Basic realm="coherence"'),))
@@ -420,13 +516,45 @@ class HttpServer:
                 response = self._call_app(request)
         except _Dropped as d:
             if d.status is not None:
-                self._send(sock, Response.text(d.status, d.text + "\n"), web.headers, False)
+                self._send(sock, Response.text(d.status, d.text + "\n"), web.headers, False, False)
             raise
+        keep = keep and not self._stopping
         path = request.path if request.path in PATHS else "other"
         with self._cond:
             key = (path, response.status)
             self.requests[key] = self.requests.get(key, 0) + 1
-        self._send(sock, response, web.headers, request.method == "HEAD")
+            # counted at each request, not only when the connection ends: a kept connection may
+            # carry requests for hours (the send below is counted with the next request, or
+            # when the connection ends)
+            now = time.thread_time()
+            self.cpu_s += now - c.cpu_mark
+            c.cpu_mark = now
+        self._send(sock, response, web.headers, request.method == "HEAD", keep)
+        return keep
+
+    def _await_request(self, c: _Connection) -> bool:
+        """Waits, idle, for the first bytes of the connection's next request: True once they are
+        in c.buf; False if the client closed the connection (as clients do: not a bad request),
+        it stayed idle keepalive_idle_s, or it was woken to close (server stopping, or evicted
+        at the cap: counted when evicted)."""
+        with self._cond:
+            if self._stopping:
+                return False
+            self._kept[c] = None
+        chunk = b""
+        try:
+            c.sock.settimeout(self.keepalive_idle_s)
+            chunk = c.sock.recv(4096)
+        except (OSError, ValueError):        # idle too long, reset, TLS alert: all end it quietly
+            pass
+        finally:
+            with self._cond:                 # before the socket can close: _wake uses it
+                self._kept.pop(c, None)
+                evicted = c.evicted
+        if evicted or not chunk:
+            return False
+        c.buf += chunk
+        return True
 
     def _handshake(self, conn: socket.socket, context: ssl.SSLContext, deadline: float,
                    web: WebConfig) -> socket.socket:
@@ -442,15 +570,18 @@ class HttpServer:
             raise _Dropped("client_cert")
         return tls
 
-    def _read_head(self, sock: socket.socket, deadline: float) -> bytes:
-        buf = bytearray()
+    def _read_head(self, c: _Connection, deadline: float) -> bytes:
+        """The next request head; what was read past it stays in c.buf for the next one."""
+        sock, buf = c.sock, c.buf
         while True:
-            ends = [i for i in (buf.find(b"\r\n\r\n"), buf.find(b"\n\n")) if i >= 0]
+            ends = [(i, n) for i, n in ((buf.find(b"\r\n\r\n"), 4), (buf.find(b"\n\n"), 2)) if i >= 0]
             if ends:
-                end = min(ends)
+                end, n = min(ends)
                 if end > self.max_head_bytes:
                     break
-                return bytes(buf[:end]) + b"\r\n\r\n"
+                head = bytes(buf[:end]) + b"\r\n\r\n"
+                del buf[:end + n]
+                return head
             if len(buf) > self.max_head_bytes:
                 break
             left = deadline - time.monotonic()
@@ -481,12 +612,14 @@ class HttpServer:
             return Response.text(500, "internal error: see coherence's log\n")
 
     def _send(self, sock: socket.socket, response: Response,
-              extra: Tuple[Tuple[str, str], ...], head_only: bool) -> None:
+              extra: Tuple[Tuple[str, str], ...], head_only: bool, keep: bool) -> None:
         status = response.status
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
-                 *(f"{k}: {v}" for k, v in response.headers if k.lower() != "content-length"),
+                 *(f"{k}: {v}" for k, v in response.headers
+                   if k.lower() not in ("content-length", "connection")),
                  *(f"{k}: {v}" for k, v in extra),
-                 f"Content-Length: {len(response.body)}", "Connection: close", "", ""]
+                 f"Content-Length: {len(response.body)}",
+                 *(() if keep else ("Connection: close",)), "", ""]
         data = "\r\n".join(lines).encode("latin-1") + (b"" if head_only else response.body)
         try:
             sock.settimeout(self.write_timeout_s)      # the whole sendall, since Python 3.5

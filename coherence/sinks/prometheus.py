@@ -780,21 +780,25 @@ class _Template:
 
 
 class _Kept:
-    """What a family was last encoded from in one format: its shape (everything but the sample
-    values), its values, its bytes (None: encoded within a run so far) and its template."""
+    """What a family was last encoded from in one format: what it was given (its rows), its
+    shape (everything but the sample values), its values, its bytes and its template."""
 
-    __slots__ = ("shape", "values", "out", "template")
+    __slots__ = ("source", "shape", "values", "out", "template")
 
-    def __init__(self, shape: Any, values: Optional[Tuple[float, ...]], out: Optional[bytes],
+    def __init__(self, source: Any, shape: Any, values: Optional[Tuple[float, ...]], out: bytes,
                  template: Optional[_Template]) -> None:
-        self.shape, self.values, self.out, self.template = shape, values, out, template
+        self.source, self.shape, self.values = source, shape, values
+        self.out, self.template = out, template
 
 
+# (shape, sample values) of a family: its shape is everything the encoder writes but the sample
+# values (None: never kept); its values, in the order the encoder writes them (None: not known
+# without the family object; a template is then never made).
+Split = Tuple[Any, Optional[Tuple[float, ...]]]
 # One family as a scrape gives it to _Format.render: its key (a Family, or another collector's
-# family name), its shape (everything the encoder writes but the sample values; None: never
-# kept), its sample values in the order the encoder writes them (None: not known without the
-# family object; a template is then never made), and a callable that makes the family object.
-Part = Tuple[Any, Any, Optional[Tuple[float, ...]], Callable[[], Metric]]
+# family name), what it is made from (compared with the last scrape's first: the cheapest test),
+# a callable that splits it into (shape, values), and one that makes the family object.
+Part = Tuple[Any, Any, Callable[[], Split], Callable[[], Metric]]
 
 
 class _Format:
@@ -802,13 +806,14 @@ class _Format:
     with ("# EOF" for OpenMetrics), and what each family was last encoded from.
 
     A family is served, in order of cost:
-      - the bytes kept for it, when its shape and values are those of the last scrape (states,
-        vetoes, limits, info series, counters that did not move);
+      - the bytes kept for it, when it is made from what it was at the last scrape (states,
+        vetoes, limits, info series, counters that did not move), or its shape and values are
+        the same;
       - its template filled with the new values, when only its values changed (timestamps,
         rates, the sampler's counters and histogram, the process's CPU): no family object is
         made and the encoder is not called;
       - the encoder's bytes for it, when it is new or its shape changed (a label value came or
-        went), from which its template is made. Families without a known shape are encoded
+        went), from which its template is made. Families without a shape are encoded
         together, each run of them in one call of the encoder."""
 
     def __init__(self, encoder: Callable[[Any], bytes]) -> None:
@@ -832,43 +837,39 @@ class _Format:
         parts: List[bytes] = []
         run: List[Metric] = []
         kept = self.families
-        for key, shape, values, make in families:
-            if shape is None:
-                run.append(make())
-                continue
+        for key, source, split, make in families:
             seen = kept.get(key)
-            if seen is not None and seen.shape == shape:
-                out = seen.out
-                if seen.values == values and out is not None:
-                    pass
-                elif seen.template is not None and values is not None:
-                    out = seen.template.fill(values)
-                    kept[key] = _Kept(shape, values, out, seen.template)
-                else:
-                    out = None
-                if out is not None:
-                    if run:
-                        parts.append(self.encode(run))
-                        run = []
-                    parts.append(out)
+            if seen is not None and seen.source == source:
+                out: Optional[bytes] = seen.out
+            else:
+                shape, values = split()
+                if shape is None:
+                    run.append(make())
                     continue
-            # new, or its shape changed: encoded on its own, and a template made of it
+                out = None
+                if seen is not None and seen.shape == shape:
+                    if seen.values == values:
+                        out = seen.out
+                        kept[key] = _Kept(source, shape, values, out, seen.template)
+                    elif seen.template is not None and values is not None:
+                        out = seen.template.fill(values)
+                        kept[key] = _Kept(source, shape, values, out, seen.template)
             if run:
                 parts.append(self.encode(run))
                 run = []
-            metric = make()
-            out = self.encode((metric,))
-            if values is None:
-                kept[key] = _Kept(shape, values, out, None)
-            else:
-                kept[key] = _Kept(shape, values, out, _Template.of(metric, out, values))
+            if out is None:
+                # new, or its shape changed: encoded on its own, and a template made of it
+                metric = make()
+                out = self.encode((metric,))
+                template = None if values is None else _Template.of(metric, out, values)
+                kept[key] = _Kept(source, shape, values, out, template)
             parts.append(out)
         if run:
             parts.append(self.encode(run))
         return parts
 
 
-def _shape_of_rows(family: Family, rows: Samples) -> Tuple[Any, Optional[Tuple[float, ...]]]:
+def _shape_of_rows(family: Family, rows: Samples) -> Split:
     """(shape, sample values in the encoder's order) of one of our families' rows."""
     if family.type in ("gauge", "counter"):
         return tuple([labels for labels, _ in rows]), tuple([value for _, value in rows])
@@ -885,15 +886,19 @@ def _shape_of_rows(family: Family, rows: Samples) -> Tuple[Any, Optional[Tuple[f
 
 
 def _rows_of(snapshot: Snapshot) -> Iterator[Part]:
+    partial = functools.partial
     for family, rows in snapshot:
-        shape, values = _shape_of_rows(family, rows)
-        yield family, shape, values, functools.partial(family.metric, rows)
+        yield family, rows, partial(_shape_of_rows, family, rows), partial(family.metric, rows)
 
 
 def _metrics_of(collector: Collector) -> Iterator[Part]:
     for metric in collector.collect():
-        shape, values = _signature(metric)
-        yield metric.name, shape, values, functools.partial(_same, metric)
+        split = _signature(metric)
+        yield metric.name, split, _constant(split), functools.partial(_same, metric)
+
+
+def _constant(value: Split) -> Callable[[], Split]:
+    return lambda: value
 
 
 def _same(metric: Metric) -> Metric:

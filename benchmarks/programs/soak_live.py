@@ -36,7 +36,7 @@ def main() -> None:
             due[0] += every
             s = sentinel.sampler.stats()
             soak_probe.emit(soak_probe.sample(
-                t_s=t, ticks=s.ticks, overruns=s.overruns, reports=reports[0],
+                collect=True, t_s=t, ticks=s.ticks, overruns=s.overruns, reports=reports[0],
                 lateness_hist=sentinel.sampler.engine.lateness_histogram()))
 
         with sentinel:

@@ -797,8 +797,9 @@ class _Kept:
 Split = Tuple[Any, Optional[Tuple[float, ...]]]
 # One family as a scrape gives it to _Format.render: its key (a Family, or another collector's
 # family name), what it is made from (compared with the last scrape's first: the cheapest test),
-# a callable that splits it into (shape, values), and one that makes the family object.
-Part = Tuple[Any, Any, Callable[[], Split], Callable[[], Metric]]
+# and `arg`, `split` and `make`: split(key, arg) is its (shape, values), make(key, arg) the
+# family object (no closure is made per family and scrape).
+Part = Tuple[Any, Any, Any, Callable[[Any, Any], Split], Callable[[Any, Any], Metric]]
 
 
 class _Format:
@@ -837,14 +838,14 @@ class _Format:
         parts: List[bytes] = []
         run: List[Metric] = []
         kept = self.families
-        for key, source, split, make in families:
+        for key, source, arg, split, make in families:
             seen = kept.get(key)
             if seen is not None and seen.source == source:
                 out: Optional[bytes] = seen.out
             else:
-                shape, values = split()
+                shape, values = split(key, arg)
                 if shape is None:
-                    run.append(make())
+                    run.append(make(key, arg))
                     continue
                 out = None
                 if seen is not None and seen.shape == shape:
@@ -859,7 +860,7 @@ class _Format:
                 run = []
             if out is None:
                 # new, or its shape changed: encoded on its own, and a template made of it
-                metric = make()
+                metric = make(key, arg)
                 out = self.encode((metric,))
                 template = None if values is None else _Template.of(metric, out, values)
                 kept[key] = _Kept(source, shape, values, out, template)
@@ -885,24 +886,27 @@ def _shape_of_rows(family: Family, rows: Samples) -> Split:
     return tuple(rows), ()                     # info: its labels are all it has
 
 
+def _make_from_rows(family: Family, rows: Samples) -> Metric:
+    return family.metric(rows)
+
+
 def _rows_of(snapshot: Snapshot) -> Iterator[Part]:
-    partial = functools.partial
     for family, rows in snapshot:
-        yield family, rows, partial(_shape_of_rows, family, rows), partial(family.metric, rows)
+        yield family, rows, rows, _shape_of_rows, _make_from_rows
+
+
+def _split_given(_name: str, given: Tuple[Split, Metric]) -> Split:
+    return given[0]
+
+
+def _metric_given(_name: str, given: Tuple[Split, Metric]) -> Metric:
+    return given[1]
 
 
 def _metrics_of(collector: Collector) -> Iterator[Part]:
     for metric in collector.collect():
         split = _signature(metric)
-        yield metric.name, split, _constant(split), functools.partial(_same, metric)
-
-
-def _constant(value: Split) -> Callable[[], Split]:
-    return lambda: value
-
-
-def _same(metric: Metric) -> Metric:
-    return metric
+        yield metric.name, split, (split, metric), _split_given, _metric_given
 
 
 class Exposition:

@@ -1,5 +1,6 @@
 """Sources against the real files of this machine: fds, counters, and what minor faults measure."""
 import mmap
+import gc
 import os
 import subprocess
 
@@ -26,18 +27,24 @@ def fd_flags(fd):
 
 
 def test_every_fd_is_read_only_close_on_exec_and_closed_by_close():
+    # what earlier tests left for the collector (a socket, a file) is closed now, not while
+    # this test compares descriptors; one closed meanwhile may lend its number to a reader, so
+    # the comparisons are of what is new, not of counts
+    gc.collect()
     before = open_fds()
     chosen = sources.select()
     readers = [r for c in chosen.values() if c.source for r in c.source.readers]
     assert readers, "no file-backed source in use on this machine"
+    mine = {str(r.fileno()) for r in readers}
+    assert len(mine) == len(readers)
     for reader in readers:
         flags = fd_flags(reader.fileno())
         assert flags & os.O_ACCMODE == os.O_RDONLY, reader
         assert flags & os.O_CLOEXEC, reader
     # candidates not chosen were closed by select(), unavailable ones at their probe
-    assert len(open_fds() - before) == len(readers)
+    assert open_fds() - before <= mine <= open_fds()
     sources.close_all(chosen)
-    assert open_fds() == before
+    assert not open_fds() - before
     assert all(r.fd == -1 for r in readers)
 
 

@@ -14,8 +14,18 @@ PAGE = mmap.PAGESIZE
 MIB = 1 << 20
 
 
+def _is_open(fd: str) -> bool:
+    try:
+        os.fstat(int(fd))
+    except OSError:
+        return False
+    return True
+
+
 def open_fds():
-    return set(os.listdir("/proc/self/fd"))
+    """The descriptors open now: the listing's own descriptor (the lowest free number while it
+    lists, closed once it has) is not one of them."""
+    return {fd for fd in os.listdir("/proc/self/fd") if _is_open(fd)}
 
 
 def fd_flags(fd):

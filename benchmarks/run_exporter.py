@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import http.client
-import json
 import math
 import os
 import socket
@@ -48,6 +47,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from _machine import write_json
 from run_sampler import CaseError, Child, host_cpu_ticks, machine, percentile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -324,12 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = run(a.duration, a.repeats, a.hz, a.warmup, cases)
     print(report_text(result))
     if a.json:
-        text = json.dumps(result, indent=1, default=str)
-        if a.json == "-":
-            print(text)
-        else:
-            with open(a.json, "w") as f:
-                f.write(text)
+        write_json(result, a.json, indent=1)
     return 0
 
 

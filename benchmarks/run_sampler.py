@@ -49,7 +49,7 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from _machine import cpu_model
+from _machine import cpu_model, write_json
 
 CASES = ("floor", "sampler", "sampler+runtime", "psutil", "psutil-naive")
 LABELS = {"floor": "floor (C loop)", "sampler": "coherence sampler",
@@ -808,23 +808,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prof = profile(args.duration, args.hz, args.warmup, log=log)
         print(profile_text(prof), file=text_out)
         if args.json:
-            dump = json.dumps(prof, default=str)
-            if args.json == "-":
-                print(dump)
-            else:
-                with open(args.json, "w") as f:
-                    f.write(dump + "\n")
+            write_json(prof, args.json)
         return 0
 
     result = run(args.duration, args.repeats, args.hz, args.warmup, cases, log=log)
     print(report_text(result), file=text_out)
     if args.json:
-        dump = json.dumps(result, default=str)
-        if args.json == "-":
-            print(dump)
-        else:
-            with open(args.json, "w") as f:
-                f.write(dump + "\n")
+        write_json(result, args.json)
     return 130 if result.get("interrupted") else 0
 
 

@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from _machine import cpu_model
+from _machine import cpu_model, write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROGRAMS = os.path.join(HERE, "programs")
@@ -269,12 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result["live"] = live(args.hz, args.live_s, args.live_every)
     print(report_text(result))
     if args.json:
-        text = json.dumps(result, indent=1, default=str)
-        if args.json == "-":
-            print(text)
-        else:
-            with open(args.json, "w") as f:
-                f.write(text)
+        write_json(result, args.json, indent=1)
     return 0
 
 

@@ -452,17 +452,16 @@ class HttpServer:
     # ------------------------------------------------------------------ one connection
     def _serve(self, conn: socket.socket) -> None:
         c = _Connection(conn)
-        held = [conn]                   # the socket to close: conn, or the TLS one around it
         try:
-            self._handle(c, held)
+            self._handle(c)
         except _Dropped as d:
             self._count_bad(d.reason)
         except Exception as err:        # a bug, not a request: counted, and said once
             self._count_bad("internal")
             self._report_once(err)
         finally:
-            _linger(held[-1])
-            for s in (held[-1], conn):
+            _linger(c.sock)                     # conn, or the TLS socket around it
+            for s in (c.sock, conn):
                 try:
                     s.close()
                 except OSError:
@@ -473,28 +472,27 @@ class HttpServer:
                     self._active -= 1
                 self._cond.notify_all()
 
-    def _handle(self, c: _Connection, held: List[socket.socket]) -> None:
+    def _current_web(self) -> Tuple[WebConfig, Optional[ssl.SSLContext]]:
+        if self.web_config is None:
+            return WebConfig(), None
+        try:
+            return self.web_config.current()
+        except WebConfigError:
+            raise _Dropped("web_config") from None     # fail closed; logged once by the file
+
+    def _handle(self, c: _Connection) -> None:
         """The connection's requests, one after the other, until one ends it."""
         deadline = time.monotonic() + self.head_timeout_s
-        web, context = WebConfig(), None
-        if self.web_config is not None:
-            try:
-                web, context = self.web_config.current()
-            except WebConfigError:
-                raise _Dropped("web_config") from None     # fail closed; logged once by the file
+        web, context = self._current_web()
         if context is not None:
             c.sock = self._handshake(c.sock, context, deadline, web)
-            held.append(c.sock)
         while self._request(c, web, deadline):
             if not c.buf and not self._await_request(c):
                 return
             # the next head has begun (or was read with the last one): it has the usual time
             deadline = time.monotonic() + self.head_timeout_s
             if self.web_config is not None:
-                try:
-                    web, now = self.web_config.current()       # basic auth: checked every time
-                except WebConfigError:
-                    raise _Dropped("web_config") from None
+                web, now = self._current_web()                 # basic auth: checked every time
                 if now is not context:
                     # TLS settings changed (a renewed certificate, other client rules): the
                     # connection was accepted under the old ones, so it ends unanswered and the

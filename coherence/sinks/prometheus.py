@@ -47,6 +47,8 @@ from coherence.config import Config, parse_listen
 from coherence.detectors import DETECTORS, Amplification, Fever, Seizure
 from coherence.monitor import Report
 from coherence.snapshot import PUSHED, SCRAPED, TCP_PROXY
+from coherence.sources._base import (PAGE_SIZE, USER_HZ, Field, FileReader, SourceUnavailable,
+                                     parse_fields, read_once)
 from coherence.states import State
 from coherence.verdict import CRITICAL_VETO
 from coherence.sinks.http import BAD_REASONS, HttpServer, Request, Response, call_wsgi
@@ -459,58 +461,54 @@ def _runtime(report: Report) -> Snapshot:
     return [(RUNTIME_SOURCE, info), (RUNTIME_UP, up), *rates.items()]
 
 
+# /proc/self/stat, tokens after the command's last ")": proc(5)'s utime and stime (fields 14,
+# 15), starttime (22), vsize (23) and rss (24, in pages)
+_STAT = (Field("cpu_s", b"", 11, after_last=b")", scale=1.0 / USER_HZ),
+         Field("cpu_s", b"", 12, after_last=b")", scale=1.0 / USER_HZ),
+         Field("start_s", b"", 19, after_last=b")", scale=1.0 / USER_HZ),
+         Field("vsize_bytes", b"", 20, after_last=b")"),
+         Field("rss_bytes", b"", 21, after_last=b")", scale=float(PAGE_SIZE)))
+
+
 class ProcessFigures:
     """The process's CPU, memory, descriptors and start time (the process_* families), read as
-    cheaply as a scrape a second allows: /proc/self/stat through a descriptor kept open (one
-    pread: the kernel writes the file afresh at every read from offset 0), the descriptor limit
-    from getrlimit (not by parsing /proc/self/limits), the boot time and the start time once.
-    The same figures as prometheus_client's ProcessCollector, which opens and parses three files
-    per scrape. A figure that cannot be read is left out, as that collector leaves it out."""
+    cheaply as a scrape a second allows: /proc/self/stat through a FileReader (opened once, one
+    pread a scrape) and the sources' own field parser, the descriptor limit from getrlimit (not
+    by parsing /proc/self/limits), the boot time and the start time once. The same figures as
+    prometheus_client's ProcessCollector, which opens and parses three files per scrape. A
+    figure that cannot be read is left out, as that collector leaves it out."""
 
     def __init__(self, proc: str = "/proc") -> None:
         self.proc = proc
-        self._ticks = float(os.sysconf("SC_CLK_TCK"))
-        self._page = float(resource.getpagesize())
-        self._lock = threading.Lock()             # the descriptor: opened and closed once
-        self._fd: Optional[int] = None
+        self._lock = threading.Lock()     # held while the reader is read: close() frees no fd in use
+        self._reader: Optional[FileReader] = None
         self._start: Optional[float] = None
         self._btime: Optional[float] = None
         try:
-            with open(os.path.join(proc, "stat"), "rb") as f:
-                for line in f:
-                    if line.startswith(b"btime "):
-                        self._btime = float(line.split()[1])
-                        break
-        except (OSError, ValueError, IndexError):
+            btime = parse_fields(read_once(os.path.join(proc, "stat")), (Field("btime", b"btime ", 0),))
+            self._btime = btime.get("btime")
+        except SourceUnavailable:
             pass
 
-    def _stat(self) -> Optional[List[bytes]]:
-        """The fields of /proc/self/stat after the command's closing parenthesis."""
-        with self._lock:             # held while read: close() never frees a number in use
+    def _stat(self) -> Dict[str, float]:
+        with self._lock:
             try:
-                if self._fd is None:
-                    self._fd = os.open(os.path.join(self.proc, "self", "stat"),
-                                       os.O_RDONLY | os.O_CLOEXEC)
-                data = os.pread(self._fd, 4096, 0)
-            except OSError:
-                return None
-        fields = data.rpartition(b")")[2].split()
-        return fields if len(fields) >= 22 else None
+                if self._reader is None:
+                    self._reader = FileReader(os.path.join(self.proc, "self", "stat"), _STAT)
+                return self._reader.parse()
+            except SourceUnavailable:
+                return {}
 
     def rows(self) -> "Snapshot":
-        out: Snapshot = []
-        fields = self._stat()
-        if fields is not None and self._btime is not None:
-            try:
-                vsize, rss = float(fields[20]), float(fields[21]) * self._page
-                cpu = (float(fields[11]) + float(fields[12])) / self._ticks
-                if self._start is None:
-                    self._start = float(fields[19]) / self._ticks + self._btime
-            except ValueError:
-                pass
-            else:
-                out += [(PROCESS_VMEM, [((), vsize)]), (PROCESS_RSS, [((), rss)]),
-                        (PROCESS_START, [((), self._start)]), (PROCESS_CPU, [((), cpu)])]
+        stat = self._stat()
+        if self._start is None and self._btime is not None and "start_s" in stat:
+            self._start = stat["start_s"] + self._btime
+        out: Snapshot = [(family, [((), stat[key])]) for family, key in
+                         ((PROCESS_VMEM, "vsize_bytes"), (PROCESS_RSS, "rss_bytes")) if key in stat]
+        if self._start is not None:
+            out.append((PROCESS_START, [((), self._start)]))
+        if "cpu_s" in stat:
+            out.append((PROCESS_CPU, [((), stat["cpu_s"])]))
         try:
             open_fds = float(len(os.listdir(os.path.join(self.proc, "self", "fd"))))
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -521,9 +519,9 @@ class ProcessFigures:
 
     def close(self) -> None:
         with self._lock:
-            fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+            reader, self._reader = self._reader, None
+            if reader is not None:
+                reader.close()
 
 
 def lateness_buckets(hist: Sequence[Tuple[int, int]]) -> Tuple[Tuple[str, float], ...]:

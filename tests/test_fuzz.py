@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARNESSES = ("statsd", "procfs", "config", "jvm", "scrape")
 # Seconds of fuzzing per harness in CI (procfs also builds the instrumented parser, ~15 s): about
 # under 2 minutes in all on a 2-core machine. tools/fuzz.sh HARNESS -max_total_time=N runs one longer.
-FUZZ_SECONDS = 15
+FUZZ_SECONDS = 12
 
 
 def corpus(harness):

@@ -18,11 +18,11 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Dict, Iterator, List, Optional
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from harness import DETECTORS, LOADS, Line, Load, Sentinel, kill_group, seconds_in, \
     warning_starts
-from host import MayShow, fault_violations, not_ok_reasons
+from host import MayShow, fault_violations, not_ok_reasons, others_warning
 
 DETECTOR = "amplification"
 DEADLINE_S = 10.0          # the issue's bar: CRITICAL within 10 s of the fault starting
@@ -53,6 +53,8 @@ class CaseResult:
     critical_in_control: bool = False
     states: List[str] = field(default_factory=list)    # amplification's, from fault_start
     others: Dict[str, List[str]] = field(default_factory=dict)   # the other detectors', there
+    others_warning: Dict[str, Tuple[float, List[str]]] = field(default_factory=dict)
+                                              # theirs: seconds in WARNING, what raised it
     warning_s: float = 0.0                    # seconds amplification spent in WARNING there
     warning_starts: List[str] = field(default_factory=list)   # what raised each WARNING (unit)
     reasons: List[str] = field(default_factory=list)   # reasons on lines not OK (host.py)
@@ -209,6 +211,7 @@ def _judge(result: CaseResult, sentinel: Sentinel, log: ServiceLog, t0: float, t
     result.fault_start = t0
     result.states = [l.state(DETECTOR) for l in after]
     result.others = {det: [l.state(det) for l in after] for det in DETECTORS if det != DETECTOR}
+    result.others_warning = others_warning(lines, DETECTOR, t0, t1)
     result.warning_s = seconds_in(lines, DETECTOR, "WARNING", t0, t1)
     result.warning_starts = warning_starts(lines, DETECTOR, t0, t1)
     result.reasons = ([] if result.fault else not_ok_reasons(lines, DETECTOR, t0, t1)) \

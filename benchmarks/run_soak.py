@@ -2,7 +2,7 @@
 verdict engine, and 10 minutes of the live sentinel at --hz 1000 on this host.
 
 Usage: python benchmarks/run_soak.py [--sim-hours H] [--live-s S] [--hz N] [--cases sim,live]
-                                     [--json [FILE]]
+                                     [--growth N] [--json [FILE]]
        (exits 0 when it ran to the end: the figures are for the README, the bounds are the CI
        test's, benchmarks/test_bench_soak.py)
 
@@ -21,6 +21,8 @@ first import), open file descriptors and threads, every --every seconds.
 Reported per figure: its value at the start, at the end of the warm-up and at the end, and its
 least-squares slope per hour (of simulated time for sim, of wall time for live) after the
 warm-up, with the slope's standard error: a slope within about 2 standard errors of 0 is noise.
+With --growth N, the live case also names the N allocation sites (whole tracebacks) whose
+reachable heap grew most after the warm-up.
 """
 from __future__ import annotations
 
@@ -31,8 +33,10 @@ import os
 import platform
 import selectors
 import subprocess
+import tempfile
 import sys
 import time
+import tracemalloc
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from _machine import cpu_model, write_json
@@ -54,6 +58,8 @@ FIGURES = (("rss_bytes", "resident memory", "MiB", 1 << 20),
 LIVE_WARMUP_S = 60.0
 SIM_WARMUP_S = 7 * 350.0
 LATENESS_WINDOW_S = 60.0       # "the first minute against the last"
+GROWTH_FRAMES = 25             # --growth: frames a block, to tell sites apart
+GROWTH_SHOWN = 6               # ... and the innermost of them shown in the report
 EXIT_TIMEOUT_S = 30.0
 
 
@@ -62,10 +68,12 @@ class CaseError(RuntimeError):
 
 
 # --- running a child -------------------------------------------------------------------------
-def run_child(cmd: Sequence[str], timeout_s: float) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+def run_child(cmd: Sequence[str], timeout_s: float,
+              env_extra: Optional[Dict[str, str]] = None) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
     """Run one child to its end; its samples and its closing record. CaseError if it fails,
     falls silent for ``timeout_s`` or never closes."""
-    env = {**os.environ, "PYTHONPATH": PROGRAMS + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": PROGRAMS + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           **(env_extra or {})}
     proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, cwd=PROGRAMS)
     samples: List[Dict[str, Any]] = []
@@ -167,18 +175,36 @@ def sim(hours: float = 24.0, every_s: float = 600.0, seed: int = 0, timeout_s: f
             "trends": trends(samples, warmup_s)}
 
 
+def growth_sites(warm_path: str, end_path: str, top: int) -> List[Dict[str, Any]]:
+    """The ``top`` allocation sites (whole tracebacks) whose traced bytes grew most between two
+    tracemalloc snapshots, with their growth in bytes and blocks."""
+    warm, end = tracemalloc.Snapshot.load(warm_path), tracemalloc.Snapshot.load(end_path)
+    stats = [s for s in end.compare_to(warm, "traceback") if s.size_diff > 0]
+    return [{"bytes": s.size_diff, "blocks": s.count_diff,
+             "traceback": [f"{f.filename}:{f.lineno}" for f in s.traceback]}
+            for s in sorted(stats, key=lambda s: -s.size_diff)[:top]]
+
+
 def live(hz: float = 1000.0, seconds: float = 600.0, every_s: float = 10.0,
-         warmup_s: float = LIVE_WARMUP_S, window_s: float = LATENESS_WINDOW_S) -> Dict[str, Any]:
+         warmup_s: float = LIVE_WARMUP_S, window_s: float = LATENESS_WINDOW_S,
+         growth: int = 0) -> Dict[str, Any]:
     """The live case: samples every ``every_s`` seconds of wall time. A run shorter than three
-    warm-ups or lateness windows uses a third of its length for each."""
+    warm-ups or lateness windows uses a third of its length for each. ``growth``: also name
+    that many sites whose heap grew most from the end of the warm-up to the end (whole
+    tracebacks: tracemalloc then costs the sentinel more, so its lateness is not comparable)."""
     warmup_s, window_s = min(warmup_s, seconds / 3), min(window_s, seconds / 3)
     t0 = time.monotonic()
-    samples, done = run_child([sys.executable, LIVE_CHILD, repr(hz), repr(seconds), repr(every_s)],
-                              timeout_s=max(60.0, 6 * every_s))
+    with tempfile.TemporaryDirectory(prefix="coherence-soak-") as snapshots:
+        env = ({"SOAK_TRACE_FRAMES": str(GROWTH_FRAMES), "SOAK_SNAPSHOTS": snapshots,
+                "SOAK_SNAPSHOT_AT": repr(warmup_s)} if growth else {})
+        samples, done = run_child([sys.executable, LIVE_CHILD, repr(hz), repr(seconds), repr(every_s)],
+                                  timeout_s=max(60.0, 6 * every_s), env_extra=env)
+        sites = (growth_sites(os.path.join(snapshots, "warm.bin"), os.path.join(snapshots, "end.bin"),
+                              growth) if growth else [])
     return {"case": "live", "hz": hz, "seconds": seconds, "every_s": every_s, "warmup_s": warmup_s,
             "wall_s": time.monotonic() - t0, "samples": samples, "done": done,
             "window_s": window_s, "trends": trends(samples, warmup_s),
-            "lateness": lateness(samples, window_s),
+            "lateness": lateness(samples, window_s), "growth": sites,
             "loadavg_end": os.getloadavg()}
 
 
@@ -244,6 +270,12 @@ def report_text(result: Dict[str, Any]) -> str:
                        f"{x['achieved_hz']:.1f} | {x['p50_us']:g} µs | {x['p99_us']:g} µs | "
                        f"{x['max_us']:g} µs | {x['overruns']} |")
         out += ["", f"Load average at the end: {live_['loadavg_end'][0]:.2f}."]
+        if live_.get("growth"):
+            out += ["", f"Sites whose reachable heap grew most after the first {live_['warmup_s']:g} s "
+                        "(innermost frame last):"]
+            for site in live_["growth"]:
+                out += [f"- {site['bytes']:+d} bytes in {site['blocks']:+d} blocks"]
+                out += [f"    {frame}" for frame in site["traceback"][-GROWTH_SHOWN:]]
     return "\n".join(out)
 
 
@@ -255,6 +287,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--live-every", type=float, default=10.0, help="seconds between live samples")
     p.add_argument("--hz", type=float, default=1000.0)
     p.add_argument("--cases", default=",".join(CASES), help="sim,live")
+    p.add_argument("--growth", type=int, default=0, metavar="N",
+                   help="live: also name the N allocation sites whose reachable heap grew most after "
+                        "the warm-up (whole tracebacks: costs the sentinel more, lateness not comparable)")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                    help="also write the raw result as JSON (to FILE, or stdout)")
     args = p.parse_args(argv)
@@ -266,7 +301,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "sim" in cases:
         result["sim"] = sim(args.sim_hours, args.sim_every, timeout_s=max(600.0, 60 * args.sim_every))
     if "live" in cases:
-        result["live"] = live(args.hz, args.live_s, args.live_every)
+        result["live"] = live(args.hz, args.live_s, args.live_every, growth=args.growth)
     print(report_text(result))
     if args.json:
         write_json(result, args.json, indent=1)

@@ -355,9 +355,9 @@ def _screen(as_json: bool, config: Config) -> Sink:
 @contextlib.contextmanager
 def _until_stopped() -> Iterator[None]:
     """Ctrl-C, SIGTERM and a reader that went away end the block quietly."""
-    from coherence.sentinel import Stop, sigterm_stops
+    from coherence.sentinel import Stop, stop_signals
     try:
-        with sigterm_stops():
+        with stop_signals():
             yield
     except (KeyboardInterrupt, Stop, SinkClosed):
         pass
@@ -489,7 +489,7 @@ def check(ctx: click.Context, duration: Optional[float], pid: Optional[int],
           **limits: Any) -> None:
     """Sample for a while, print one status line with perfdata, exit 0 OK / 1 WARNING /
     2 CRITICAL / 3 UNKNOWN (Nagios plugin convention; bad arguments are UNKNOWN too)."""
-    from coherence.sentinel import Sentinel, Stop, sigterm_stops
+    from coherence.sentinel import Sentinel, Stop, stop_signals
     from coherence.sinks.nagios import NagiosSink
     config = _config(config_file, limits)
     if duration is None:
@@ -498,7 +498,7 @@ def check(ctx: click.Context, duration: Optional[float], pid: Optional[int],
     sentinel = Sentinel.from_config(config, pid=pid, statsd=_hostport(statsd),
                                     statsd_prefix=statsd_prefix, sinks=[sink])
     try:
-        with sigterm_stops(), sentinel:
+        with stop_signals(), sentinel:
             sentinel.run(duration)
     except (KeyboardInterrupt, Stop):
         raise click.ClickException("check interrupted") from None

@@ -126,6 +126,24 @@ def _nan(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
+def _percentile(x: np.ndarray, q: float) -> float:
+    """np.percentile(x, 100 * q) of a finite series with its default ("linear") method, the
+    same float to the last bit, by sort and numpy's own arithmetic: the virtual index (n-1)*q,
+    and the lerp taken from whichever end is nearer. np.percentile makes dozens of temporary
+    arrays a call and leaves 52-byte blocks behind in numpy's caches (seen in the live soak);
+    this makes one sorted copy."""
+    s = np.sort(x)
+    n = len(s)
+    virtual = (n - 1) * q
+    if virtual >= n - 1:
+        return float(s[-1])
+    below = math.floor(virtual)
+    gamma = virtual - below
+    a, b = float(s[below]), float(s[below + 1])
+    diff = b - a
+    return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+
+
 def swings(values: Any) -> int:
     """How many times the series goes from its low third to its high third or back (between its
     5th and 95th percentiles, so that half a second of a 10 s window counts but one stray
@@ -135,7 +153,7 @@ def swings(values: Any) -> int:
     x = x[np.isfinite(x)]
     if len(x) < 2:
         return 0
-    low, high = np.percentile(x, [5, 95])
+    low, high = _percentile(x, 0.05), _percentile(x, 0.95)
     third = (high - low) / 3
     side = np.where(x >= high - third, 1, np.where(x <= low + third, -1, 0))
     side = side[side != 0]

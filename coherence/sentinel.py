@@ -29,18 +29,46 @@ class Stop(Exception):
     """SIGTERM: leave like Ctrl-C."""
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Stop()
+class _Stopping:
+    """A stop signal (SIGINT or SIGTERM) caught while a run loop polls for it: the loop raises
+    it at its next step, where nothing is half done, instead of the signal handler raising it
+    wherever the main thread happens to be (inside a lock's `with`, a sink's redraw, a
+    collection's stop: an exception there can leave a lock held or a thread unjoined)."""
+    signum: Optional[int] = None
+    polling = 0          # run loops polling now
+
+
+def _raise_for(signum: int) -> None:
+    raise Stop() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    if _Stopping.polling:
+        _Stopping.signum = signum
+    else:
+        _raise_for(signum)
+
+
+def raise_if_stopped() -> None:
+    """Raise what a stop signal caught by stop_signals() asked for (Stop for SIGTERM,
+    KeyboardInterrupt for SIGINT), if one came; a run loop's safe point."""
+    signum, _Stopping.signum = _Stopping.signum, None
+    if signum is not None:
+        _raise_for(signum)
 
 
 @contextlib.contextmanager
-def sigterm_stops() -> Iterator[None]:
-    """SIGTERM raises Stop inside the block (and is restored after it)."""
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+def stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT (Ctrl-C) stop the block: Stop and KeyboardInterrupt, raised by
+    Sentinel.run at its next step while it runs (within EVAL_PERIOD_S), at once elsewhere. The
+    previous handlers are restored after it."""
+    previous = {sig: signal.signal(sig, _on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _Stopping.signum = None
 
 
 class Sentinel:
@@ -106,17 +134,23 @@ class Sentinel:
     def run(self, duration: Optional[float] = None,
             on_report: Optional[Callable[[Report], Any]] = None) -> Report:
         """Judge every EVAL_PERIOD_S until ``duration`` seconds have passed (None: until
-        interrupted); every report goes to the sinks, then to ``on_report``. The last report."""
+        interrupted); every report goes to the sinks, then to ``on_report``. The last report.
+        Under stop_signals(), a SIGINT or SIGTERM is raised here, between two steps."""
         start = time.monotonic()
         next_step = start
-        while True:
-            now = time.monotonic()
-            report = self.monitor.step(now, time.time())
-            self._emit(report)
-            if on_report is not None:
-                on_report(report)
-            if duration is not None and now - start >= duration:
-                return report
-            next_step += EVAL_PERIOD_S
-            end = start + duration if duration is not None else next_step
-            time.sleep(max(0.0, min(next_step, end) - time.monotonic()))
+        _Stopping.polling += 1
+        try:
+            while True:
+                raise_if_stopped()
+                now = time.monotonic()
+                report = self.monitor.step(now, time.time())
+                self._emit(report)
+                if on_report is not None:
+                    on_report(report)
+                if duration is not None and now - start >= duration:
+                    return report
+                next_step += EVAL_PERIOD_S
+                end = start + duration if duration is not None else next_step
+                time.sleep(max(0.0, min(next_step, end) - time.monotonic()))
+        finally:
+            _Stopping.polling -= 1

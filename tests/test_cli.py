@@ -359,7 +359,9 @@ def test_check_line_format_on_a_simulated_report():
 
 def test_ctrl_c_leaves_the_live_dashboard_cleanly():
     master, slave = pty.openpty()
-    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    # PYTHONFAULTHANDLER: should it hang, SIGABRT below prints every thread's stack to the pty
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40",
+           "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen(COHERENCE + ["--live", "--hz", "200"], stdin=slave, stdout=slave,
                             stderr=slave, env=env, start_new_session=True)
     os.close(slave)
@@ -371,7 +373,12 @@ def test_ctrl_c_leaves_the_live_dashboard_cleanly():
         assert "seizure" in screen, screen[-500:]
         os.killpg(proc.pid, signal.SIGINT)          # what Ctrl-C sends to the foreground group
         screen += read_pty(master, proc, 10)
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGABRT)
+            stacks = read_pty(master, proc, 5)
+            pytest.fail(f"still running 20 s after Ctrl-C; its threads:\n{stacks[-6000:]}")
     finally:
         proc.kill()
         os.close(master)

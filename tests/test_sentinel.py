@@ -4,6 +4,8 @@ listener is part of it when asked, and a bad setting leaves nothing running."""
 import dataclasses
 import io
 import json
+import os
+import signal
 import socket
 import time
 from typing import Any, List
@@ -14,7 +16,7 @@ from coherence._core import AtomicCounter
 from coherence.config import Config
 from coherence.monitor import Report, judged_requests
 from coherence.sampler import SamplerError
-from coherence.sentinel import EVAL_PERIOD_S, Sentinel
+from coherence.sentinel import EVAL_PERIOD_S, Sentinel, Stop, stop_signals
 from coherence.sinks.jsonl import JsonLinesSink
 from coherence.statsd import StatsdError
 
@@ -66,6 +68,40 @@ def test_the_sinks_are_closed_and_the_sampler_stopped_on_ctrl_c():
         with sentinel:
             sentinel.run(None, interrupt)
     assert recorder.closed and len(recorder.reports) == 1 and not sentinel.sampler.running
+
+
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt),
+                                             (signal.SIGTERM, Stop)])
+def test_a_stop_signal_during_a_step_is_raised_between_steps(signum, raised):
+    # A signal that comes while a sink draws (or the monitor judges) must not raise there, half
+    # way through: the sink finishes its report, and run raises at its next step.
+    recorder, finished = Recorder(), []
+
+    def slow_sink_step(report: Report) -> None:
+        if len(recorder.reports) == 2:
+            os.kill(os.getpid(), signum)        # handled at once, in this (the main) thread
+            time.sleep(0.05)
+            finished.append(len(recorder.reports))
+
+    sentinel = Sentinel.from_config(CFG, sinks=[recorder])
+    previous = signal.getsignal(signum)
+    with pytest.raises(raised):
+        with stop_signals(), sentinel:
+            sentinel.run(None, slow_sink_step)
+    assert finished == [2] and len(recorder.reports) == 2      # no third step
+    assert recorder.closed and not sentinel.sampler.running
+    assert signal.getsignal(signum) is previous                  # the handlers are restored
+
+
+def test_outside_run_a_stop_signal_raises_at_once():
+    with pytest.raises(KeyboardInterrupt):
+        with stop_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+    with pytest.raises(Stop):
+        with stop_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
 
 
 def test_statsd_counts_reach_the_amplification_detector():

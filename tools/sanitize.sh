@@ -41,8 +41,11 @@ case "$kind" in
     # sanitized scratch copy's own start-up makes): none of them is about the compiled code. Nor
     # the fault tests (tests/test_faults.py, ~1.5 min here under ASan): CI's 20 minutes do not
     # hold them twice; `tools/sanitize.sh address tests/test_faults.py` runs them sanitized.
+    # On every CPU (pytest-xdist; SANITIZE_WORKERS=1 for one): ~4 min on one of this 2-CPU
+    # machine's, ~2.3 on both. No test of the set times anything; each binds its own ports.
     [ $# -gt 0 ] || set -- tests --ignore=tests/e2e --ignore=tests/test_sanitizers.py --ignore=tests/test_fuzz.py \
-      --ignore=tests/test_deploy.py --ignore=tests/test_prometheus_rules.py --ignore=tests/test_faults.py
+      --ignore=tests/test_deploy.py --ignore=tests/test_prometheus_rules.py --ignore=tests/test_faults.py \
+      -n "${SANITIZE_WORKERS:-$(nproc)}"
     # Python objects from libc's malloc, not pymalloc's arenas, so that reading past a small
     # bytes object (a file's contents, a packet) is an overflow ASan sees.
     export PYTHONMALLOC=malloc

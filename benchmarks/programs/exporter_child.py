@@ -25,7 +25,7 @@ HZ, PORT, MAX_S, WARMUP = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3
 
 from coherence import hooks  # noqa: E402
 from coherence.config import Config, SamplerConfig  # noqa: E402
-from coherence.sentinel import Sentinel, Stop, sigterm_stops  # noqa: E402
+from coherence.sentinel import Sentinel, Stop, stop_signals  # noqa: E402
 from coherence.sinks.prometheus import PrometheusSink  # noqa: E402
 
 
@@ -80,7 +80,7 @@ def main():
         if time.monotonic() - start > MAX_S:
             raise Stop()
 
-    with sigterm_stops(), sentinel:
+    with stop_signals(), sentinel:
         try:
             sentinel.run(None, on_report=on_report)
         except (Stop, KeyboardInterrupt):

@@ -3,7 +3,9 @@
 
 Usage: python soak_live.py HZ SECONDS EVERY_S
 Prints one JSON sample every EVERY_S (soak_probe.sample, with "t_s", the sampler's ticks and
-overruns and its cumulative lateness histogram), then {"done": ...}.
+overruns and its cumulative lateness histogram), then {"done": ...}. With SOAK_SNAPSHOTS=DIR
+and SOAK_SNAPSHOT_AT=S, also dumps tracemalloc's snapshot to DIR/warm.bin at the first sample
+from S seconds on and to DIR/end.bin at the last (run_soak.py --growth).
 """
 import sys
 
@@ -11,7 +13,8 @@ import soak_probe
 
 soak_probe.start()
 
-import os  # noqa: E402 - after tracemalloc, so that everything below is traced
+import math  # noqa: E402 - after tracemalloc, so that everything below is traced
+import os  # noqa: E402
 import time  # noqa: E402
 
 from coherence.config import Config  # noqa: E402
@@ -24,6 +27,8 @@ def main() -> None:
     config = Config().with_overrides({"sampler.hz": hz})
     with open(os.devnull, "w") as devnull:
         sentinel = Sentinel.from_config(config, sinks=[JsonLinesSink.from_config(config, devnull)])
+        snapshots = os.environ.get("SOAK_SNAPSHOTS")
+        snapshot_at = [float(os.environ.get("SOAK_SNAPSHOT_AT", "0"))]
         start = time.monotonic()
         due = [0.0]
         reports = [0]
@@ -38,6 +43,9 @@ def main() -> None:
             soak_probe.emit(soak_probe.sample(
                 collect=True, t_s=t, ticks=s.ticks, overruns=s.overruns, reports=reports[0],
                 lateness_hist=sentinel.sampler.engine.lateness_histogram()))
+            if snapshots and (last or t >= snapshot_at[0]):
+                soak_probe.snapshot(os.path.join(snapshots, "end.bin" if last else "warm.bin"))
+                snapshot_at[0] = math.inf
 
         with sentinel:
             sentinel.run(seconds, on_report=probe)

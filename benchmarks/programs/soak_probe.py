@@ -15,7 +15,18 @@ TRACE_FRAMES = 1            # the least tracemalloc costs: where each block was 
 
 
 def start() -> None:
-    tracemalloc.start(TRACE_FRAMES)
+    """Trace from here on: TRACE_FRAMES frames a block, or SOAK_TRACE_FRAMES (run_soak.py's
+    --growth asks for whole tracebacks, to name where the heap grew)."""
+    tracemalloc.start(int(os.environ.get("SOAK_TRACE_FRAMES", TRACE_FRAMES)))
+
+
+def snapshot(path: str) -> None:
+    """Dump tracemalloc's snapshot to path (after a full collection: what is reachable)."""
+    gc.collect()
+    snap = tracemalloc.take_snapshot()
+    snap.dump(path)
+    del snap
+    gc.collect()
 
 
 def resident_bytes() -> int:

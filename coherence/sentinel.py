@@ -43,9 +43,12 @@ def _raise_for(signum: int) -> None:
 
 
 def _on_stop_signal(signum: int, frame: Any) -> None:
-    if _Stopping.polling:
+    # A second signal before the loop took the first raises at once: the loop may be blocked
+    # (a write to a pipe nobody reads), and Ctrl-C twice must still stop it.
+    if _Stopping.polling and _Stopping.signum is None:
         _Stopping.signum = signum
     else:
+        _Stopping.signum = None
         _raise_for(signum)
 
 
@@ -60,8 +63,8 @@ def raise_if_stopped() -> None:
 @contextlib.contextmanager
 def stop_signals() -> Iterator[None]:
     """SIGTERM and SIGINT (Ctrl-C) stop the block: Stop and KeyboardInterrupt, raised by
-    Sentinel.run at its next step while it runs (within EVAL_PERIOD_S), at once elsewhere. The
-    previous handlers are restored after it."""
+    Sentinel.run at its next step while it runs (within EVAL_PERIOD_S), at once elsewhere or
+    at a second signal. The previous handlers are restored after it."""
     previous = {sig: signal.signal(sig, _on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield

@@ -93,6 +93,26 @@ def test_a_stop_signal_during_a_step_is_raised_between_steps(signum, raised):
     assert signal.getsignal(signum) is previous                  # the handlers are restored
 
 
+def test_a_second_stop_signal_raises_at_once_even_inside_a_step():
+    # the loop may be blocked inside a step (a write to a pipe nobody reads): Ctrl-C twice
+    # still stops it
+    recorder, finished = Recorder(), []
+
+    def blocked_step(report: Report) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+        finished.append(True)
+
+    sentinel = Sentinel.from_config(CFG, sinks=[recorder])
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with stop_signals(), sentinel:
+            sentinel.run(None, blocked_step)
+    assert not finished and time.monotonic() - started < 4
+    assert recorder.closed and not sentinel.sampler.running
+
+
 def test_outside_run_a_stop_signal_raises_at_once():
     with pytest.raises(KeyboardInterrupt):
         with stop_signals():

@@ -175,14 +175,22 @@ def sim(hours: float = 24.0, every_s: float = 600.0, seed: int = 0, timeout_s: f
             "trends": trends(samples, warmup_s)}
 
 
-def growth_sites(warm_path: str, end_path: str, top: int) -> List[Dict[str, Any]]:
-    """The ``top`` allocation sites (whole tracebacks) whose traced bytes grew most between two
-    tracemalloc snapshots, with their growth in bytes and blocks."""
+def growth_sites(warm_path: str, end_path: str, top: int) -> Dict[str, Any]:
+    """Between two tracemalloc snapshots: the whole traced heap's change, how many allocation
+    sites (whole tracebacks) grew and shrank, the files whose blocks grew most, and the ``top``
+    sites that grew most, with their growth in bytes and blocks."""
     warm, end = tracemalloc.Snapshot.load(warm_path), tracemalloc.Snapshot.load(end_path)
-    stats = [s for s in end.compare_to(warm, "traceback") if s.size_diff > 0]
-    return [{"bytes": s.size_diff, "blocks": s.count_diff,
-             "traceback": [f"{f.filename}:{f.lineno}" for f in s.traceback]}
-            for s in sorted(stats, key=lambda s: -s.size_diff)[:top]]
+    stats = end.compare_to(warm, "traceback")
+    grew = sorted((s for s in stats if s.size_diff > 0), key=lambda s: -s.size_diff)
+    files = sorted((s for s in end.compare_to(warm, "filename") if s.size_diff), key=lambda s: -s.size_diff)
+    return {"bytes": sum(s.size_diff for s in stats), "blocks": sum(s.count_diff for s in stats),
+            "sites_grew": len(grew), "sites_shrank": sum(1 for s in stats if s.size_diff < 0),
+            "grew_bytes": sum(s.size_diff for s in grew),
+            "files": [{"file": s.traceback[0].filename if len(s.traceback) else "?",
+                       "bytes": s.size_diff, "blocks": s.count_diff} for s in files[:top]],
+            "sites": [{"bytes": s.size_diff, "blocks": s.count_diff,
+                       "traceback": [f"{f.filename}:{f.lineno}" for f in s.traceback]}
+                      for s in grew[:top]]}
 
 
 def live(hz: float = 1000.0, seconds: float = 600.0, every_s: float = 10.0,
@@ -200,7 +208,7 @@ def live(hz: float = 1000.0, seconds: float = 600.0, every_s: float = 10.0,
         samples, done = run_child([sys.executable, LIVE_CHILD, repr(hz), repr(seconds), repr(every_s)],
                                   timeout_s=max(60.0, 6 * every_s), env_extra=env)
         sites = (growth_sites(os.path.join(snapshots, "warm.bin"), os.path.join(snapshots, "end.bin"),
-                              growth) if growth else [])
+                              growth) if growth else {})
     return {"case": "live", "hz": hz, "seconds": seconds, "every_s": every_s, "warmup_s": warmup_s,
             "wall_s": time.monotonic() - t0, "samples": samples, "done": done,
             "window_s": window_s, "trends": trends(samples, warmup_s),
@@ -270,10 +278,15 @@ def report_text(result: Dict[str, Any]) -> str:
                        f"{x['achieved_hz']:.1f} | {x['p50_us']:g} µs | {x['p99_us']:g} µs | "
                        f"{x['max_us']:g} µs | {x['overruns']} |")
         out += ["", f"Load average at the end: {live_['loadavg_end'][0]:.2f}."]
-        if live_.get("growth"):
-            out += ["", f"Sites whose reachable heap grew most after the first {live_['warmup_s']:g} s "
-                        "(innermost frame last):"]
-            for site in live_["growth"]:
+        g = live_.get("growth")
+        if g:
+            out += ["", f"Reachable heap from the first sample after {live_['warmup_s']:g} s to the end "
+                        f"(tracemalloc snapshots): {g['bytes']:+d} bytes in {g['blocks']:+d} blocks; "
+                        f"{g['sites_grew']} sites grew ({g['grew_bytes']:+d} bytes), "
+                        f"{g['sites_shrank']} shrank. By file (where each block was allocated):"]
+            out += [f"- {f['bytes']:+d} bytes in {f['blocks']:+d} blocks: {f['file']}" for f in g["files"]]
+            out += ["", "The sites that grew most (innermost frame last):"]
+            for site in g["sites"]:
                 out += [f"- {site['bytes']:+d} bytes in {site['blocks']:+d} blocks"]
                 out += [f"    {frame}" for frame in site["traceback"][-GROWTH_SHOWN:]]
     return "\n".join(out)

@@ -24,7 +24,7 @@ case "$kind" in
     sanitize=thread
     probes="__tsan_read"
     debug=0
-    [ $# -gt 0 ] || set -- tests/test_core_concurrency.py tests/test_hooks.py
+    [ $# -gt 0 ] || set -- tests/test_core_concurrency.py tests/test_hooks.py -n "${SANITIZE_WORKERS:-$(nproc)}"
     # reports go to files (pytest captures the test's stderr, and the first report ends the run)
     export TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1 log_path=$work/report ${TSAN_OPTIONS:-}"
     ;;

@@ -279,9 +279,11 @@ class Sampler:
         """The sampler's figures; ``hist``: the engine's lateness histogram when the caller has
         just read it (the exporter serves it too: read once a scrape)."""
         s = self.engine.stats()
-        if hist is None:
-            hist = self.engine.lateness_histogram()
-        p50, p99 = lateness_percentiles(hist, (0.50, 0.99))
+        if hist is None:        # the same figures, without the histogram's list (a report's case)
+            p50, p99, worst = self.engine.lateness_quantiles((0.50, 0.99))
+        else:
+            p50, p99 = lateness_percentiles(hist, (0.50, 0.99))
+            worst = float(hist[-1][0]) if hist else math.nan
         elapsed = s["elapsed_s"]
         return SamplerStats(
             achieved_hz=s["ticks"] / elapsed if elapsed > 0 else math.nan,
@@ -290,7 +292,7 @@ class Sampler:
             overruns=s["overruns"],
             tick_lateness_p50_us=p50,
             tick_lateness_p99_us=p99,
-            tick_lateness_max_us=float(hist[-1][0]) if hist else math.nan,
+            tick_lateness_max_us=worst,
             cpu_percent=100.0 * s["thread_cpu_s"] / elapsed if elapsed > 0 else math.nan,
             elapsed_s=elapsed,
             cpu_s=s["thread_cpu_s"],

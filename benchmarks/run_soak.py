@@ -27,6 +27,8 @@ reachable heap grew most after the warm-up.
 from __future__ import annotations
 
 import argparse
+import array
+import base64
 import json
 import math
 import os
@@ -147,9 +149,12 @@ def _minus(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> List[Tuple
 
 def lateness(samples: Sequence[Dict[str, Any]], window_s: float = LATENESS_WINDOW_S) -> Dict[str, Dict[str, float]]:
     """Tick lateness (p50, p99, max bin) and overruns in the first and the last ``window_s``."""
-    first_end = next(s for s in samples if s["t_s"] >= window_s)
+    with_hist = [s for s in samples if "lateness_hist" in s]     # the child takes it only there
+    if not with_hist:
+        raise CaseError("no sample has the lateness histogram")
+    first_end = next(s for s in with_hist if s["t_s"] >= window_s)
     end = samples[-1]
-    last_start = [s for s in samples if s["t_s"] <= end["t_s"] - window_s][-1]
+    last_start = [s for s in with_hist if s["t_s"] <= end["t_s"] - window_s][-1]
     zero = [(b[0], 0) for b in end["lateness_hist"]]
     out = {}
     for name, a, b in (("first", None, first_end), ("last", last_start, end)):
@@ -173,6 +178,17 @@ def sim(hours: float = 24.0, every_s: float = 600.0, seed: int = 0, timeout_s: f
     return {"case": "sim", "hours": hours, "every_s": every_s, "seed": seed, "warmup_s": warmup_s,
             "wall_s": time.monotonic() - t0, "samples": samples, "done": done,
             "trends": trends(samples, warmup_s)}
+
+
+def _histograms(samples: Sequence[Dict[str, Any]], done: Dict[str, Any]) -> None:
+    """The live child's raw lateness counts (base64 of native int64s, one per bin of
+    done["lateness_bounds"]) as "lateness_hist": (upper bound in us, count) per non-empty bin."""
+    bounds = done["lateness_bounds"]
+    for sample in samples:
+        raw = sample.pop("lateness_counts", None)
+        if raw is not None:
+            counts = array.array("q", base64.b64decode(raw))
+            sample["lateness_hist"] = [(b, n) for b, n in zip(bounds, counts) if n]
 
 
 def growth_sites(warm_path: str, end_path: str, top: int) -> Dict[str, Any]:
@@ -205,8 +221,10 @@ def live(hz: float = 1000.0, seconds: float = 600.0, every_s: float = 10.0,
     with tempfile.TemporaryDirectory(prefix="coherence-soak-") as snapshots:
         env = ({"SOAK_TRACE_FRAMES": str(GROWTH_FRAMES), "SOAK_SNAPSHOTS": snapshots,
                 "SOAK_SNAPSHOT_AT": repr(warmup_s)} if growth else {})
-        samples, done = run_child([sys.executable, LIVE_CHILD, repr(hz), repr(seconds), repr(every_s)],
+        samples, done = run_child([sys.executable, LIVE_CHILD, repr(hz), repr(seconds), repr(every_s),
+                                   repr(window_s)],
                                   timeout_s=max(60.0, 6 * every_s), env_extra=env)
+        _histograms(samples, done)
         sites = (growth_sites(os.path.join(snapshots, "warm.bin"), os.path.join(snapshots, "end.bin"),
                               growth) if growth else {})
     return {"case": "live", "hz": hz, "seconds": seconds, "every_s": every_s, "warmup_s": warmup_s,

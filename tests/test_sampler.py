@@ -1,5 +1,6 @@
 """The sampler: its C parser against the Python one, the tick loop's behaviour (deadlines,
 overruns, lost files, the GIL), and the Sampler on fake trees and on this machine."""
+import array
 import math
 import os
 import random
@@ -426,6 +427,11 @@ def test_lateness_quantiles_are_the_histograms_percentiles_without_the_list():
         (from_hist.tick_lateness_p50_us, from_hist.tick_lateness_p99_us, from_hist.tick_lateness_max_us)
     with pytest.raises(ValueError, match="at most 16"):
         s.engine.lateness_quantiles([0.5] * 17)
+    # the raw counts, every bin, in one bytes object: the same histogram
+    counts = array.array("q", s.engine.lateness_counts())
+    bounds = s.engine.lateness_bounds()
+    assert len(counts) == len(bounds) == 2048 + 24
+    assert [(b, n) for b, n in zip(bounds, counts) if n] == hist
 
 
 def test_heartbeat_and_lateness_sum_are_read_live():

@@ -820,6 +820,21 @@ cdef class Engine:
                 out.append((LAT_LINEAR << (i + 1), n))
         return out
 
+    def lateness_counts(self):
+        """The histogram's counts, every bin (lateness_bounds() gives their upper bounds, in
+        us), as native int64s in one bytes object: one allocation of the same size however
+        many bins were ever hit (a soak's probe takes it; lateness_histogram's list grows)."""
+        cdef int i
+        cdef int64_t counts[LAT_LINEAR + LAT_LOG]
+        for i in range(LAT_LINEAR + LAT_LOG):
+            counts[i] = coh_load_i64(&self.lat_hist[i])
+        return (<char*>counts)[:sizeof(counts)]
+
+    @staticmethod
+    def lateness_bounds():
+        """The upper bound (us) of each bin of lateness_counts(), in its order."""
+        return [i + 1 for i in range(LAT_LINEAR)] + [LAT_LINEAR << (i + 1) for i in range(LAT_LOG)]
+
     def lateness_quantiles(self, qs):
         """What sampler.lateness_percentiles(self.lateness_histogram(), qs) gives, and the
         upper bound of the last non-empty bin after them (NaN each, when empty), without the

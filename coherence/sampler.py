@@ -275,15 +275,11 @@ class Sampler:
         self.stop()
 
     # ------------------------------------------------------------------ readers
-    def stats(self, hist: Optional[Sequence[Tuple[int, int]]] = None) -> SamplerStats:
-        """The sampler's figures; ``hist``: the engine's lateness histogram when the caller has
-        just read it (the exporter serves it too: read once a scrape)."""
+    def stats(self) -> SamplerStats:
+        """The sampler's figures; the lateness percentiles from the engine's counts in one pass
+        (lateness_quantiles: what lateness_percentiles gives of the histogram, without its list)."""
         s = self.engine.stats()
-        if hist is None:        # the same figures, without the histogram's list (a report's case)
-            p50, p99, worst = self.engine.lateness_quantiles((0.50, 0.99))
-        else:
-            p50, p99 = lateness_percentiles(hist, (0.50, 0.99))
-            worst = float(hist[-1][0]) if hist else math.nan
+        p50, p99, worst = self.engine.lateness_quantiles((0.50, 0.99))
         elapsed = s["elapsed_s"]
         return SamplerStats(
             achieved_hz=s["ticks"] / elapsed if elapsed > 0 else math.nan,

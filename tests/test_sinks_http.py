@@ -91,7 +91,7 @@ class FakeSampler:
         self.last_tick_s = time.monotonic()
         self.ticks = 1000
 
-    def stats(self, hist: Any = None) -> Any:
+    def stats(self) -> Any:
         from coherence.sampler import SamplerStats
         # the percentiles of the histogram below, as Sampler.stats() computes them
         return SamplerStats(achieved_hz=999.0, ticks=self.ticks, ticks_expected=1001, overruns=1,

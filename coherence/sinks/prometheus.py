@@ -593,8 +593,7 @@ class Series(Collector):
         """Every family, with its rows as of now."""
         latest = self.latest                    # one read: the report and its counts belong together
         s = self.sampler
-        hist = s.engine.lateness_histogram() if s is not None else ()
-        stats = s.stats(hist) if s is not None else None
+        stats = s.stats() if s is not None else None
         ok, _reason = self.healthy(stats)
         out: Snapshot = [(BUILD, self._build), (HEALTHY, [((), float(ok))])]
         if latest.report is not None:
@@ -605,7 +604,7 @@ class Series(Collector):
                 self._report_rows = (latest, rows)
             out += rows
         if s is not None and stats is not None:
-            out += self._sampler(s, stats, hist)
+            out += self._sampler(s, stats)
         out += self._requests()
         out += self._statsd()
         out += self._poller()
@@ -623,17 +622,17 @@ class Series(Collector):
         return [(SAMPLER_SOURCE, sources), (SAMPLER_NOTE, notes)]
 
     @staticmethod
-    def _sampler(s: "Sampler", stats: "SamplerStats", hist: Sequence[Tuple[int, int]]) -> Snapshot:
+    def _sampler(s: "Sampler", stats: "SamplerStats") -> Snapshot:
         achieved: Rows = []
         _add(achieved, (), stats.achieved_hz)
         p50: Rows = []
         p99: Rows = []
-        # the sampler's own percentiles, of the histogram its stats() read
+        # the sampler's own percentiles (its stats(), from the engine's counts)
         _add(p50, (), stats.tick_lateness_p50_us, 1e-6)
         _add(p99, (), stats.tick_lateness_p99_us, 1e-6)
         age: Rows = []
         _add(age, (), time.monotonic() - stats.last_tick_s)
-        buckets = lateness_buckets(hist)
+        buckets = lateness_buckets(s.engine.lateness_histogram())     # the list: once a scrape
         return [(SAMPLER_TARGET, [((), float(s.hz))]), (SAMPLER_ACHIEVED, achieved),
                 (SAMPLER_TICKS, [((), float(stats.ticks))]),
                 (SAMPLER_OVERRUNS, [((), float(stats.overruns))]),

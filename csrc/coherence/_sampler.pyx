@@ -144,6 +144,11 @@ cdef inline int64_t now_ns(int clk) noexcept nogil:
     return <int64_t>ts.tv_sec * NS + ts.tv_nsec
 
 
+cdef inline int64_t lat_upper_us(int i) noexcept nogil:
+    """The upper bound (us) of lateness bin i: 1 us bins up to LAT_LINEAR, then powers of two."""
+    return i + 1 if i < LAT_LINEAR else (<int64_t>LAT_LINEAR) << (i - LAT_LINEAR + 1)
+
+
 cdef inline bint exited(int pidfd) noexcept nogil:
     # A pidfd polls readable once its process has exited, and stays so. A failed poll (EINTR)
     # says nothing: the next read asks again.
@@ -810,14 +815,10 @@ cdef class Engine:
         cdef int i
         cdef int64_t n
         out = []
-        for i in range(LAT_LINEAR):
+        for i in range(LAT_LINEAR + LAT_LOG):
             n = coh_load_i64(&self.lat_hist[i])
             if n:
-                out.append((i + 1, n))
-        for i in range(LAT_LOG):
-            n = coh_load_i64(&self.lat_hist[LAT_LINEAR + i])
-            if n:
-                out.append((LAT_LINEAR << (i + 1), n))
+                out.append((lat_upper_us(i), n))
         return out
 
     def lateness_counts(self):
@@ -833,7 +834,7 @@ cdef class Engine:
     @staticmethod
     def lateness_bounds():
         """The upper bound (us) of each bin of lateness_counts(), in its order."""
-        return [i + 1 for i in range(LAT_LINEAR)] + [LAT_LINEAR << (i + 1) for i in range(LAT_LOG)]
+        return [lat_upper_us(i) for i in range(LAT_LINEAR + LAT_LOG)]
 
     def lateness_quantiles(self, qs):
         """What sampler.lateness_percentiles(self.lateness_histogram(), qs) gives, and the
@@ -859,7 +860,7 @@ cdef class Engine:
                 if not counts[i]:
                     continue
                 cum += counts[i]
-                bound = (i + 1) if i < LAT_LINEAR else <double>(<int64_t>LAT_LINEAR << (i - LAT_LINEAR + 1))
+                bound = <double>lat_upper_us(i)
                 last = bound
                 if found < nq:
                     for j in range(nq):

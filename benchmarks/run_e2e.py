@@ -72,6 +72,13 @@ def fault_cases(build: str) -> Dict[str, Tuple[str, Callable[[], Any]]]:
     }
 
 
+def forecast_cases(build: str) -> Dict[str, Tuple[str, Callable[[], Any]]]:
+    """{case: (detector, the function that runs it)}: faults whose bar is a WARNING (a forecast
+    never escalates)."""
+    return {"fever forecast (a leak of 1/90 of free memory a second)":
+            ("fever", lambda: host.fever_leak(build))}
+
+
 def control_groups(build: str) -> List[Tuple[str, List[str], Callable[[], List[Any]]]]:
     """(detector, the controls' names, the function that runs them): a group runs several
     controls under one sentinel; its names are known beforehand, so that a group that raises
@@ -100,6 +107,8 @@ def _error(err: BaseException) -> str:
 
 
 def fault_violations(result: Any) -> List[str]:
+    if isinstance(result, host.CaseResult) and result.forecast:
+        return host.forecast_violations(result)
     if isinstance(result, runtimes.RuntimeResult):
         return runtimes.runtime_fault_violations(result)
     if isinstance(result, amplification.CaseResult) and result.counting == "scraped":
@@ -114,8 +123,10 @@ def chosen(name: str, cases: Optional[List[str]]) -> bool:
     return cases is None or any(word.lower() in name.lower() for word in cases)
 
 
-def run_faults(build: str, repeats: int, cases: Optional[List[str]] = None) -> Dict[str, List[Run]]:
-    chosen_cases = {n: c for n, c in fault_cases(build).items() if chosen(n, cases)}
+def run_faults(build: str, repeats: int, cases: Optional[List[str]] = None,
+               table: Callable[[str], Dict[str, Tuple[str, Callable[[], Any]]]] = fault_cases
+               ) -> Dict[str, List[Run]]:
+    chosen_cases = {n: c for n, c in table(build).items() if chosen(n, cases)}
     runs: Dict[str, List[Run]] = {name: [] for name in chosen_cases}
     for i in range(1, repeats + 1):
         for name, (detector, case) in chosen_cases.items():
@@ -128,8 +139,10 @@ def run_faults(build: str, repeats: int, cases: Optional[List[str]] = None) -> D
                 run.error = _error(err)
             runs[name].append(run)
             ttc = None if run.result is None else run.result.time_to_critical
+            if ttc is None and run.result is not None:      # a forecast: its WARNING
+                ttc = run.result.notes.get("time_to_warning")
             print(f"  {name} run {i}: "
-                  f"{f'ok, CRITICAL after {ttc:.1f} s' if run.passed else 'FAILED: ' + run.reason()} "
+                  f"{f'ok, called after {ttc:.1f} s' if run.passed else 'FAILED: ' + run.reason()} "
                   f"({time.monotonic() - t:.0f} s)", file=sys.stderr, flush=True)
     return runs
 
@@ -222,6 +235,33 @@ def print_faults(runs: Dict[str, List[Run]], raw: Dict[str, Any]) -> None:
              if len(within) == total else "none (a run missed it)"))
 
 
+def print_forecasts(runs: Dict[str, List[Run]], raw: Dict[str, Any]) -> None:
+    print(f"| fault | detector | WARNING within {host.FORECAST_DEADLINE_S:g} s | median | worst | "
+          "CRITICAL ever | others OK throughout | forecast at the WARNING / free ÷ rate | "
+          "leak rate | classic rule over the leak |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---|---|")
+    for name, rs in runs.items():
+        results = [r.result for r in rs if r.result is not None]
+        n = len(rs)
+        got = [r.notes["time_to_warning"] for r in results if "time_to_warning" in r.notes]
+        within = sum(1 for t in got if t <= host.FORECAST_DEADLINE_S)
+        critical = sum(1 for r in results if "CRITICAL" in r.states)
+        quiet = sum(1 for r in results if not host.other_violations(r))
+        ratios = [r.notes["eta_at_warning_s"] / (r.notes["free_mb"] / r.notes["rate_mb_s"])
+                  for r in results if "eta_at_warning_s" in r.notes]
+        rates = [r.notes["rate_mb_s"] for r in results]
+        readings = [c for r in results for c in r.classic if c.rule.startswith("MemAvailable")]
+        values = [c.value for c in readings if c.value is not None]
+        held = sum(c.condition_held for c in readings)
+        print(f"| {name} | {rs[0].detector} | {within} of {n} | "
+              f"{fmt(statistics.median(got)) if got else 'none'} | "
+              f"{fmt(max(got)) if got else 'none'} | {critical} of {n} | {quiet} of {n} | "
+              f"{_range(ratios, unit='', digits=2)} | {_range(rates, unit=' MB/s')} | "
+              f"{readings[0].rule if readings else ''}: {_range(values)}; condition true in "
+              f"{held} of {n} |")
+        raw[name] = [_raw(r) for r in rs]
+
+
 def print_controls(runs: Dict[str, List[Run]], raw: Dict[str, Any]) -> None:
     print("| control | detector | showed no more than it may | may show | states seen | "
           "WARNING (longest) | classic rule over the control |")
@@ -284,6 +324,7 @@ def main() -> int:
     try:
         cases = args.cases.split(",") if args.cases else None
         faults = run_faults(build, args.repeats, cases)
+        forecasts = run_faults(build, args.repeats, cases, forecast_cases)
         controls = run_controls(build, args.control_repeats, cases)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -293,13 +334,19 @@ def main() -> int:
 
     print(f"Machine: {raw['machine']}")
     print(f"Wall time: {time.monotonic() - started:.0f} s\n")
-    print(f"Fault cases, {args.repeats} runs each, one at a time "
-          "(`coherence --live --hz 1000 --json`, defaults):\n")
-    print_faults(faults, raw["faults"])
-    print(f"\nControls, {args.control_repeats} run(s) each:\n")
-    print_controls(controls, raw["controls"])
+    if faults:
+        print(f"Fault cases, {args.repeats} runs each, one at a time "
+              "(`coherence --live --hz 1000 --json`, defaults):\n")
+        print_faults(faults, raw["faults"])
+    if forecasts:
+        print(f"\nForecasts, {args.repeats} runs each (a WARNING is the bar; it never "
+              "escalates):\n")
+        print_forecasts(forecasts, raw.setdefault("forecasts", {}))
+    if controls:
+        print(f"\nControls, {args.control_repeats} run(s) each:\n")
+        print_controls(controls, raw["controls"])
     print("\nFailed runs:\n")
-    print_failures({**faults, **controls})
+    print_failures({**faults, **forecasts, **controls})
     if args.json:
         with open(args.json, "w") as f:
             json.dump(raw, f, indent=1, default=str)

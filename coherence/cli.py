@@ -91,7 +91,8 @@ LIMIT_OPTIONS = [
     ("--fever-churn", "fever.churn_limit_mb_s", click.FloatRange(min=0, min_open=True),
      "Fever when allocation churn exceeds this many MB/s."),
     ("--fever-horizon", "fever.horizon_h", click.FloatRange(min=0, min_open=True),
-     "Warn when memory runs out sooner than this many hours."),
+     "Warn when memory runs out sooner than this many hours (forecast from growth "
+     "over at least 1/12 of it)."),
     ("--amplification-ratio", "amplification.ratio_limit", click.FloatRange(min=1),
      "Amplification when egress/ingress exceeds this and its learned baseline."),
     ("--min-ingress", "amplification.min_ingress_per_s", click.FloatRange(min=0, min_open=True),

@@ -11,11 +11,15 @@ import numpy as np
 
 from coherence.config import AmplificationConfig, Config, FeverConfig, SeizureConfig
 from coherence.format import duration, finite, num
-from coherence.snapshot import PUSHED, SCRAPED, TCP_PROXY, RuntimeProcess, Snapshot
+from coherence.signals import FORECAST_REACH
+from coherence.snapshot import PUSHED, SCRAPED, TCP_PROXY, MemorySignals, RuntimeProcess, Snapshot, Trend
 from coherence.states import Condition, State, Veto
 
 MB = 1e6
 TREND_T_MIN = 3.0          # slope / standard error: under this a trend is noise, not a forecast
+# Steady growth shows in both halves of its span, each at least this share of the whole's rate;
+# a step (a process taking its memory at once) shows in one half only.
+STEADY_SHARE = 1.0 / 3.0
 # A field whose None means "not computed" is left out of the JSON rather than written as null.
 _OMITTED_WHEN_NONE = {"omit_when_none": True}
 SOURCE_LABEL = {PUSHED: "pushed counters", SCRAPED: "scraped counters", TCP_PROXY: "TCP opens (a proxy)"}
@@ -60,7 +64,8 @@ class FeverEvidence(Evidence):
     total_mb: float
     resident_growth_mb_s: float        # least-squares trend of resident memory
     pressure_memory_some_pct: float
-    # only once resident memory grows out of the noise: the time until it reaches total_mb
+    # only while a forecast stands (resident memory growing steadily, out of the noise, over a
+    # span of at least 1/12 of this): the time until it reaches total_mb
     exhaustion_eta_s: Optional[float] = field(default=None, metadata=_OMITTED_WHEN_NONE)
     # only while a runtime is read through its own counters (coherence.runtime): the one that
     # spends the largest share of its time in GC
@@ -308,18 +313,19 @@ class Fever:
             return finding(Condition.FIRING, (
                 f"allocating {churn:.0f} MB/s while resident memory stays flat at "
                 f"{resident / MB:.0f} MB: garbage-collection death-spiral risk; throttle"))
-        # a forecast needs a trend that stands well above the noise (t > 3), not any slope
-        if not _nan(total) and growth > 0 and m.resident_growth_t > TREND_T_MIN:
-            eta = (total - resident) / growth
+        forecast = _forecast(m)
+        if forecast is not None:
+            eta, trend = forecast
             evidence = replace(evidence, exhaustion_eta_s=eta)
             if eta < c.horizon_h * 3600:
+                rate = trend.bytes_per_s
                 return Finding(
                     detector=self.name, condition=Condition.FIRING, max_state=State.WARNING,
-                    value=growth / MB, limit=(total - resident) / MB / (c.horizon_h * 3600),
+                    value=rate / MB, limit=(total - resident) / MB / (c.horizon_h * 3600),
                     unit="MB/s growth", veto=self.veto, evidence=evidence, reason=(
-                        f"resident memory grows {growth / MB:.1f} MB/s: exhausted in about "
-                        f"{duration(eta)} ({resident / MB:.0f} of {total / MB:.0f} MB); "
-                        "throttle"))
+                        f"resident memory grows {rate / MB:.1f} MB/s, steadily over the last "
+                        f"{duration(trend.span_s)}: exhausted in about {duration(eta)} "
+                        f"({resident / MB:.0f} of {total / MB:.0f} MB); throttle"))
         if churn > c.churn_limit_mb_s:
             why = (f"allocating {churn:.0f} MB/s while resident memory moves {growth / MB:+.0f} MB/s: "
                    "not churn over flat memory")
@@ -328,6 +334,25 @@ class Fever:
         if worst is not None:
             why = f"{worst.name}: {worst.gc_share * 100:.1f} % of its time in GC; {why}"
         return finding(Condition.CLEAR, why)
+
+
+def _forecast(m: MemorySignals) -> Optional[Tuple[float, Trend]]:
+    """The soonest exhaustion a trend forecasts (seconds until resident memory reaches the
+    total, and the trend), among the trends that stand: growth out of the noise (t > 3), in
+    both halves of its span, and a forecast no further than FORECAST_REACH times that span.
+    None when none stands."""
+    if _nan(m.total_bytes) or _nan(m.resident_bytes):
+        return None
+    best: Optional[Tuple[float, Trend]] = None
+    for trend in m.growth_trends:
+        growth = trend.bytes_per_s
+        if not (growth > 0 and trend.t > TREND_T_MIN
+                and min(trend.early_bytes_per_s, trend.late_bytes_per_s) >= STEADY_SHARE * growth):
+            continue
+        eta = max(0.0, (m.total_bytes - m.resident_bytes) / growth)
+        if eta <= FORECAST_REACH * trend.span_s and (best is None or eta < best[0]):
+            best = (eta, trend)
+    return best
 
 
 class Amplification:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 from coherence import hooks
 from coherence._core import AtomicCounter
 from coherence._sampler import Engine, Slot
-from coherence.signals import Signals
+from coherence.signals import FORECAST_REACH, Signals, longest_forecast_span_s
 from coherence.snapshot import Snapshot
 from coherence.sources import (
     Choice,
@@ -112,13 +112,15 @@ class Sampler:
     CPU counters are read every tick; memory, pressure and request counters at ``slow_hz``.
     CPU utilization is aggregated into buckets of ``resolution_s`` and its statistics kept over
     ``window_s``; rates are smoothed with a half-life of ``rate_half_life_s``; request ratios
-    slide over ``ratio_window_s`` and the resident-memory trend over ``trend_window_s``.
+    slide over ``ratio_window_s`` and the resident-memory trend over ``trend_window_s``, and
+    over longer spans up to ``forecast_span_s`` for the forecast of exhaustion.
     """
 
     def __init__(self, hz: float = 1000.0, *, pid: Optional[int] = None,
                  resolution_s: float = 0.1, window_s: float = 10.0, slow_hz: float = SLOW_HZ,
                  rate_half_life_s: float = 1.0, history: int = 600,
                  ratio_window_s: float = 5.0, trend_window_s: float = 10.0,
+                 forecast_span_s: float = 4 * 3600 / FORECAST_REACH,
                  proc_root: str = "/proc", sys_root: str = "/sys",
                  ingress: AtomicCounter = hooks.INGRESS, egress: AtomicCounter = hooks.EGRESS,
                  chosen: Optional[Mapping[str, Choice]] = None) -> None:
@@ -158,7 +160,8 @@ class Sampler:
         # counters only grow: once anything was pushed, requests are the pushed counts
         self._pushed = lambda: ingress.value > 0 or egress.value > 0
         self._make_feeds(half_life, history, _positive("ratio_window", ratio_window_s),
-                         _positive("trend_window", trend_window_s))
+                         _positive("trend_window", trend_window_s),
+                         _positive("forecast_span", forecast_span_s))
         self._thread: Optional[threading.Thread] = None
 
     @classmethod
@@ -172,7 +175,8 @@ class Sampler:
                    window_s=config.seizure.window_s, slow_hz=s.slow_hz,
                    rate_half_life_s=s.rate_half_life_s,
                    ratio_window_s=config.amplification.window_s,
-                   trend_window_s=config.fever.window_s, proc_root=proc_root,
+                   trend_window_s=config.fever.window_s,
+                   forecast_span_s=longest_forecast_span_s(config), proc_root=proc_root,
                    sys_root=sys_root, ingress=ingress, egress=egress)
 
     # ------------------------------------------------------------------ wiring
@@ -230,13 +234,14 @@ class Sampler:
         self.engine.add_counter(egress, Slot.EGRESS, slow, 0)
 
     def _make_feeds(self, half_life: float, history: int, ratio_window_s: float,
-                    trend_window_s: float) -> None:
+                    trend_window_s: float, forecast_span_s: float) -> None:
         # the rate the slow sources are really read at: hz / a whole number of ticks
         slow_hz = self.hz / self._every(self.slow_hz)
         self.signals = Signals(resolution_s=self.resolution_s, window_s=self.window_s,
                                slow_hz=slow_hz, rate_half_life_s=half_life,
                                ratio_window_s=ratio_window_s, trend_window_s=trend_window_s,
-                               history=history, ncpu=self.ncpu, pushed=self._pushed,
+                               forecast_span_s=forecast_span_s, history=history,
+                               ncpu=self.ncpu, pushed=self._pushed,
                                available=[f for f, c in self.chosen.items() if c.source is not None])
         sig = self.signals
         self.engine.feed_gauges(sig.gauges)

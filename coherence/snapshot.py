@@ -26,6 +26,18 @@ class CpuSignals:
 
 
 @dataclass(frozen=True)
+class Trend:
+    """Resident memory's least-squares trend over the last ``span_s`` seconds, with the trends of
+    that span's earlier and later halves: about equal for steady growth, one of them flat for a
+    step (a process that took its memory at once)."""
+    span_s: float
+    bytes_per_s: float
+    t: float                       # the slope over its standard error
+    early_bytes_per_s: float
+    late_bytes_per_s: float
+
+
+@dataclass(frozen=True)
 class MemorySignals:
     available: bool
     resident_bytes: float
@@ -38,6 +50,9 @@ class MemorySignals:
     churn_bytes_per_s: float             # minor faults x page size: allocation churn
     pgalloc_bytes_per_s: float
     lost: bool = False                   # its source became unreadable while running
+    # the trend over each span the forecast may stand on, shortest first: the fever window, then
+    # doubling up to the horizon / FORECAST_REACH; only spans the history covers in full
+    growth_trends: Tuple[Trend, ...] = ()
 
 
 @dataclass(frozen=True)

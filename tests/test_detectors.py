@@ -21,7 +21,7 @@ from coherence.detectors import (
     Seizure,
     SeizureEvidence,
 )
-from coherence.signals import Signals
+from coherence.signals import FORECAST_REACH, Signals, forecast_spans, trend_over
 from coherence.snapshot import RuntimeProcess
 from coherence.states import Condition, State, Veto
 
@@ -112,6 +112,127 @@ def test_steady_growth_is_a_forecast_that_only_warns():
     assert f.condition == FIRING and f.max_state == State.WARNING
     assert evidence(f).exhaustion_eta_s == pytest.approx((16 * GB - 8 * GB - 11.95 * 100e6) / 100e6, rel=0.1)
     assert "exhausted in about" in f.reason
+
+
+def run_memory(resident_fn, seconds, total=16 * GB, every_s=0.25, on_report=None, s=None):
+    """Resident memory at 20 Hz for `seconds`, the monitor's snapshot every `every_s`: the fever
+    finding at each report, or `on_report(t, finding)`'s."""
+    s = s or signals()
+    s.gauges.update({Slot.MEM_TOTAL_BYTES: total})
+    fever, out = Fever(CFG.fever), []
+    per_report = max(1, int(round(every_s * 20)))
+    for i in range(int(seconds * 20)):
+        t = i / 20
+        s.rates[Slot.MINOR_FAULTS].update(t, t * 1000.0)
+        resident = resident_fn(t)
+        s.resident_history.push(resident)
+        s.gauges.update({Slot.RESIDENT_BYTES: resident}, t)
+        if (i + 1) % per_report == 0:
+            f = fever.evaluate(s.snapshot(), t)
+            out.append((t, f) if on_report is None else on_report(t, f))
+    return out
+
+
+def test_a_step_is_not_a_forecast():
+    # a process taking 1 GB at once: the 10 s trend stands far out of the noise and forecasts
+    # exhaustion in under 2 min, but the growth is all in one half of the span: not steady
+    s = signals()
+    step = run_memory(lambda t: 4 * GB + (GB if t >= 6.0 else 0.0), 12.0, s=s)
+    (trend,) = s.snapshot().memory.growth_trends
+    assert trend.t > 3 and (16 - 5) * GB / trend.bytes_per_s < FORECAST_REACH * trend.span_s
+    assert min(trend.early_bytes_per_s, trend.late_bytes_per_s) < trend.bytes_per_s / 3
+    assert {f.condition for _, f in step} <= {WARMUP, CLEAR}
+
+
+def test_ten_seconds_of_growth_is_not_a_forecast_of_hours():
+    # what a live seizure run recorded on this shared host: the working set wandered up 4 MB/s
+    # for 10 s. The old rule (the 10 s trend, t > 3) read it as exhaustion in 1.5 h; a 1.5 h
+    # forecast needs 7.5 min of growth
+    wobble = run_memory(lambda t: 1 * GB + 4e6 * min(t, 20.0), 30.0, total=24 * GB)
+    assert {f.condition for _, f in wobble} <= {WARMUP, CLEAR}
+    assert all(evidence(f).exhaustion_eta_s is None for _, f in wobble)
+
+
+def test_slow_steady_growth_is_forecast_once_its_span_is_long_enough():
+    # 1 MB/s with 12 GB free (noise of 2 MB): exhaustion in ~3.6 h, inside the 4 h horizon; it
+    # needs 1/12 of that, 18 min, of growth: the 20 min span, once the history covers it
+    rng = np.random.default_rng(3)
+    noise = rng.normal(0, 2e6, 1300 * 20 + 1)
+    free = 12 * GB
+
+    def resident(t):
+        return 16 * GB - free + 1e6 * t + noise[int(round(t * 20))]
+
+    states = run_memory(resident, 1300.0, on_report=lambda t, f: (t, f.condition, f))
+    before = [c for t, c, _ in states if t < 1199.0]
+    after = [(c, f) for t, c, f in states if t >= 1201.0]
+    assert set(before) <= {WARMUP, CLEAR}
+    assert after and all(c == FIRING for c, _ in after)
+    f = after[-1][1]
+    assert f.unit == "MB/s growth" and f.max_state == State.WARNING
+    assert f.value == pytest.approx(1.0 * 1e6 / 1e6, rel=0.05)
+    assert "steadily over the last 20 min" in f.reason
+    eta = evidence(f).exhaustion_eta_s
+    assert eta == pytest.approx((free - 1e6 * 1300) / 1e6, rel=0.05)
+
+
+def test_a_fast_leak_is_forecast_within_seconds():
+    # 150 MB/s with 10 GB free from t = 5 s: exhaustion in ~70 s, the 10 s span is enough once
+    # the growth shows in both of its halves
+    start = 5.0
+    leak = run_memory(lambda t: 6 * GB + 150e6 * max(0.0, t - start), 20.0)
+    first = next(t for t, f in leak if f.condition == FIRING)
+    assert start + 5.0 < first <= start + 9.0
+    assert all(f.condition == FIRING for t, f in leak if t >= first)
+
+
+@pytest.mark.parametrize("eta_s, fires", [(110.0, True), (180.0, False)])
+def test_a_forecast_reaches_no_further_than_twelve_times_its_span(eta_s, fires):
+    # 12 s of perfectly straight growth at 50 MB/s: an exhaustion under 2 min away stands on
+    # 10 s of it, 3 min away does not (the 20 s span is not covered yet)
+    out = run_memory(lambda t: 16 * GB - 50e6 * (eta_s + 12.0 - t), 12.0)
+    assert (out[-1][1].condition == FIRING) is fires
+
+
+def test_forecast_spans_double_from_the_window_to_the_horizon_over_the_reach():
+    assert forecast_spans(10.0, 4 * 3600 / FORECAST_REACH) == (10, 20, 40, 80, 160, 320, 640, 1200)
+    assert forecast_spans(10.0, 5.0) == (10.0,)
+    s = Signals(slow_hz=20.0, trend_window_s=10.0, forecast_span_s=24 * 3600 / FORECAST_REACH)
+    assert s.coarse_interval_s == 6.0 and s.resident_coarse.capacity == 1200
+
+
+@given(st.lists(st.floats(-1e9, 1e9), min_size=6, max_size=300), st.floats(0.01, 10.0))
+@settings(max_examples=200, deadline=None)
+def test_trend_over_is_least_squares_over_the_span_and_each_half(values, interval):
+    y = np.array(values)
+    trend = trend_over(y, interval, 1.0)
+    half = len(y) // 2
+    for got, part in ((trend.bytes_per_s, y), (trend.early_bytes_per_s, y[:half]),
+                      (trend.late_bytes_per_s, y[half:])):
+        want = np.polyfit(np.arange(len(part)) * interval, part, 1)[0]
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-6 * (np.ptp(y) + 1) / interval)
+
+
+@pytest.mark.parametrize("every_s", [0.05, 0.25, 1.0, 7.0, 29.0])
+def test_the_coarse_points_are_the_means_of_whole_seconds_whenever_the_monitor_steps(every_s):
+    s = signals()
+    series = np.arange(60 * 20, dtype=np.float64) ** 1.5
+    it = iter(series)
+    run_memory(lambda t: next(it), 60.0, every_s=every_s, s=s)
+    coarse = s.resident_coarse.to_array()
+    want = series.reshape(-1, 20).mean(axis=1)
+    steps = int(60 / max(every_s, 0.05))
+    assert np.array_equal(coarse, want[:len(coarse)]) and len(coarse) >= steps * every_s - 1
+
+
+def test_points_the_history_dropped_before_a_step_are_lost_to_the_coarse_ring_not_misplaced():
+    s = signals()
+    series = np.arange(100 * 20, dtype=np.float64)
+    it = iter(series)
+    run_memory(lambda t: next(it), 100.0, every_s=50.0, s=s)     # the history holds 30 s
+    coarse = s.resident_coarse.to_array()
+    means = series.reshape(-1, 20).mean(axis=1)
+    assert np.array_equal(coarse, np.concatenate([means[20:50], means[70:100]]))
 
 
 def test_churn_while_memory_moves_is_not_a_fever():

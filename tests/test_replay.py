@@ -93,16 +93,31 @@ def test_a_recorded_fault_is_called_in_time_by_its_detector_only(case):
     during = [r for r in lines if start + 1 <= r["elapsed_s"] <= start + m["load_s"]]
     for other in DETECTORS:
         if other != detector:
-            # as the e2e cases allow: on this shared machine fever's resident-growth forecast
-            # may warn (it never escalates); nothing else but OK
+            # as the e2e fault cases allow: OK, or the WARNING of a load's edge, raised as
+            # seizure's swing (tests/e2e/host.py, EDGE_ONLY); never a forecast
             shown = {r["detectors"][other]["state"] for r in during}
             assert shown <= {"OK", "WARNING"}, (other, shown)
             raised_as = {b["detectors"][other]["unit"] for a, b in zip(lines, lines[1:])
                          if b["detectors"][other]["state"] == "WARNING"
                          and a["detectors"][other]["state"] != "WARNING"}
-            assert raised_as <= {"MB/s growth"}, (other, raised_as)
+            assert raised_as <= {"pct_points"}, (other, raised_as)
     (incident,) = [i for i in result.incidents if i.detectors == (detector,)]
     assert incident.critical_after_s is not None and incident.kind == "single"
+
+
+def test_a_wandering_working_set_is_not_a_forecast():
+    """memory_wobble: a seizure fault recorded (2026-11-27) before the forecast needed a span of
+    1/12 of what it forecasts. This shared host's cgroup working set wandered between 1 029 and
+    1 080 MB, and the fever window's 10 s trend read one rise of it as exhaustion in 1.5 h:
+    WARNING live (its .live lines), through the seizure. Replayed now: OK throughout."""
+    with gzip.open(fixture("memory_wobble", ".live.jsonl.gz"), "rt") as f:
+        live = [json.loads(line)["detectors"]["fever"] for line in f]
+    assert any(d["state"] == "WARNING" and d["unit"] == "MB/s growth" for d in live)
+    _, lines = replayed("memory_wobble")
+    fever = [r["detectors"]["fever"] for r in lines]
+    assert {d["state"] for d in fever} == {"WARMUP", "OK"}
+    assert all("exhaustion_eta_s" not in d["evidence"] for d in fever if d["evidence"])
+    assert {r["detectors"]["seizure"]["state"] for r in lines} >= {"CRITICAL"}
 
 
 def test_a_recorded_control_is_never_critical():

@@ -22,7 +22,7 @@ from coherence.config import Config, VerdictConfig
 from coherence.monitor import Monitor, Report
 from coherence.sinks.base import EARLY_FRACTION, SinkClosed
 from coherence.sinks.jsonl import JsonLinesSink, clean, report_json
-from coherence.snapshot import CpuSignals, MemorySignals, PressureSignals, RequestSignals, Snapshot
+from coherence.snapshot import CpuSignals, MemorySignals, PressureSignals, RequestSignals, Snapshot, Trend
 
 MB = 1e6
 WALL0 = 1_795_000_000.0        # a fixed Unix time for scripted reports
@@ -59,7 +59,9 @@ def snapshot_at(t: float) -> Snapshot:
                              trend_points=min(200, int(t * 20)), trend_points_needed=200,
                              total_bytes=16_000 * MB, minor_faults_per_s=1000.0,
                              churn_bytes_per_s=(900 if churning else 14) * MB,
-                             pgalloc_bytes_per_s=math.nan),
+                             pgalloc_bytes_per_s=math.nan,
+                             growth_trends=(Trend(10.0, 50 * MB, math.inf, 50 * MB, 50 * MB),)
+                             if leaking else ()),
         pressure=PressureSignals(cpu_some_pct=2.0, memory_some_pct=0.5),
         requests=RequestSignals(source="pushed",
                                 ingress_per_s=0.0 if t < 2 else 100.0,

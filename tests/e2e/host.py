@@ -46,6 +46,7 @@ class CaseResult:
     case: str
     detector: str
     fault: bool                               # a fault case (else a control)
+    forecast: bool = False                    # a fault whose bar is a WARNING (fever_leak)
     time_to_critical: Optional[float] = None  # seconds after the fault started (fault cases)
     critical_before_fault: bool = False
     states: List[str] = field(default_factory=list)   # the detector's, over the fault / control
@@ -198,6 +199,72 @@ def fever_fault(build: str) -> CaseResult:
                   [compile_c("churn", build), "churn", "64", "30"])
 
 
+# The leak: a process taking 1/90 of the free memory more every second, exhaustion ~90 s away
+# when it starts. A forecast of 90 s may stand on 10 s of growth (FORECAST_REACH = 12), once
+# the growth shows in both halves of them: WARNING about 6 to 9 s in; 15 s is the bar here.
+LEAK_FREE_SHARE_PER_S = 1.0 / 90.0
+LEAK_MAX_MB_S = 1000.0         # page faults cost CPU: a host with more free memory leaks slower
+LEAK_S = 20.0
+FORECAST_DEADLINE_S = 15.0
+
+
+def fever_leak(build: str) -> CaseResult:
+    """A real leak: map and touch 1/90 of the free memory more every second, never freeing it.
+    Fever's forecast must WARN within FORECAST_DEADLINE_S (raised as "MB/s growth"), not before
+    the leak, never CRITICAL (a forecast never escalates); the others stay OK. Notes: the leak
+    rate, the free memory at its start, and the forecast's time to exhaustion when it warned."""
+    result = CaseResult("fever forecast: a process leaking 1/90 of free memory a second",
+                        "fever", fault=True, forecast=True)
+    with Sentinel(duration=60) as sentinel, ClassicProbe() as probe:
+        judged = sentinel.warmed_up("fever").received
+        last = sentinel.wait_for(lambda l: l.received >= judged + QUIET_S, timeout=QUIET_S + 3)
+        assert last is not None
+        ev = last.report["detectors"]["fever"]["evidence"]
+        free_mb = ev["total_mb"] - ev["resident_mb"]
+        rate = min(LEAK_MAX_MB_S, free_mb * LEAK_FREE_SHARE_PER_S)
+        t0 = probe.mark()
+        with Load(compile_c("churn", build), "leak", str(int(rate)), str(LEAK_S + 5)) as load:
+            sentinel.wait_for(lambda l: l.received >= t0 + LEAK_S, timeout=LEAK_S + 3)
+            t1 = probe.mark()
+            assert load.alive(), "the leak died early (out of memory?)"
+        lines = list(sentinel.lines)
+    before = [l.state("fever") for l in lines if judged <= l.received < t0]
+    assert len(before) >= QUIET_S - 1, f"too few judged lines before the leak: {before}"
+    result.critical_before_fault = "CRITICAL" in before
+    result.notes.update(rate_mb_s=rate, free_mb=free_mb, warning_before_leak="WARNING" in before)
+    span = _span_states(lines, t0, t1)
+    result.states = span.pop("fever")
+    result.others = span
+    result.others_warning = others_warning(lines, "fever", t0, t1)
+    result.warning_starts = warning_starts(lines, "fever", t0, t1)
+    result.reasons = not_ok_reasons(lines, "fever", t0, t1, others=True)
+    result.span_s = t1 - t0
+    warned = next((l for l in lines if l.received >= t0 and l.state("fever") == "WARNING"), None)
+    if warned is not None:
+        d = warned.report["detectors"]["fever"]
+        result.notes.update(time_to_warning=warned.received - t0,
+                            eta_at_warning_s=d["evidence"].get("exhaustion_eta_s", math.nan),
+                            growth_at_warning_mb_s=d["value"])
+        result.reasons.insert(0, f"fever WARNING: {d['reason']}")
+    result.classic = [probe.cpu(t0, t1), probe.memory(t0, t1)]
+    return result
+
+
+def forecast_violations(result: CaseResult) -> List[str]:
+    """What the leak case got wrong; empty when it passed."""
+    bad = []
+    if result.critical_before_fault or result.notes.get("warning_before_leak"):
+        bad.append("fever not OK before the leak")
+    when = result.notes.get("time_to_warning")
+    if when is None or when > FORECAST_DEADLINE_S:
+        bad.append(f"no WARNING within {FORECAST_DEADLINE_S:g} s (first: {when})")
+    if "CRITICAL" in result.states:
+        bad.append("CRITICAL: a forecast never escalates")
+    if result.warning_starts != ["MB/s growth"]:
+        bad.append(f"WARNING raised as {result.warning_starts} (must be one forecast episode)")
+    return bad + other_violations(result)
+
+
 def _controls(detector: str, phases: List[tuple]) -> List[CaseResult]:
     """One sentinel, several control loads one after the other (name, command or None for
     none, seconds, MayShow); each phase's states recorded for the caller to judge."""
@@ -290,6 +357,9 @@ def fault_violations(result) -> List[str]:
 def summary(r: CaseResult) -> str:
     """One line for the log (pytest -rP shows it): what the case measured."""
     classic = "; ".join(c.text() for c in r.classic)
+    if r.forecast:
+        return (f"{r.case}: notes={r.notes} states={sorted(set(r.states))} others="
+                f"{ {d: sorted(set(s)) for d, s in r.others.items()} } classic: {classic}")
     if r.fault:
         return (f"{r.case}: time_to_critical={r.time_to_critical} others="
                 f"{ {d: sorted(set(s)) for d, s in r.others.items()} } classic: {classic}")

@@ -2,6 +2,8 @@
  *   churn  map MB of anonymous memory, touch every page, unmap; again and again (GB/s of
  *          page faults while resident memory stays flat)
  *   hold   map and touch MB once, then hold it (a lot of memory, no churn)
+ *   leak   map and touch MB more every second, a tenth every 100 ms, and free none of it
+ *          (steady growth: a leak)
  * Stops by itself after SECONDS. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +28,7 @@ static char *touch(size_t bytes, long page) {
 
 int main(int argc, char **argv) {
     if (argc != 4) {
-        fprintf(stderr, "usage: churn churn|hold MB SECONDS\n");
+        fprintf(stderr, "usage: churn churn|hold|leak MB SECONDS\n");
         return 2;
     }
     size_t bytes = (size_t)atol(argv[2]) << 20;
@@ -35,6 +37,17 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "hold") == 0) {
         touch(bytes, page);
         while (now() < end) usleep(100000);
+        return 0;
+    }
+    if (strcmp(argv[1], "leak") == 0) {
+        size_t step = bytes / 10 / page * page;
+        double next = now();
+        while (now() < end) {
+            if (step) touch(step, page);
+            next += 0.1;
+            double wait = next - now();
+            if (wait > 0) usleep((useconds_t)(wait * 1e6));
+        }
         return 0;
     }
     unsigned long rounds = 0;

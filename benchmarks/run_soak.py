@@ -49,6 +49,7 @@ SIM_CHILD = os.path.join(PROGRAMS, "soak_sim.py")
 LIVE_CHILD = os.path.join(PROGRAMS, "soak_live.py")
 CASES = ("sim", "live")
 FIGURES = (("rss_bytes", "resident memory", "MiB", 1 << 20),
+           ("rss_untraced_bytes", "resident memory less tracemalloc's own tables", "MiB", 1 << 20),
            ("heap_bytes", "Python heap (tracemalloc)", "MiB", 1 << 20),
            ("heap_live_bytes", "Python heap after a full collection", "MiB", 1 << 20),
            ("fds", "file descriptors", "", 1), ("threads", "threads", "", 1))

@@ -110,6 +110,11 @@ class Signals:
     source became unreadable: written by the sampler's engine (or the simulator), like every
     other accumulator here. ``pushed()`` says whether the application pushes request counts.
     ``slow_hz`` is the rate the memory and request counters are really read at.
+
+    Resident memory is kept twice: ``resident_history``, every point read (the fever window's
+    trend and the short forecast spans), and ``resident_coarse``, means of whole blocks of it
+    (one a second by default) back to ``forecast_span_s``, folded in by ``snapshot()``. That
+    fold makes ``snapshot()`` a writer: one thread (the monitor's) calls it.
     """
 
     def __init__(self, *, resolution_s: float = 0.1, window_s: float = 10.0,
@@ -135,6 +140,17 @@ class Signals:
         self._folded = 0                       # history points folded (or lost) so far
         self.spans = forecast_spans(trend_window_s, forecast_span_s)
         self._long: Tuple[int, Tuple[Trend, ...]] = (-1, ())   # coarse total -> its trends
+        # each span: (span_s, points, whether from the history (else the coarse ring))
+        self._plan = tuple(
+            (span, n, True) if n <= self.resident_history.capacity
+            else (span, int(round(span / self.coarse_interval_s)), False)
+            for span in self.spans for n in [int(round(span * slow_hz))])
+        # every fit's index, made now rather than the first time a span is covered (20 min in):
+        # nothing the reports use is allocated for the first time late into a run
+        for _, n, _ in self._plan:
+            for length in (n, n // 2, n - n // 2):
+                if length >= 3:
+                    _centred_index(length)
         ratio_points = max(2, int(round(ratio_window_s * slow_hz)))
         self.pushed_ratio = RatioWindow(ratio_points, min_denominator=1.0)
         self.proxy_ratio = RatioWindow(ratio_points, min_denominator=1.0)
@@ -180,38 +196,37 @@ class Signals:
         return RequestSignals(TCP_PROXY, rate[Slot.TCP_PASSIVE], rate[Slot.TCP_ACTIVE], r.ratio,
                               r.denominator, r.numerator, r.count, capacity)
 
-    def _fold(self, recent: np.ndarray) -> None:
-        """Fold the history points not yet folded, in whole blocks, into the coarse ring. Points
-        the history dropped before they were folded are lost to it (a monitor that stopped
-        stepping for longer than the history holds)."""
-        unfolded = min(self.resident_history.total - self._folded, len(recent))
-        blocks = unfolded // self._block
-        start = len(recent) - unfolded
+    def _fold(self, recent: np.ndarray, total: int) -> None:
+        """Fold the history points not yet folded, in whole blocks, into the coarse ring.
+        ``recent`` is the history when ``total`` points had been pushed. Points the history
+        dropped before they were folded are lost to it (a monitor that stopped stepping for
+        longer than the history holds); the blocks stay whole blocks of the count all the same."""
+        block = self._block
+        first = total - len(recent)         # the oldest point still held, counted from the start
+        if first > self._folded:            # some were lost: go on from the next whole block
+            first = -(-first // block) * block
+        else:
+            first = self._folded            # always a whole number of blocks
+        blocks = max(0, total - first) // block
+        start = len(recent) - (total - first)
         for b in range(blocks):
             self.resident_coarse.push(
-                float(recent[start + b * self._block:start + (b + 1) * self._block].mean()))
-        self._folded = self.resident_history.total - (unfolded - blocks * self._block)
+                float(recent[start + b * block:start + (b + 1) * block].mean()))
+        self._folded = first + blocks * block
 
-    def _trends(self, recent: np.ndarray) -> Tuple[Trend, ...]:
+    def _trends(self, recent: np.ndarray, total: int) -> Tuple[Trend, ...]:
         """The trend over each forecast span the points cover in full: from the history while it
         reaches, else from the coarse ring (recomputed only when a coarse point came)."""
-        self._fold(recent)
-        short, long_spans = [], []
-        for span in self.spans:
-            n = int(round(span * self.slow_hz))
-            if n <= self.resident_history.capacity:
-                if n <= len(recent):
-                    short.append(trend_over(recent[-n:], self.interval_s, span))
-            else:
-                long_spans.append(span)
+        self._fold(recent, total)
+        short = tuple(trend_over(recent[-n:], self.interval_s, span)
+                      for span, n, history in self._plan if history and n <= len(recent))
         done, cached = self._long
         if done != self.resident_coarse.total:
             coarse = self.resident_coarse.to_array()
-            cached = tuple(
-                trend_over(coarse[-n:], self.coarse_interval_s, span) for span in long_spans
-                for n in [int(round(span / self.coarse_interval_s))] if n <= len(coarse))
+            cached = tuple(trend_over(coarse[-n:], self.coarse_interval_s, span)
+                           for span, n, history in self._plan if not history and n <= len(coarse))
             self._long = (self.resident_coarse.total, cached)
-        return tuple(short) + cached
+        return short + cached
 
     @property
     def buckets_per_window(self) -> int:
@@ -223,8 +238,10 @@ class Signals:
         memory_lost = "memory" in self.available and (lost[Slot.RESIDENT_BYTES] or lost[Slot.MINOR_FAULTS])
         cpu = self.cpu_buckets.snapshot()
         rate = {slot: r.rate for slot, r in self.rates.items()}
-        history = self.resident_history.to_array()
-        trends = self._trends(history)
+        # the sampler's thread pushes while this copies: the values and their count must be of
+        # the same moment, or a one-second point would mix two seconds
+        history, pushed = self.resident_history.snapshot()
+        trends = self._trends(history, pushed)
         recent = history[-self.trend_points:]
         growth, growth_t = trend_per_s(recent, self.interval_s)
         runtime = self.runtime.snapshot()

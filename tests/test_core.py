@@ -37,6 +37,18 @@ def test_ring_keeps_the_last_capacity_values_oldest_first():
     assert r.last() == 5.0 and len(r) == 3 and r.total == 5
 
 
+def test_ring_snapshot_is_the_values_and_the_count_pushed_with_them():
+    r = RingBuffer(3)
+    values, total = r.snapshot()
+    assert values.tolist() == [] and total == 0
+    for x in (1, 2, 3, 4, 5):
+        r.push(x)
+    values, total = r.snapshot()
+    assert values.tolist() == [3.0, 4.0, 5.0] and total == 5
+    values[0] = 99.0                                   # a copy, as to_array's
+    assert r.to_array().tolist() == [3.0, 4.0, 5.0]
+
+
 def test_ring_to_array_is_a_copy():
     r = RingBuffer(2)
     r.push(1.0)

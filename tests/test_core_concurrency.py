@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from coherence import EwmaRate, RatioWindow, RingBuffer, RollingStats
+from coherence.signals import Signals
 
 READERS = 3
 
@@ -90,6 +91,33 @@ def test_ring_to_array_is_never_torn(capi):
     assert not errors, errors[0]
     assert r.to_array()[-1] == 199_999.0
     assert len(lasts - {199_999.0}) >= 3, "readers never ran while the writer wrote"
+
+
+def test_the_forecast_folds_whole_blocks_while_the_sampler_pushes(capi):
+    """Signals.snapshot folds the resident history into one-second points while the sampler's
+    thread pushes (here 0, 1, 2, ... without the GIL): the history it copies and the count of
+    pushes it folds by must be of the same moment, or a point would mix two seconds. Each coarse
+    point must be the mean of one whole block of 20: 20 k + 9.5."""
+    s = Signals(slow_hz=20.0, ncpu=1.0)
+    done = threading.Event()
+    snapshots = [0]
+
+    def monitor():
+        while not done.is_set():
+            s.snapshot()
+            snapshots[0] += 1
+
+    t = threading.Thread(target=monitor)
+    t.start()
+    try:
+        capi.ring_count_loop(s.resident_history, 100_000, 300)
+    finally:
+        done.set()
+        t.join()
+    blocks = (s.resident_coarse.to_array() - 9.5) / 20
+    assert snapshots[0] >= 20 and len(blocks) >= 30, (snapshots, len(blocks))
+    assert np.array_equal(blocks, np.round(blocks)), blocks[blocks != np.round(blocks)][:5]
+    assert (np.diff(blocks) >= 1).all()
 
 
 def test_ewma_snapshots_are_consistent(capi):

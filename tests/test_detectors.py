@@ -235,6 +235,20 @@ def test_points_the_history_dropped_before_a_step_are_lost_to_the_coarse_ring_no
     assert np.array_equal(coarse, np.concatenate([means[20:50], means[70:100]]))
 
 
+@pytest.mark.parametrize("every_s, seconds", [
+    (13.0, list(range(195))),                                  # nothing lost: every whole second
+    (50.0, [k for step in (50, 100, 150, 200) for k in range(step - 30, step)]),
+    (77.0, list(range(47, 77)) + list(range(124, 154))),      # 77 s after 154: 30 s kept of each
+])
+def test_after_a_loss_the_coarse_points_are_still_whole_blocks(every_s, seconds):
+    s = signals()
+    series = np.arange(200 * 20, dtype=np.float64)
+    it = iter(series)
+    run_memory(lambda t: next(it), 200.0, every_s=every_s, s=s)
+    coarse = s.resident_coarse.to_array()
+    assert list((coarse - 9.5) / 20) == seconds              # second k's mean is 20 k + 9.5
+
+
 def test_churn_while_memory_moves_is_not_a_fever():
     # resident falling 500 MB/s (a big free) under heavy churn: not churn over flat memory
     f = Fever(CFG.fever).evaluate(memory_snapshot(2000.0, lambda t: 12 * GB - t * 500e6), 0.0)

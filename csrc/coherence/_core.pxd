@@ -554,6 +554,7 @@ cdef inline double counter_value(const counter_t *c) noexcept nogil:
 # --------------------------------------------------------------------------------------
 cdef class RingBuffer:
     cdef ring_t state
+    cdef tuple _copy(self)
 
 
 cdef class RollingStats:

@@ -147,13 +147,23 @@ cdef class RingBuffer:
 
     def to_array(self):
         """A numpy copy of the values, oldest to newest."""
+        return self._copy()[0]
+
+    def snapshot(self):
+        """``(to_array(), total)`` from the same moment: the values, and how many were ever
+        pushed when they were the ring's (a reader folding new values by count needs both)."""
+        return self._copy()
+
+    cdef tuple _copy(self):
         cdef Py_ssize_t n, head, cap = self.state.capacity, first
         cdef uint64_t s
+        cdef int64_t total
         out = np.empty(cap, dtype=np.float64)
         cdef double[::1] dst = out
         while True:
             s = coh_read_begin(&self.state.seq)
-            n = ring_len(&self.state)
+            total = coh_load_i64(&self.state.total)
+            n = <Py_ssize_t>total if total < cap else cap
             head = coh_load_ssize(&self.state.head)
             first = head - n if head >= n else head - n + cap
             if first + n <= cap:
@@ -164,7 +174,7 @@ cdef class RingBuffer:
                                (n - (cap - first)) * sizeof(double))
             if not coh_read_retry(&self.state.seq, s):
                 break
-        return out[:n].copy() if n < cap else out
+        return (out[:n].copy() if n < cap else out), total
 
     def __repr__(self):
         return f"RingBuffer(capacity={self.state.capacity}, len={len(self)})"

@@ -302,7 +302,9 @@ class Sampler:
         )
 
     def snapshot(self) -> Snapshot:
-        """Every signal's current figures, each read without a lock (see Signals.snapshot)."""
+        """Every signal's current figures, each read without a lock (see Signals.snapshot). It
+        also folds resident memory into the forecast's one-second points, under a lock of its
+        own: callers on several threads each fold only what none has folded yet."""
         return self.signals.snapshot()
 
     def read_figures(self) -> Dict[str, Dict[str, int]]:

@@ -2,9 +2,9 @@
 live host, or by the simulator's script; read without a lock."""
 from __future__ import annotations
 
-import functools
 import math
 import os
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -34,58 +34,85 @@ def _sqrt(x: float) -> float:
     return math.sqrt(x) if x >= 0 else math.nan
 
 
-@functools.lru_cache(maxsize=64)
-def _centred_index(n: int) -> Tuple[np.ndarray, float]:
-    """0..n-1 less its mean, read-only, and its sum of squares: the x of a least-squares fit."""
-    x = np.arange(n, dtype=np.float64)
-    x -= x.mean()
-    x.flags.writeable = False
+# 0..n-1 less its mean, and its sum of squares (the x of a least-squares fit), for each length a
+# forecast span is fitted over: made when a Signals is, and kept (a few dozen lengths a config).
+# Other lengths (the fever window's while it fills, a span with gaps) are made on the spot.
+_PLANNED: Dict[int, Tuple[np.ndarray, float]] = {}
+
+
+def _centred(x: np.ndarray) -> Tuple[np.ndarray, float]:
+    x = x - x.mean()
     return x, float(np.dot(x, x))
 
 
-def _fit(dev: np.ndarray) -> Tuple[float, float]:
-    """Slope per point of evenly spaced values less their mean (at least 3, all finite), and
-    its t-statistic. The residuals' sum of squares comes in closed form: one pass fewer."""
-    n = len(dev)
-    x, sxx = _centred_index(n)
+def _plan_index(n: int) -> None:
+    if n >= 3 and n not in _PLANNED:
+        x, sxx = _centred(np.arange(n, dtype=np.float64))
+        x.flags.writeable = False
+        _PLANNED[n] = (x, sxx)
+
+
+def _index(n: int) -> Tuple[np.ndarray, float]:
+    got = _PLANNED.get(n)
+    return got if got is not None else _centred(np.arange(n, dtype=np.float64))
+
+
+def _fit(x: np.ndarray, sxx: float, dev: np.ndarray) -> Tuple[float, float]:
+    """Slope per unit of x (centred) of values less their mean (at least 3), and its
+    t-statistic. The residuals' sum of squares comes in closed form: one pass fewer."""
     slope = float(np.dot(x, dev)) / sxx
     rss = max(0.0, float(np.dot(dev, dev)) - slope * slope * sxx)
-    se = math.sqrt(rss / (n - 2) / sxx)
-    return slope, slope / se if se > 0 else (math.inf if slope else 0.0)
+    se = math.sqrt(rss / (len(dev) - 2) / sxx)
+    return slope, slope / se if se > 0 else (math.copysign(math.inf, slope) if slope else 0.0)
 
 
-def _deviations(values: np.ndarray) -> np.ndarray:
-    """The finite values less their mean (a sum that is finite means every value is)."""
-    total = float(np.add.reduce(values))
-    if not math.isfinite(total):
-        values = values[np.isfinite(values)]
-        total = float(np.add.reduce(values))
-    return values - total / len(values) if len(values) else values
+def _half_slope(x: np.ndarray, y: np.ndarray) -> float:
+    """The least-squares slope of a half, by its own positions; NaN under 3 points."""
+    if len(y) < 3:
+        return math.nan
+    xc, sxx = _centred(x)
+    return float(np.dot(xc, y - y.mean())) / sxx
 
 
-def trend_per_s(values: np.ndarray, interval_s: float) -> Tuple[float, float]:
-    """Least-squares slope of evenly spaced values, per second, and its t-statistic (slope over
-    its standard error: how far the trend stands above the noise); NaNs under 3 finite points."""
-    dev = _deviations(values)
-    if len(dev) < 3:
-        return math.nan, math.nan
-    slope, t = _fit(dev)
-    return slope / interval_s, t
+def _trend(values: np.ndarray, halves: bool) -> Tuple[float, float, float, float]:
+    """Slope per point, its t-statistic, and (with ``halves``) the halves' slopes per point."""
+    n = len(values)
+    total = float(np.add.reduce(values)) if n else math.nan
+    early = late = math.nan
+    if n >= 3 and math.isfinite(total):            # a finite sum: every value is finite
+        dev = values - total / n
+        half = n // 2
+        slope, t = _fit(*_index(n), dev)
+        if halves and half >= 3 and n - half >= 3:
+            # a half's slope needs no centring of its values: its centred x sums to zero
+            (xe, se), (xl, sl) = _index(half), _index(n - half)
+            early, late = float(np.dot(xe, dev[:half])) / se, float(np.dot(xl, dev[half:])) / sl
+        return slope, t, early, late
+    finite = np.isfinite(values)
+    if int(finite.sum()) < 3:
+        return math.nan, math.nan, math.nan, math.nan
+    pos = np.flatnonzero(finite).astype(np.float64)
+    y = values[finite]
+    slope, t = _fit(*_centred(pos), y - y.mean())
+    if halves:
+        first = pos < n // 2
+        early, late = _half_slope(pos[first], y[first]), _half_slope(pos[~first], y[~first])
+    return slope, t, early, late
 
 
 def trend_over(values: np.ndarray, interval_s: float, span_s: float) -> Trend:
-    """The trend of ``values`` (evenly spaced, the span's and no more), with its halves'."""
-    dev = _deviations(values)
-    n, half = len(dev), len(dev) // 2
-    if n - half < 3 or half < 3:
-        slope, t = trend_per_s(dev, interval_s)
-        return Trend(span_s, slope, t, math.nan, math.nan)
-    slope, t = _fit(dev)
-    # a half's slope needs no centring of its own: its x sums to zero
-    (early, sxx_e), (late, sxx_l) = _centred_index(half), _centred_index(n - half)
-    return Trend(span_s, slope / interval_s, t,
-                 float(np.dot(early, dev[:half])) / sxx_e / interval_s,
-                 float(np.dot(late, dev[half:])) / sxx_l / interval_s)
+    """The least-squares trend of ``values`` (one every ``interval_s``, the span's and no more),
+    per second, with its t-statistic (slope over its standard error: how far it stands above the
+    noise) and the slopes of its earlier and later halves. A value that is not finite is a gap:
+    the others are fitted at their own times, never closed up. NaNs under 3 finite values."""
+    slope, t, early, late = _trend(values, True)
+    return Trend(span_s, slope / interval_s, t, early / interval_s, late / interval_s)
+
+
+def trend_per_s(values: np.ndarray, interval_s: float) -> Tuple[float, float]:
+    """The least-squares slope of ``values`` per second and its t-statistic (trend_over's)."""
+    slope, t, _, _ = _trend(values, False)
+    return slope / interval_s, t
 
 
 def longest_forecast_span_s(config: "Config") -> float:
@@ -113,8 +140,8 @@ class Signals:
 
     Resident memory is kept twice: ``resident_history``, every point read (the fever window's
     trend and the short forecast spans), and ``resident_coarse``, means of whole blocks of it
-    (one a second by default) back to ``forecast_span_s``, folded in by ``snapshot()``. That
-    fold makes ``snapshot()`` a writer: one thread (the monitor's) calls it.
+    (one a second by default) back to ``forecast_span_s``, folded in by ``snapshot()`` under a
+    lock: each caller folds only what none has folded yet.
     """
 
     def __init__(self, *, resolution_s: float = 0.1, window_s: float = 10.0,
@@ -131,26 +158,32 @@ class Signals:
         self.rates: Dict[int, EwmaRate] = {slot: EwmaRate(rate_half_life_s) for slot in RATE_SLOTS}
         self.trend_points = max(2, int(round(trend_window_s * slow_hz)))
         self.resident_history = RingBuffer(max(history, self.trend_points))
-        # the longer spans' points: means of whole blocks of the history's, folded in by
-        # snapshot() (one caller: the monitor's thread)
+        # the longer spans' points: means of whole blocks of the history's (one a second by
+        # default), folded in by snapshot() as they come, a block may span several snapshots
         coarse_s = max(1.0 / slow_hz, forecast_span_s / COARSE_POINTS, 1.0)
         self._block = max(1, int(round(coarse_s * slow_hz)))
         self.coarse_interval_s = self._block / slow_hz
         self.resident_coarse = RingBuffer(max(2, int(math.ceil(forecast_span_s / self.coarse_interval_s))))
         self._folded = 0                       # history points folded (or lost) so far
+        # the block being filled: the sum of its finite points, its points, its finite points
+        self._psum, self._pn, self._pfinite = 0.0, 0, 0
+        self._fold_lock = threading.Lock()     # snapshot() folds: two callers must not both
         self.spans = forecast_spans(trend_window_s, forecast_span_s)
         self._long: Tuple[int, Tuple[Trend, ...]] = (-1, ())   # coarse total -> its trends
-        # each span: (span_s, points, whether from the history (else the coarse ring))
-        self._plan = tuple(
-            (span, n, True) if n <= self.resident_history.capacity
-            else (span, int(round(span / self.coarse_interval_s)), False)
-            for span in self.spans for n in [int(round(span * slow_hz))])
-        # every fit's index, made now rather than the first time a span is covered (20 min in):
-        # nothing the reports use is allocated for the first time late into a run
+        # each span: (span_s, points, whether from the history (else the coarse ring)); a span
+        # of under 6 points (3 a half) is no span
+        plan = []
+        for span in self.spans:
+            n = int(round(span * slow_hz))
+            if n <= self.resident_history.capacity:
+                plan.append((span, n, True))
+            else:
+                plan.append((span, int(round(span / self.coarse_interval_s)), False))
+        self._plan = tuple(p for p in plan if p[1] >= 6)
+        # every fit's index, made now rather than the first time a span is covered (20 min in)
         for _, n, _ in self._plan:
             for length in (n, n // 2, n - n // 2):
-                if length >= 3:
-                    _centred_index(length)
+                _plan_index(length)
         ratio_points = max(2, int(round(ratio_window_s * slow_hz)))
         self.pushed_ratio = RatioWindow(ratio_points, min_denominator=1.0)
         self.proxy_ratio = RatioWindow(ratio_points, min_denominator=1.0)
@@ -197,26 +230,57 @@ class Signals:
                               r.denominator, r.numerator, r.count, capacity)
 
     def _fold(self, recent: np.ndarray, total: int) -> None:
-        """Fold the history points not yet folded, in whole blocks, into the coarse ring.
-        ``recent`` is the history when ``total`` points had been pushed. Points the history
-        dropped before they were folded are lost to it (a monitor that stopped stepping for
-        longer than the history holds); the blocks stay whole blocks of the count all the same."""
-        block = self._block
-        first = total - len(recent)         # the oldest point still held, counted from the start
-        if first > self._folded:            # some were lost: go on from the next whole block
-            first = -(-first // block) * block
-        else:
-            first = self._folded            # always a whole number of blocks
-        blocks = max(0, total - first) // block
-        start = len(recent) - (total - first)
-        for b in range(blocks):
-            self.resident_coarse.push(
-                float(recent[start + b * block:start + (b + 1) * block].mean()))
-        self._folded = first + blocks * block
+        """Fold the history points not yet folded into the coarse ring, a point per whole block
+        (the mean of its finite points; NaN if none). ``recent`` is the history when ``total``
+        points had been pushed. Points the history dropped before they were folded (a monitor
+        that stopped stepping for longer than it holds) leave NaN in their blocks' places, so
+        that time is kept: a trend fits around a gap, never across a closed-up one."""
+        block, coarse = self._block, self.resident_coarse
+        held = total - len(recent)              # the oldest point still held, counted from 0
+        if held > self._folded:                 # lost: the blocks they began, NaN
+            start = self._folded - self._pn     # a whole number of blocks
+            first = -(-held // block) * block
+            for _ in range(min((first - start) // block, coarse.capacity)):
+                coarse.push(math.nan)
+            self._psum, self._pn, self._pfinite = 0.0, 0, 0
+            self._folded = first
+        new = recent[len(recent) - max(0, total - self._folded):]
+        pos = 0
+        if self._pn:                            # finish the block begun at the last snapshot
+            pos = min(block - self._pn, len(new))
+            self._add(new[:pos])
+        whole = (len(new) - pos) // block
+        if whole:
+            blocks = new[pos:pos + whole * block].reshape(whole, block)
+            finite = np.isfinite(blocks)
+            counts = finite.sum(axis=1)
+            sums = np.where(finite, blocks, 0.0).sum(axis=1)
+            for total_b, count in zip(sums.tolist(), counts.tolist()):
+                coarse.push(total_b / count if count else math.nan)
+            pos += whole * block
+        self._add(new[pos:])
+        self._folded = max(self._folded, total)
+
+    def _add(self, points: np.ndarray) -> None:
+        """Points into the block being filled; its mean pushed once it is whole."""
+        if not len(points):
+            return
+        finite = points[np.isfinite(points)]
+        self._psum += float(finite.sum())
+        self._pn += len(points)
+        self._pfinite += len(finite)
+        if self._pn == self._block:
+            self.resident_coarse.push(self._psum / self._pfinite if self._pfinite else math.nan)
+            self._psum, self._pn, self._pfinite = 0.0, 0, 0
 
     def _trends(self, recent: np.ndarray, total: int) -> Tuple[Trend, ...]:
         """The trend over each forecast span the points cover in full: from the history while it
-        reaches, else from the coarse ring (recomputed only when a coarse point came)."""
+        reaches, else from the coarse ring (recomputed only when a coarse point came). One
+        caller at a time: the fold moves on as it goes."""
+        with self._fold_lock:
+            return self._trends_locked(recent, total)
+
+    def _trends_locked(self, recent: np.ndarray, total: int) -> Tuple[Trend, ...]:
         self._fold(recent, total)
         short = tuple(trend_over(recent[-n:], self.interval_s, span)
                       for span, n, history in self._plan if history and n <= len(recent))

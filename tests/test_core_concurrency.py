@@ -110,14 +110,17 @@ def test_the_forecast_folds_whole_blocks_while_the_sampler_pushes(capi):
     t = threading.Thread(target=monitor)
     t.start()
     try:
-        capi.ring_count_loop(s.resident_history, 100_000, 300)
+        capi.ring_count_loop(s.resident_history, 300_000, 300)
     finally:
         done.set()
         t.join()
-    blocks = (s.resident_coarse.to_array() - 9.5) / 20
-    assert snapshots[0] >= 20 and len(blocks) >= 30, (snapshots, len(blocks))
+    coarse = s.resident_coarse.to_array()
+    kept = np.flatnonzero(np.isfinite(coarse))     # the writer outruns the history: gaps, NaN
+    blocks = (coarse[kept] - 9.5) / 20
+    assert snapshots[0] >= 5 and len(blocks) >= 10, (snapshots, len(blocks))
     assert np.array_equal(blocks, np.round(blocks)), blocks[blocks != np.round(blocks)][:5]
-    assert (np.diff(blocks) >= 1).all()
+    # and each in its place: second k is the ring's k-th point from the first one kept
+    assert np.array_equal(blocks - blocks[0], kept - kept[0])
 
 
 def test_ewma_snapshots_are_consistent(capi):

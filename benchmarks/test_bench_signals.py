@@ -1,7 +1,7 @@
 """Cost of one report's snapshot of the signals (Signals.snapshot, four times a second), with its
 resident-memory trends: the fever window's alone (a forecast span no longer than the window)
 against every forecast span of the default 4 h horizon (10 s doubling to 20 min, each with its
-halves). The floor is the one least-squares fit a report made before the spans.
+halves). The floor is the fever window's trend alone, which every report fits (its flat test).
 
 Each round pushes the 5 resident points of a quarter second first, as the sampler does at 20 Hz,
 so a coarse point is folded (and the long spans refitted) every fourth round, as live. Read the
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from coherence._sampler import Slot
-from coherence.signals import Signals, trend_per_s
+from coherence.signals import Signals, trend_over
 
 SLOW_HZ = 20.0
 PER_REPORT = 5
@@ -46,11 +46,11 @@ def report_step(s: Signals):
 
 def one_fit():
     window = full_signals(10.0).resident_history.to_array()[-200:]
-    return lambda: trend_per_s(window, 1.0 / SLOW_HZ)
+    return lambda: trend_over(window, 1.0 / SLOW_HZ, 10.0)
 
 
 CASES = {
-    "floor: one fit of the fever window (the report's before the spans)": one_fit,
+    "floor: the fever window's trend, which every report fits": one_fit,
     "snapshot, the fever window only": lambda: report_step(full_signals(10.0)),
     "snapshot, every span of the 4 h horizon": lambda: report_step(full_signals(4 * 3600 / 12.0)),
 }

@@ -74,8 +74,11 @@ def _half_slope(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.dot(xc, y - y.mean())) / sxx
 
 
-def _trend(values: np.ndarray, halves: bool) -> Tuple[float, float, float, float]:
-    """Slope per point, its t-statistic, and (with ``halves``) the halves' slopes per point."""
+def trend_over(values: np.ndarray, interval_s: float, span_s: float) -> Trend:
+    """The least-squares trend of ``values`` (one every ``interval_s``, the span's and no more),
+    per second, with its t-statistic (slope over its standard error: how far it stands above the
+    noise) and the slopes of its earlier and later halves. A value that is not finite is a gap:
+    the others are fitted at their own times, never closed up. NaNs under 3 finite values."""
     n = len(values)
     total = float(np.add.reduce(values)) if n else math.nan
     early = late = math.nan
@@ -83,36 +86,20 @@ def _trend(values: np.ndarray, halves: bool) -> Tuple[float, float, float, float
         dev = values - total / n
         half = n // 2
         slope, t = _fit(*_index(n), dev)
-        if halves and half >= 3 and n - half >= 3:
+        if half >= 3 and n - half >= 3:
             # a half's slope needs no centring of its values: its centred x sums to zero
             (xe, se), (xl, sl) = _index(half), _index(n - half)
             early, late = float(np.dot(xe, dev[:half])) / se, float(np.dot(xl, dev[half:])) / sl
-        return slope, t, early, late
-    finite = np.isfinite(values)
-    if int(finite.sum()) < 3:
-        return math.nan, math.nan, math.nan, math.nan
-    pos = np.flatnonzero(finite).astype(np.float64)
-    y = values[finite]
-    slope, t = _fit(*_centred(pos), y - y.mean())
-    if halves:
+    else:
+        finite = np.isfinite(values)
+        if int(finite.sum()) < 3:
+            return Trend(span_s, math.nan, math.nan, math.nan, math.nan)
+        pos = np.flatnonzero(finite).astype(np.float64)
+        y = values[finite]
+        slope, t = _fit(*_centred(pos), y - y.mean())
         first = pos < n // 2
         early, late = _half_slope(pos[first], y[first]), _half_slope(pos[~first], y[~first])
-    return slope, t, early, late
-
-
-def trend_over(values: np.ndarray, interval_s: float, span_s: float) -> Trend:
-    """The least-squares trend of ``values`` (one every ``interval_s``, the span's and no more),
-    per second, with its t-statistic (slope over its standard error: how far it stands above the
-    noise) and the slopes of its earlier and later halves. A value that is not finite is a gap:
-    the others are fitted at their own times, never closed up. NaNs under 3 finite values."""
-    slope, t, early, late = _trend(values, True)
     return Trend(span_s, slope / interval_s, t, early / interval_s, late / interval_s)
-
-
-def trend_per_s(values: np.ndarray, interval_s: float) -> Tuple[float, float]:
-    """The least-squares slope of ``values`` per second and its t-statistic (trend_over's)."""
-    slope, t, _, _ = _trend(values, False)
-    return slope / interval_s, t
 
 
 def longest_forecast_span_s(config: "Config") -> float:
@@ -273,24 +260,23 @@ class Signals:
             self.resident_coarse.push(self._psum / self._pfinite if self._pfinite else math.nan)
             self._psum, self._pn, self._pfinite = 0.0, 0, 0
 
-    def _trends(self, recent: np.ndarray, total: int) -> Tuple[Trend, ...]:
+    def _trends(self, recent: np.ndarray, total: int, window: Trend) -> Tuple[Trend, ...]:
         """The trend over each forecast span the points cover in full: from the history while it
-        reaches, else from the coarse ring (recomputed only when a coarse point came). One
-        caller at a time: the fold moves on as it goes."""
+        reaches (the fever window's is ``window``, fitted once), else from the coarse ring
+        (refitted only when a coarse point came). Under the fold's lock: it moves on as it goes."""
         with self._fold_lock:
-            return self._trends_locked(recent, total)
-
-    def _trends_locked(self, recent: np.ndarray, total: int) -> Tuple[Trend, ...]:
-        self._fold(recent, total)
-        short = tuple(trend_over(recent[-n:], self.interval_s, span)
-                      for span, n, history in self._plan if history and n <= len(recent))
-        done, cached = self._long
-        if done != self.resident_coarse.total:
-            coarse = self.resident_coarse.to_array()
-            cached = tuple(trend_over(coarse[-n:], self.coarse_interval_s, span)
-                           for span, n, history in self._plan if not history and n <= len(coarse))
-            self._long = (self.resident_coarse.total, cached)
-        return short + cached
+            self._fold(recent, total)
+            short = tuple(window if n == self.trend_points
+                          else trend_over(recent[-n:], self.interval_s, span)
+                          for span, n, history in self._plan if history and n <= len(recent))
+            done, cached = self._long
+            if done != self.resident_coarse.total:
+                coarse = self.resident_coarse.to_array()
+                cached = tuple(trend_over(coarse[-n:], self.coarse_interval_s, span)
+                               for span, n, history in self._plan
+                               if not history and n <= len(coarse))
+                self._long = (self.resident_coarse.total, cached)
+            return short + cached
 
     @property
     def buckets_per_window(self) -> int:
@@ -305,9 +291,10 @@ class Signals:
         # the sampler's thread pushes while this copies: the values and their count must be of
         # the same moment, or a one-second point would mix two seconds
         history, pushed = self.resident_history.snapshot()
-        trends = self._trends(history, pushed)
-        recent = history[-self.trend_points:]
-        growth, growth_t = trend_per_s(recent, self.interval_s)
+        # the fever window's trend (its flat test), which is also the first forecast span's
+        window = trend_over(history[-self.trend_points:], self.interval_s, self.spans[0])
+        trends = self._trends(history, pushed, window)
+        growth, growth_t = window.bytes_per_s, window.t
         runtime = self.runtime.snapshot()
         requests = self._requests(rate, runtime)
         return Snapshot(
@@ -320,7 +307,7 @@ class Signals:
                 available="memory" in self.available and not memory_lost,
                 resident_bytes=values[Slot.RESIDENT_BYTES],
                 resident_growth_bytes_per_s=growth, resident_growth_t=growth_t,
-                trend_points=len(recent), trend_points_needed=self.trend_points,
+                trend_points=min(len(history), self.trend_points), trend_points_needed=self.trend_points,
                 total_bytes=values[Slot.MEM_TOTAL_BYTES],
                 minor_faults_per_s=rate[Slot.MINOR_FAULTS],
                 churn_bytes_per_s=rate[Slot.MINOR_FAULTS] * PAGE_SIZE,

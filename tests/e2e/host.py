@@ -233,15 +233,9 @@ def fever_leak(build: str) -> CaseResult:
         lines = list(sentinel.lines)
     before = [l.state("fever") for l in lines if judged <= l.received < t0]
     assert len(before) >= QUIET_S - 1, f"too few judged lines before the leak: {before}"
-    result.critical_before_fault = "CRITICAL" in before
+    record_fault(result, lines, before, t0, t1)
     result.notes.update(rate_mb_s=rate, free_mb=free_mb, warning_before_leak="WARNING" in before)
-    span = _span_states(lines, t0, t1)
-    result.states = span.pop("fever")
-    result.others = span
-    result.others_warning = others_warning(lines, "fever", t0, t1)
     result.warning_starts = warning_starts(lines, "fever", t0, t1)
-    result.reasons = not_ok_reasons(lines, "fever", t0, t1, others=True)
-    result.span_s = t1 - t0
     warned = next((l for l in lines if l.received >= t0 and l.state("fever") == "WARNING"), None)
     if warned is not None:
         d = warned.report["detectors"]["fever"]
